@@ -1,0 +1,3 @@
+from volt.cli import main
+
+main()

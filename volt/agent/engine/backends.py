@@ -1,0 +1,232 @@
+"""What actually produces tokens inside the CPU engine.
+
+Two backends behind one small interface:
+
+* ``TransformersBackend`` serves the tiny model with transformers' own
+  continuous batching (``ContinuousBatchingManager``): many requests share each
+  forward pass, tokens stream as they are produced, cancellation frees the slot.
+* ``InstantBackend`` returns fixed tokens with no model at all. ``volt bench
+  overhead`` uses it so that only Volt's own overhead is measured.
+
+Both tokenize with the tiny model's tokenizer, so usage counts are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from volt.agent.engine.tiny_model import EOS_TOKEN, render_chatml
+
+log = logging.getLogger(__name__)
+
+
+class EngineFailure(Exception):
+    """The backend failed while generating (not the client's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """Tokens a backend produced since its last event.
+
+    ``pieces`` has the text of each new token; a piece is empty while its bytes
+    do not yet form whole UTF-8 characters (the text arrives with a later token).
+    """
+
+    pieces: list[str]
+    finish_reason: str | None = None
+
+
+class Backend(Protocol):
+    model_id: str
+    max_context: int
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]: ...
+
+    def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[TokenEvent]: ...
+
+    def kv_cache_usage(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class _Tokenizer:
+    """The raw ``tokenizers`` tokenizer: fast, and no Jinja on the hot path."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        eos = self._tok.token_to_id(EOS_TOKEN)
+        if eos is None:
+            raise EngineFailure(f"tokenizer in {model_dir} has no {EOS_TOKEN}")
+        self.eos_id: int = eos
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        ids: list[int] = self._tok.encode(render_chatml(messages), add_special_tokens=False).ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text: str = self._tok.decode(ids, skip_special_tokens=True)
+        return text
+
+
+class IncrementalDetokenizer:
+    """Turns a growing token list into text pieces, one call per new token.
+
+    Decodes a short window (TGI's prefix/read offsets) so each token costs the
+    same however long the completion is, and holds back bytes that do not yet
+    form a whole UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: _Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        prefix_text = self._tokenizer.decode(self._ids[self._prefix : self._read])
+        new_text = self._tokenizer.decode(self._ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever was held back (at the end of the completion)."""
+        prefix_text = self._tokenizer.decode(self._ids[self._prefix : self._read])
+        new_text = self._tokenizer.decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+
+class TransformersBackend:
+    def __init__(self, model_dir: Path, model_id: str, *, threads: int = 1) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        self.model_id = model_id
+        self.tokenizer = _Tokenizer(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.max_context = int(model.config.max_position_embeddings)
+        generation_config = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            max_new_tokens=256,
+            eos_token_id=self.tokenizer.eos_id,
+            pad_token_id=model.config.pad_token_id,
+        )
+        self._manager: Any = model.init_continuous_batching(
+            generation_config=generation_config,
+            # 64 cache sectors hold ~64k tokens of this model's KV (~70 MB):
+            # room for 64 concurrent 1k-token requests at ~40% use.
+            continuous_batching_config=ContinuousBatchingConfig(
+                num_blocks=64, max_batch_tokens=512
+            ),
+        )
+        self._manager.start()
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        return self.tokenizer.encode_chat(messages)
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[TokenEvent]:
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self._manager.register_result_handler(request_id, outputs.put_nowait)
+        self._manager.add_request(
+            prompt_ids, request_id=request_id, max_new_tokens=params.max_new_tokens, streaming=True
+        )
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        seen = 0
+        finished = False
+        try:
+            while not finished:
+                output = await outputs.get()
+                if output.error is not None:
+                    finished = True
+                    raise EngineFailure("generation failed")
+                new_tokens = output.generated_tokens[seen:]
+                seen = len(output.generated_tokens)
+                finished = output.is_finished()
+                finish_reason = None
+                if new_tokens and new_tokens[-1] == self.tokenizer.eos_id:
+                    new_tokens = new_tokens[:-1]
+                    finish_reason = "stop"
+                elif finished:
+                    finish_reason = "length"
+                pieces = [detokenizer.push(t) for t in new_tokens]
+                if finished and (rest := detokenizer.flush()):
+                    pieces.append(rest)
+                yield TokenEvent(pieces, finish_reason if finished else None)
+        finally:
+            if not finished:
+                # The consumer went away (client disconnect): stop generating now.
+                # A cancelled request gets no final output, so its result
+                # handler would stay registered; drop it ourselves.
+                self._manager.cancel_request(request_id)
+                router = self._manager.output_router
+                with router._lock:
+                    router.result_handlers.pop(request_id, None)
+
+    def kv_cache_usage(self) -> float:
+        processor = self._manager.batch_processor
+        if processor is None:
+            return 0.0
+        free = float(processor.cache.compute_free_capacity(relative=True))
+        return max(0.0, min(1.0, 1.0 - free))
+
+    def close(self) -> None:
+        self._manager.stop(block=True, timeout=5)
+
+
+INSTANT_TEXT = "Volt serves tokens from sovereign metros. "
+
+
+class InstantBackend:
+    """Fixed tokens, produced instantly: measures everything but the model."""
+
+    def __init__(self, model_dir: Path, model_id: str) -> None:
+        self.model_id = model_id
+        self.max_context = 1 << 20
+        self.tokenizer = _Tokenizer(model_dir)
+        ids = self.tokenizer.encode(INSTANT_TEXT)
+        self._pieces = [self.tokenizer.decode([i]) for i in ids]
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        return self.tokenizer.encode_chat(messages)
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[TokenEvent]:
+        n, pieces = params.max_new_tokens, self._pieces
+        yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length")
+
+    def kv_cache_usage(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,282 @@
+"""The node agent: one per host, dialling out to NATS (it opens no port).
+
+It announces itself, heartbeats its engine's load and its GPUs, and serves
+inference requests addressed to its node by calling its engine and streaming
+the result to the requester's reply subject. A requester's ``Cancel`` stops
+the engine within milliseconds: the request's task is cancelled, which closes
+the HTTP connection to the engine, which cancels generation there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from volt.agent.engine.client import (
+    EngineChunk,
+    EngineClient,
+    EngineError,
+    EngineRejected,
+    EngineUnavailable,
+)
+from volt.agent.telemetry import GpuTelemetry
+from volt.wire import (
+    INFERENCE,
+    AgentTiming,
+    Cancel,
+    ChoiceDelta,
+    EngineLoad,
+    Final,
+    Heartbeat,
+    InferenceError,
+    InferenceRequest,
+    NodeGoodbye,
+    NodeHello,
+    StreamChunk,
+    Usage,
+    encode,
+    subjects,
+)
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions"}
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What a request has sent so far; decides whether a failure is retryable."""
+
+    tokens_sent: bool = False
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        metro: str,
+        tier: str,
+        models: list[str],
+        engine: EngineClient,
+        engine_ready: asyncio.Event,
+        telemetry: GpuTelemetry,
+        heartbeat_interval_s: float = 2.0,
+        max_inflight: int = 512,
+        engine_kind: str = "cpu",
+    ) -> None:
+        self.node_id = subjects.token(node_id)
+        self.metro = subjects.token(metro)
+        self.tier = tier
+        self.models = models
+        self.engine = engine
+        self.engine_ready = engine_ready
+        self.telemetry = telemetry
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_inflight = max_inflight
+        self.engine_kind = engine_kind
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._nc: Client | None = None
+        self._load = EngineLoad()
+        self._seq = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, nc: Client) -> None:
+        """Serve until cancelled, then say goodbye so placement drops us at once."""
+        self._nc = nc
+        await nc.subscribe(
+            subjects.infer(self.metro, self.node_id), cb=self._on_request,
+            pending_msgs_limit=65536,
+        )
+        await nc.subscribe(subjects.cancel(self.metro, self.node_id), cb=self._on_cancel)
+        await self._publish_hello()
+        try:
+            await self._heartbeat_forever()
+        finally:
+            for task in list(self._inflight.values()):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await nc.publish(subjects.NODE_GOODBYE, encode(NodeGoodbye(node_id=self.node_id)))
+                await nc.flush(timeout=1)
+
+    async def _publish_hello(self) -> None:
+        assert self._nc is not None
+        hello = NodeHello(
+            node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
+            gpus=self.telemetry.read(), engine=self.engine_kind,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
+        await self._nc.publish(subjects.NODE_HELLO, encode(hello))
+
+    def heartbeat(self) -> Heartbeat:
+        self._seq += 1
+        return Heartbeat(
+            node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
+            gpus=self.telemetry.read(), load=self._load, engine_ready=self.engine_ready.is_set(),
+            heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
+        )
+
+    async def _heartbeat_forever(self) -> None:
+        assert self._nc is not None
+        while True:
+            started = time.monotonic()
+            if self.engine_ready.is_set():
+                try:
+                    self._load = await self.engine.load(timeout_s=self.heartbeat_interval_s / 2)
+                except EngineUnavailable:
+                    log.warning("engine load unavailable")
+            # Publishing while NATS is down buffers in the client (bounded);
+            # nats-py flushes it after reconnecting.
+            with contextlib.suppress(Exception):
+                await self._nc.publish(subjects.NODE_HEARTBEAT, encode(self.heartbeat()))
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.heartbeat_interval_s - elapsed))
+
+    # -- requests --------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        request = INFERENCE.decode_or_drop(msg.data)
+        if not isinstance(request, InferenceRequest) or not msg.reply:
+            return
+        if len(self._inflight) >= self.max_inflight or not self.engine_ready.is_set():
+            reason = "overloaded" if self.engine_ready.is_set() else "engine_unavailable"
+            await self._reply(msg.reply, InferenceError(
+                request_id=request.request_id, code=reason, status=503, retryable=True,
+                message="the pod cannot take this request now",
+            ))
+            return
+        task = asyncio.create_task(self._serve(request, msg.reply))
+        self._inflight[request.request_id] = task
+        task.add_done_callback(lambda _: self._inflight.pop(request.request_id, None))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        cancel = INFERENCE.decode_or_drop(msg.data)
+        if isinstance(cancel, Cancel) and (task := self._inflight.get(cancel.request_id)):
+            task.cancel()
+
+    async def _reply(self, subject: str, message: StreamChunk | Final | InferenceError) -> None:
+        assert self._nc is not None
+        await self._nc.publish(subject, encode(message))
+
+    async def _serve(self, request: InferenceRequest, reply: str) -> None:
+        received = time.perf_counter()
+        path = _ENDPOINT_PATHS[request.endpoint]
+        progress = _Progress()
+        try:
+            remaining = request.deadline_unix - time.time()
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                if request.stream:
+                    await self._serve_stream(request, reply, path, received, progress)
+                else:
+                    await self._serve_once(request, reply, path, received)
+        except asyncio.CancelledError:
+            return  # the requester cancelled: nobody is listening any more
+        except TimeoutError:
+            await self._reply(reply, InferenceError(
+                request_id=request.request_id, code="deadline_exceeded", status=504,
+                message="the request ran past its deadline",
+            ))
+        except EngineRejected as exc:
+            await self._reply(reply, InferenceError(
+                request_id=request.request_id, code=exc.code, status=exc.status,
+                message=exc.message,
+            ))
+        except EngineError as exc:
+            log.warning("engine failed a request", extra={
+                "request_id": request.request_id, "error": type(exc).__name__,
+            })
+            await self._reply(reply, InferenceError(
+                request_id=request.request_id, code="engine_error", status=502,
+                message="the inference engine failed", retryable=not progress.tokens_sent,
+            ))
+
+    async def _serve_once(
+        self, request: InferenceRequest, reply: str, path: str, received: float
+    ) -> None:
+        dispatched = time.perf_counter()
+        completion = await self.engine.complete(path, request.body)
+        done = time.perf_counter()
+        usage = completion.usage
+        await self._reply(reply, Final(
+            request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
+            choices=[
+                ChoiceDelta(
+                    index=c.index,
+                    content=(c.message.content or "") if c.message else "",
+                    finish_reason=c.finish_reason,
+                )
+                for c in completion.choices
+            ],
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            ),
+            timing=AgentTiming(
+                queue_ms=(dispatched - received) * 1000,
+                engine_ttft_ms=(done - dispatched) * 1000,
+                engine_total_ms=(done - dispatched) * 1000,
+            ),
+        ))
+
+    async def _serve_stream(
+        self, request: InferenceRequest, reply: str, path: str, received: float,
+        progress: _Progress,
+    ) -> None:
+        dispatched = time.perf_counter()
+        first_token: float | None = None
+        usage = Usage()
+        seq = 0
+        async for chunks in self.engine.stream(path, request.body):
+            deltas = _merge(chunks)
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = Usage(
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
+            if not deltas:
+                continue
+            if first_token is None:
+                first_token = time.perf_counter()
+            await self._reply(reply, StreamChunk(
+                request_id=request.request_id, seq=seq, choices=deltas
+            ))
+            seq += 1
+            progress.tokens_sent = True
+        done = time.perf_counter()
+        await self._reply(reply, Final(
+            request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
+            usage=usage,
+            timing=AgentTiming(
+                queue_ms=(dispatched - received) * 1000,
+                engine_ttft_ms=((first_token or done) - dispatched) * 1000,
+                engine_total_ms=(done - dispatched) * 1000,
+            ),
+        ))
+
+
+def _merge(chunks: list[EngineChunk]) -> list[ChoiceDelta]:
+    """Coalesce the deltas of chunks that arrived together, per choice."""
+    text: dict[int, list[str]] = {}
+    finish: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            if choice.delta is not None and choice.delta.content:
+                text.setdefault(choice.index, []).append(choice.delta.content)
+            if choice.finish_reason is not None:
+                finish[choice.index] = choice.finish_reason
+    return [
+        ChoiceDelta(
+            index=index, content="".join(text.get(index, ())), finish_reason=finish.get(index)
+        )
+        for index in sorted(text.keys() | finish.keys())
+    ]

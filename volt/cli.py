@@ -1,0 +1,159 @@
+"""The ``volt`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from volt.config import ConfigError, VoltConfig, load_config
+
+
+def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> VoltConfig:
+    extra: dict[str, Any] = dict(overrides or {})
+    if getattr(args, "data_dir", None):
+        extra["data_dir"] = str(args.data_dir)
+    return load_config(args.config, overrides=extra)
+
+
+def _up(args: argparse.Namespace) -> None:
+    from volt.runtime import run_service
+    from volt.up.command import AlreadyRunning, StartFailed, run_up
+
+    overrides: dict[str, Any] = {}
+    if args.api_port is not None:
+        overrides["api"] = {"port": args.api_port}
+    if args.nats_port is not None:
+        overrides["nats"] = {"port": args.nats_port}
+    config = _config(args, overrides)
+    failure: list[str] = []
+
+    async def main() -> None:
+        try:
+            await run_up(config, config_path=args.config)
+        except (AlreadyRunning, StartFailed) as exc:
+            failure.append(str(exc))
+
+    run_service(main)
+    if failure:
+        sys.exit(f"volt up: {failure[0]}")
+    print("Volt stopped.")
+
+
+def _service(name: str) -> Any:
+    def run(args: argparse.Namespace) -> None:
+        from volt.logs import configure_logging
+        from volt.runtime import run_service
+
+        config = _config(args)
+        configure_logging(name, config.log_level)
+        if name == "api":
+            from volt.control_api.main import run_api as main
+        elif name == "scheduler":
+            from volt.scheduler.main import run_scheduler as main
+        else:
+            from volt.agent.main import run_agent as main
+        run_service(lambda: main(config))
+
+    return run
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    from volt.store import Database
+
+    config = _config(args)
+
+    async def main() -> None:
+        db = Database(config.store_url())
+        try:
+            await db.upgrade()
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+    print("store is at the newest migration")
+
+
+def _keys_create(args: argparse.Namespace) -> None:
+    from volt.store import ApiKeys, Database
+
+    config = _config(args)
+
+    async def main() -> str:
+        db = Database(config.store_url())
+        try:
+            await db.check_current()
+            issued = await ApiKeys(db).create(args.tenant, args.name)
+        finally:
+            await db.close()
+        return issued.key
+
+    key = asyncio.run(main())
+    print(key)
+    print("Store this key now: Volt keeps only its digest and cannot show it again.",
+          file=sys.stderr)
+
+
+def _model_build(args: argparse.Namespace) -> None:
+    from volt.agent.engine.tiny_model import build
+
+    config = _config(args)
+    print(build(args.out or config.model_dir()))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from volt.bench.cli import run_bench
+
+    run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="volt", description="Volt: a sovereign GPU cloud.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (or VOLT_CONFIG)")
+    common.add_argument("--data-dir", type=Path, help="data folder (or VOLT_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", parents=[common], help="run a whole Volt on this machine")
+    up.add_argument("--api-port", type=int, help="API port (0: a free port); default 8080")
+    up.add_argument("--nats-port", type=int, help="embedded NATS port (default: a free port)")
+    up.set_defaults(func=_up)
+
+    for name, text in (("api", "run the API"), ("scheduler", "run the scheduler"),
+                       ("agent", "run a node agent")):
+        commands.add_parser(name, parents=[common], help=text).set_defaults(func=_service(name))
+
+    db = commands.add_parser("db", help="state store").add_subparsers(dest="db", required=True)
+    db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(
+        func=_db_upgrade
+    )
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", parents=[common], help="issue an API key")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="cli")
+    create.set_defaults(func=_keys_create)
+
+    model = commands.add_parser("model", help="the tiny CPU model").add_subparsers(
+        dest="model", required=True
+    )
+    build = model.add_parser("build", parents=[common], help="build volt-tiny")
+    build.add_argument("--out", type=Path)
+    build.set_defaults(func=_model_build)
+
+    from volt.bench.cli import add_bench_parser
+
+    add_bench_parser(commands, _bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        sys.exit(f"volt: configuration error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,198 @@
+"""Configuration: one TOML file plus ``VOLT_*`` environment variables.
+
+Every service reads the same ``VoltConfig`` and uses its own section. Values
+come from, in increasing priority: defaults, the TOML file (``--config`` or
+``VOLT_CONFIG``), environment variables, command-line flags. Environment
+variables are named ``VOLT_<SECTION>_<FIELD>`` (``VOLT_API_PORT``,
+``VOLT_AGENT_METRO``) or ``VOLT_<FIELD>`` for top-level fields
+(``VOLT_DATA_DIR``).
+
+Everything is validated with msgspec at start; a bad value raises
+``ConfigError`` naming the field, e.g. ``api.port: Expected int <= 65535``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+SubjectToken = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NatsSettings(_Section):
+    url: str = ""
+    """Where services dial NATS. Empty under ``volt up``, which embeds a server."""
+    port: Port = 0
+    """Port of the embedded server under ``volt up`` (0: pick a free one)."""
+
+
+class StoreSettings(_Section):
+    url: str = ""
+    """SQLAlchemy URL. Empty: a SQLite file in the data folder.
+    PostgreSQL: ``postgresql+asyncpg://user@host/db``."""
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    request_timeout_s: PositiveFloat = 600.0
+    """Every request has a deadline; none hangs longer than this."""
+    replica_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
+    """Names this replica's reply subjects. Empty: a random id per process."""
+    auth_cache_s: PositiveFloat = 30.0
+    """How long a verified API key is trusted before the store is asked again."""
+
+
+class SchedulerSettings(_Section):
+    missed_heartbeats: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """A node that misses this many heartbeats leaves placement."""
+    view_interval_s: PositiveFloat = 1.0
+    """How often the placement view is republished when nothing changed."""
+    sweep_interval_s: PositiveFloat = 0.1
+
+
+class AgentSettings(_Section):
+    node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
+    """Empty: derived from the host name."""
+    metro: SubjectToken = "local"
+    tier: SubjectToken = "standard"
+    heartbeat_interval_s: PositiveFloat = 2.0
+    engine: Literal["cpu", "vllm"] = "cpu"
+    engine_mode: Literal["model", "instant"] = "model"
+    """``instant`` returns fixed tokens with no model: for measuring Volt itself."""
+    model: SubjectToken = "volt-tiny"
+    engine_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
+    engine_socket: str = ""
+    """Empty: a private runtime folder (Unix socket paths must stay short)."""
+    max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
+    engine_startup_timeout_s: PositiveFloat = 300.0
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "volt")
+
+
+class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+
+    # Derived values: computed from the settings, never stored twice.
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.data_path / 'volt.db'}"
+
+    def node_id(self) -> str:
+        if self.agent.node_id:
+            return self.agent.node_id
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "node"
+        return f"{host}-{self.agent.metro}"
+
+    def engine_socket(self) -> Path:
+        if self.agent.engine_socket:
+            return Path(self.agent.engine_socket)
+        digest = hashlib.sha256(f"{self.data_path}:{self.node_id()}".encode()).hexdigest()[:12]
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        return Path(runtime) / f"volt-{os.getuid()}-{digest}" / "engine.sock"
+
+    def model_dir(self, model: str | None = None) -> Path:
+        return self.data_path / "models" / (model or self.agent.model)
+
+
+_SECTIONS = ("nats", "store", "api", "scheduler", "agent")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    fields: dict[str, set[str]] = {
+        name: {f.name for f in msgspec.structs.fields(typ)}
+        for name, typ in (
+            ("nats", NatsSettings), ("store", StoreSettings), ("api", ApiSettings),
+            ("scheduler", SchedulerSettings), ("agent", AgentSettings),
+        )
+    }
+    top = {"data_dir", "log_level"}
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("VOLT_"):
+            continue
+        name = key[5:].lower()
+        if name in top:
+            out[name] = value
+            continue
+        for section in _SECTIONS:
+            prefix = section + "_"
+            if name.startswith(prefix) and name[len(prefix):] in fields[section]:
+                out.setdefault(section, {})[name[len(prefix):]] = value
+                break
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> VoltConfig:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = path or (Path(env["VOLT_CONFIG"]) if env.get("VOLT_CONFIG") else None)
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw = _merge(raw, _env_overrides(env))
+    raw = _merge(raw, overrides or {})
+    try:
+        return msgspec.convert(raw, VoltConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.api.port`"; lead with the field.
+    text = str(exc)
+    message, _, where = text.partition(" - at `$.")
+    if where:
+        return f"{where.rstrip('`')}: {message}"
+    return text

@@ -1,0 +1,167 @@
+"""The Quart application: auth → handler, OpenAI errors on every path.
+
+``create_app`` wires the pieces; the logic lives in ``chat`` (serving),
+``routing`` (placement from the scheduler's view), ``inference`` (NATS
+request/reply) and ``auth``. Routes here stay thin.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from importlib.metadata import version as package_version
+
+import msgspec
+from nats.aio.client import Client
+from prometheus_client import REGISTRY, generate_latest
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from volt.config import VoltConfig
+from volt.control_api.auth import Authenticator
+from volt.control_api.chat import ChatCompletions
+from volt.control_api.errors import (
+    ApiError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+)
+from volt.control_api.inference import InferenceClient
+from volt.control_api.openapi import render_yaml
+from volt.control_api.routing import Router
+from volt.protocol.common import Model, ModelList
+from volt.store import ApiKeys, Database
+from volt.wire import ModelCard, bus
+
+log = logging.getLogger(__name__)
+_encoder = msgspec.json.Encoder()
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _model(card: ModelCard) -> Model:
+    return Model(id=card.id, created=card.created, owned_by=card.owned_by)
+
+
+def _json(value: object, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status=status, content_type="application/json")
+
+
+class ApiServices:
+    """What the routes use, connected in ``before_serving``."""
+
+    def __init__(self, config: VoltConfig, replica_id: str) -> None:
+        self.config = config
+        self.replica_id = replica_id
+        self.db = Database(config.store_url())
+        self.auth = Authenticator(ApiKeys(self.db), ttl_s=config.api.auth_cache_s)
+        self.router = Router()
+        self.nc: Client | None = None
+        self.chat: ChatCompletions | None = None
+
+    async def start(self) -> None:
+        await self.db.check_current()
+        self.nc = await bus.connect(
+            self.config.nats.url, name=f"volt-api-{self.replica_id}",
+            on_reconnect=self.router.refresh,
+        )
+        inference = InferenceClient(self.nc, self.replica_id)
+        await inference.start()
+        await self.router.attach(self.nc)
+        self.chat = ChatCompletions(self.router, inference, self.config.api.request_timeout_s)
+
+    async def stop(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+        await self.db.close()
+
+
+def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
+    app = Quart("volt")
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        RESPONSE_TIMEOUT=None,  # streams end by our deadline, not Quart's 60 s
+        BODY_TIMEOUT=60,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    services = ApiServices(config, replica_id or config.api.replica_id or "api-" + secrets.token_hex(4))
+    app.extensions["volt"] = services
+    openapi_yaml = render_yaml(package_version("volt"))
+
+    @app.before_serving
+    async def connect() -> None:
+        await services.start()
+
+    @app.after_serving
+    async def disconnect() -> None:
+        await services.stop()
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        if error.code == 405:
+            return error_response(MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.path}."
+            ))
+        if error.code == 413:
+            return error_response(PayloadTooLarge(
+                f"The request body is larger than {MAX_BODY_BYTES} bytes."
+            ))
+        if error.code == 404:
+            return error_response(NotFound(
+                f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
+            ))
+        api = ApiError(error.description or "HTTP error")
+        api.status = error.code or 500
+        api.type = "invalid_request_error" if api.status < 500 else "server_error"
+        return error_response(api)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.error("unhandled error", exc_info=error, extra={"path": request.path})
+        return error_response(ApiError("The server had an error processing your request."))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        arrived = time.perf_counter()
+        await services.auth.authenticate(request.headers.get("Authorization"))
+        assert services.chat is not None
+        return await services.chat.create(await request.get_data(), arrived)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        await services.auth.authenticate(request.headers.get("Authorization"))
+        cards = services.router.catalog.values()
+        return _json(ModelList(data=[_model(card) for card in cards]))
+
+    @app.get("/v1/models/<path:model_id>")
+    async def retrieve_model(model_id: str) -> Response:
+        await services.auth.authenticate(request.headers.get("Authorization"))
+        return _json(_model(services.router.model(model_id)))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", content_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        nc = services.nc
+        if nc is None or not nc.is_connected:
+            return Response("not connected to NATS", status=503, content_type="text/plain")
+        if not services.router.has_view:
+            return Response("no placement view yet", status=503, content_type="text/plain")
+        return Response("ok", content_type="text/plain")
+
+    @app.get("/openapi.yaml")
+    async def openapi() -> Response:
+        return Response(openapi_yaml, content_type="application/yaml")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), content_type="text/plain; version=0.0.4")
+
+    return app

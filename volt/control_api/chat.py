@@ -1,0 +1,289 @@
+"""Serving ``POST /v1/chat/completions``: validate, place, dispatch, relay.
+
+The request is validated with the same msgspec types the OpenAPI document is
+generated from, placed on a pod from the routing view, and published to the
+pod's metro-local subject. The API waits for the pod's first reply before
+answering, so errors that happen before any token (unknown model on the pod,
+context too long, pod gone) still get their proper HTTP status, and a pod
+that vanished since the last view is skipped for another.
+
+Streams relay the pod's chunks as OpenAI SSE chunks. Whatever arrived
+together goes out in one write, so a fast engine costs few writes while the
+first token is never held back. The chunk with ``finish_reason`` (or, with
+``stream_options.include_usage``, the usage chunk) is the last before
+``[DONE]`` and carries the ``volt`` block.
+
+A client that disconnects cancels the handler (Quart cancels it), and the
+``finally`` blocks tell the pod to stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from quart import Response
+
+from volt.control_api.errors import (
+    ApiError,
+    DeadlineExceeded,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamError,
+    error_event,
+)
+from volt.control_api.inference import NO_RESPONDERS, InferenceClient, Reply
+from volt.control_api.routing import Router
+from volt.protocol.chat import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    StreamOptions,
+)
+from volt.protocol.common import CompletionUsage, VoltBlock, VoltTiming
+from volt.scheduler.placement import PlacementQuery
+from volt.wire import Final, InferenceError, InferenceRequest, NodeView, StreamChunk
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_ATTEMPTS = 3
+
+
+def decode_request(body: bytes) -> ChatCompletionRequest:
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$.")
+        param = where.rstrip("`") or None
+        raise InvalidRequest(f"Invalid value for `{param}`: {message}" if param else message,
+                             param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}. "
+            "The body must be a JSON object."
+        ) from exc
+
+
+def _engine_body(req: ChatCompletionRequest) -> bytes:
+    # The pod gets the OpenAI request minus Volt's extension, always asking
+    # for usage on streams (metering needs it even when the client does not).
+    return _encoder.encode(msgspec.structs.replace(
+        req, volt=None,
+        stream_options=StreamOptions(include_usage=True) if req.stream else None,
+    ))
+
+
+@dataclass(slots=True)
+class PodCall:
+    """A request in flight on one pod."""
+
+    node: NodeView
+    request_id: str
+    replies: asyncio.Queue[Reply]
+    first: Reply
+    arrived: float
+    dispatched: float
+    deadline: float
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+
+class ChatCompletions:
+    def __init__(self, router: Router, inference: InferenceClient, timeout_s: float) -> None:
+        self.router = router
+        self.inference = inference
+        self.timeout_s = timeout_s
+
+    async def create(self, body: bytes, arrived: float) -> Response:
+        req = decode_request(body)
+        self.router.model(req.model)
+        options = req.volt
+        metros = options.metros() if options is not None else None
+        query = PlacementQuery(
+            model=req.model,
+            metros=frozenset(metros) if metros is not None else None,
+            tier=options.tier if options is not None else None,
+        )
+        call = await self._dispatch(query, req, _engine_body(req), arrived)
+        if req.stream:
+            response = Response(
+                self._events(call, req), content_type="text/event-stream", headers=_SSE_HEADERS
+            )
+            response.timeout = None  # our own deadline applies, not Quart's
+            return response
+        return await self._complete(call, req)
+
+    async def _dispatch(
+        self, query: PlacementQuery, req: ChatCompletionRequest, body: bytes, arrived: float
+    ) -> PodCall:
+        deadline = arrived + self.timeout_s
+        request_id = os.urandom(12).hex()
+        skipped: list[str] = []
+        for attempt in range(MAX_ATTEMPTS):
+            node = self.router.place(query, exclude=skipped)
+            attempt_id = f"{request_id}{attempt}"
+            self.router.started(node.node_id)
+            replies = await self.inference.send(node, InferenceRequest(
+                request_id=attempt_id, model=req.model, stream=req.stream, body=body,
+                deadline_unix=time.time() + (deadline - time.perf_counter()),
+            ))
+            dispatched = time.perf_counter()
+            try:
+                first = await asyncio.wait_for(replies.get(), deadline - dispatched)
+            except BaseException as exc:  # deadline, or the client went away
+                await self.inference.cancel(node, attempt_id)
+                self.router.finished(node.node_id)
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExceeded("The request ran past its deadline.") from exc
+                raise
+            if first is NO_RESPONDERS or (isinstance(first, InferenceError) and first.retryable):
+                # Gone since the last view, or momentarily full: try another pod.
+                self.inference.forget(attempt_id)
+                self.router.finished(node.node_id)
+                skipped.append(node.node_id)
+                continue
+            if isinstance(first, InferenceError):
+                self.inference.forget(attempt_id)
+                self.router.finished(node.node_id)
+                raise UpstreamError(first.status, first.code, first.message)
+            return PodCall(node, attempt_id, replies, first, arrived, dispatched, deadline)
+        raise ServiceUnavailable(f"No pod could take a `{query.model}` request; retry shortly.")
+
+    def _volt_block(self, call: PodCall, final: Final, first_token: float | None) -> VoltBlock:
+        now = time.perf_counter()
+        total_ms = (now - call.arrived) * 1000
+        return VoltBlock(
+            pod=final.pod, metro=final.metro, tier=final.tier,
+            timing=VoltTiming(
+                queue_ms=round((call.dispatched - call.arrived) * 1000 + final.timing.queue_ms, 3),
+                ttft_ms=round((first_token - call.arrived) * 1000 if first_token else total_ms, 3),
+                total_ms=round(total_ms, 3),
+            ),
+        )
+
+    async def _complete(self, call: PodCall, req: ChatCompletionRequest) -> Response:
+        try:
+            reply = call.first
+            while not isinstance(reply, Final):
+                if isinstance(reply, InferenceError):
+                    raise UpstreamError(reply.status, reply.code, reply.message)
+                if reply is NO_RESPONDERS:
+                    raise ServiceUnavailable("The pod serving this request went away; retry.")
+                reply = await asyncio.wait_for(call.replies.get(), call.remaining())
+        except TimeoutError as exc:
+            await self.inference.cancel(call.node, call.request_id)
+            raise DeadlineExceeded("The request ran past its deadline.") from exc
+        except asyncio.CancelledError:
+            await self.inference.cancel(call.node, call.request_id)
+            raise
+        finally:
+            self.inference.forget(call.request_id)
+            self.router.finished(call.node.node_id)
+        usage = reply.usage
+        completion = ChatCompletion(
+            id="chatcmpl-" + call.request_id,
+            created=int(time.time()),
+            model=req.model,
+            choices=[
+                Choice(index=c.index, message=AssistantMessage(content=c.content),
+                       finish_reason=c.finish_reason)
+                for c in reply.choices
+            ],
+            usage=CompletionUsage(
+                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            ),
+            volt=self._volt_block(call, reply, None),
+        )
+        return Response(_encoder.encode(completion), content_type="application/json")
+
+    async def _events(self, call: PodCall, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        chunk_id = "chatcmpl-" + call.request_id
+        created = int(time.time())
+        model = req.model
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
+        finish: dict[int, str] = {}
+        first_token: float | None = None
+        done = False
+
+        def chunk(choices: list[ChunkChoice], **extra: object) -> bytes:
+            event = ChatCompletionChunk(
+                id=chunk_id, created=created, model=model, choices=choices, **extra  # type: ignore[arg-type]
+            )
+            return b"data: " + _encoder.encode(event) + b"\n\n"
+
+        def render(reply: Reply, out: list[bytes]) -> bool:
+            """Append the SSE bytes for one pod reply; True when the stream is over."""
+            nonlocal first_token
+            if isinstance(reply, StreamChunk):
+                choices = []
+                for delta in reply.choices:
+                    if delta.finish_reason is not None:
+                        finish[delta.index] = delta.finish_reason
+                    if delta.content:
+                        role = "assistant" if first_token is None else None
+                        choices.append(ChunkChoice(
+                            index=delta.index, delta=Delta(role=role, content=delta.content)
+                        ))
+                if choices:
+                    first_token = first_token or time.perf_counter()
+                    out.append(chunk(choices))
+                return False
+            if isinstance(reply, Final):
+                volt = self._volt_block(call, reply, first_token)
+                closing = [
+                    ChunkChoice(index=i, delta=Delta(), finish_reason=reason)
+                    for i, reason in sorted(finish.items())
+                ] or [ChunkChoice(index=0, delta=Delta(), finish_reason="stop")]
+                usage = reply.usage
+                if include_usage:
+                    out.append(chunk(closing))
+                    out.append(chunk([], usage=CompletionUsage(
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        total_tokens=usage.total_tokens,
+                    ), volt=volt))
+                else:
+                    out.append(chunk(closing, volt=volt))
+                out.append(_DONE)
+                return True
+            error: ApiError
+            if isinstance(reply, InferenceError):
+                error = UpstreamError(reply.status, reply.code, reply.message)
+            else:
+                error = ServiceUnavailable("The pod serving this request went away.")
+            out.append(error_event(error) + _DONE)
+            return True
+
+        reply = call.first
+        try:
+            while True:
+                out: list[bytes] = []
+                done = render(reply, out)
+                while not done and not call.replies.empty():
+                    done = render(call.replies.get_nowait(), out)
+                yield b"".join(out)
+                if done:
+                    return
+                try:
+                    reply = await asyncio.wait_for(call.replies.get(), call.remaining())
+                except TimeoutError:
+                    yield error_event(DeadlineExceeded("The request ran past its deadline.")) + _DONE
+                    return
+        finally:
+            if done:
+                self.inference.forget(call.request_id)
+            else:
+                await self.inference.cancel(call.node, call.request_id)
+            self.router.finished(call.node.node_id)

@@ -1,0 +1,129 @@
+"""Errors on the HTTP surface, each knowing its status and OpenAI ``type``/``code``.
+
+::
+
+    ApiError
+    ├── InvalidRequest       400 invalid_request_error   (bad JSON, bad field)
+    ├── Unauthenticated      401 authentication_error    (missing or bad key)
+    ├── NotFound             404 invalid_request_error   (unknown model, route)
+    ├── MethodNotAllowed     405 invalid_request_error
+    ├── PayloadTooLarge      413 invalid_request_error
+    ├── UpstreamError        4xx/5xx from the pod, passed through (e.g. context length)
+    ├── ServiceUnavailable   503 service_unavailable     (no healthy pod; Retry-After)
+    └── DeadlineExceeded     504 timeout
+
+Handlers raise these; ``error_response`` is the only place they become HTTP.
+Anything else that escapes a handler is a bug: it becomes a 500 with a
+generic message, and is logged without the request's payload.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from quart import Response
+
+from volt.protocol.common import ErrorDetail, ErrorResponse
+
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="volt"'}
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UpstreamError(ApiError):
+    """The pod refused or failed the request; its status and code pass through."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.type = "invalid_request_error" if 400 <= status < 500 else "server_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_healthy_pod"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class DeadlineExceeded(ApiError):
+    status = 504
+    type = "timeout"
+    code = "deadline_exceeded"
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(
+        _encoder.encode(error.body()), status=error.status, headers=error.headers(),
+        content_type="application/json",
+    )
+
+
+def error_event(error: ApiError) -> bytes:
+    """The same error as an SSE event, for a stream that already started."""
+    return b"data: " + _encoder.encode(error.body()) + b"\n\n"

@@ -1,0 +1,93 @@
+"""Routing from the view the scheduler publishes.
+
+The API does not ask the scheduler per request. The scheduler publishes its
+placement view (nodes, their state and load, the model catalog) on
+``volt.sched.view`` whenever it changes and every second otherwise; each API
+replica keeps the latest copy and places requests locally with the same
+policy the scheduler uses. That takes a NATS round trip and the scheduler
+itself off every request's path (``volt bench placement`` measures both), at
+the price of a view up to one publish old, which the replica corrects with
+its own in-flight counts and by moving on when a node does not answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from volt.control_api.errors import ModelNotFound, ServiceUnavailable
+from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
+from volt.wire import SCHEDULER, ModelCard, NodeView, PlacementView, ViewQuery, encode, subjects
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
+        self.policy = policy
+        self.nodes: list[NodeView] = []
+        self.catalog: dict[str, ModelCard] = {}
+        self.inflight: dict[str, int] = {}
+        self.view_received_at: float | None = None
+        self._nc: Client | None = None
+
+    @property
+    def has_view(self) -> bool:
+        return self.view_received_at is not None
+
+    def apply(self, view: PlacementView) -> None:
+        self.nodes = view.nodes
+        self.catalog = {card.id: card for card in view.models}
+        self.view_received_at = time.monotonic()
+
+    def model(self, model_id: str) -> ModelCard:
+        card = self.catalog.get(model_id)
+        if card is None:
+            raise ModelNotFound(model_id)
+        return card
+
+    def place(self, query: PlacementQuery, exclude: Iterable[str] = ()) -> NodeView:
+        excluded = set(exclude)
+        nodes = [n for n in self.nodes if n.node_id not in excluded] if excluded else self.nodes
+        decision = self.policy.place(query, nodes, self.inflight)
+        if decision.node is None:
+            where = f" in {', '.join(sorted(query.metros))}" if query.metros else ""
+            raise ServiceUnavailable(
+                f"No healthy pod is serving `{query.model}`{where} right now; retry shortly."
+            )
+        return decision.node
+
+    def started(self, node_id: str) -> None:
+        self.inflight[node_id] = self.inflight.get(node_id, 0) + 1
+
+    def finished(self, node_id: str) -> None:
+        left = self.inflight.get(node_id, 1) - 1
+        if left > 0:
+            self.inflight[node_id] = left
+        else:
+            self.inflight.pop(node_id, None)
+
+    # -- keeping the view current ---------------------------------------------
+
+    async def attach(self, nc: Client) -> None:
+        self._nc = nc
+        await nc.subscribe(subjects.SCHED_VIEW, cb=self._on_view)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Ask the scheduler for the whole view (at start and after a reconnect)."""
+        if self._nc is None:
+            return
+        with contextlib.suppress(Exception):
+            reply = await self._nc.request(subjects.SCHED_VIEW_GET, encode(ViewQuery()), timeout=2)
+            await self._on_view(reply)
+
+    async def _on_view(self, msg: Msg) -> None:
+        view = SCHEDULER.decode_or_drop(msg.data)
+        if isinstance(view, PlacementView):
+            self.apply(view)

@@ -1,0 +1,73 @@
+"""OpenAI-compatible types shared by every endpoint family: usage, models,
+the error envelope and Volt's own ``volt`` response block."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+Slug = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class CompletionUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class VoltTiming(msgspec.Struct, kw_only=True):
+    queue_ms: float
+    """From the API receiving the request to the engine starting on it."""
+    ttft_ms: float
+    """From the API receiving the request to the first token leaving the pod."""
+    total_ms: float
+    """From the API receiving the request to the last token."""
+
+
+class VoltBlock(msgspec.Struct, kw_only=True):
+    """Where and how a request was served; on every Spark response."""
+
+    pod: str
+    metro: str
+    tier: str
+    timing: VoltTiming
+
+
+class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Volt's request extension (``extra_body={"volt": {...}}`` from the openai client)."""
+
+    metro: Slug | list[Slug] | None = None
+    """Serve only in this metro (or one of these metros)."""
+    tier: Slug | None = None
+    """Serve only on this tier."""
+
+    def metros(self) -> list[str] | None:
+        if self.metro is None:
+            return None
+        return [self.metro] if isinstance(self.metro, str) else list(self.metro)
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    owned_by: str
+    object: Literal["model"] = "model"
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    data: list[Model]
+    object: Literal["list"] = "list"
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """OpenAI's error envelope, used on every path."""
+
+    error: ErrorDetail

@@ -1,0 +1,32 @@
+"""``volt scheduler``: the scheduler process."""
+
+from __future__ import annotations
+
+import logging
+
+from volt.config import ConfigError, VoltConfig
+from volt.scheduler.node_table import NodeTable
+from volt.scheduler.service import Scheduler
+from volt.store import Database, Inventory
+from volt.wire import bus
+
+log = logging.getLogger(__name__)
+
+
+async def run_scheduler(config: VoltConfig) -> None:
+    if not config.nats.url:
+        raise ConfigError("nats.url: the scheduler needs a NATS URL (VOLT_NATS_URL)")
+    db = Database(config.store_url())
+    await db.upgrade()  # the scheduler owns the store, so it migrates it
+    scheduler = Scheduler(
+        NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats),
+        Inventory(db),
+        view_interval_s=config.scheduler.view_interval_s,
+        sweep_interval_s=config.scheduler.sweep_interval_s,
+    )
+    nc = await bus.connect(config.nats.url, name="volt-scheduler")
+    try:
+        await scheduler.run(nc)
+    finally:
+        await nc.close()
+        await db.close()

@@ -1,0 +1,123 @@
+"""The scheduler's live table of nodes, built from hellos and heartbeats.
+
+A node that misses ``missed_heartbeats`` heartbeats (at the interval it
+announced) becomes LOST and leaves placement; its next heartbeat brings it
+back. Time comes from an injected clock so tests need not sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from volt.scheduler.node_states import (
+    GONE,
+    LIVE,
+    NodeEvent,
+    NodeState,
+    initial_state,
+    next_state,
+)
+from volt.wire import EngineLoad, GpuInfo, Heartbeat, NodeGoodbye, NodeHello, NodeView
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    node_id: str
+    metro: str
+    tier: str
+    models: list[str]
+    state: NodeState
+    last_seen: float
+    heartbeat_interval_s: float
+    load: EngineLoad = field(default_factory=EngineLoad)
+    gpus: list[GpuInfo] = field(default_factory=list)
+    engine: str = "cpu"
+
+    def view(self) -> NodeView:
+        return NodeView(
+            node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
+            state=self.state.value, load=self.load,
+        )
+
+
+class NodeTable:
+    def __init__(
+        self,
+        *,
+        missed_heartbeats: int = 3,
+        forget_after_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.missed_heartbeats = missed_heartbeats
+        self.forget_after_s = forget_after_s
+        self.clock = clock
+        self._nodes: dict[str, NodeRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        return self._nodes.get(node_id)
+
+    def observe(self, message: NodeHello | Heartbeat | NodeGoodbye) -> bool:
+        """Apply one message; True when placement-relevant facts changed."""
+        if isinstance(message, NodeGoodbye):
+            return self._goodbye(message.node_id)
+        now = self.clock()
+        ready = isinstance(message, Heartbeat) and message.engine_ready
+        event = NodeEvent.HEARTBEAT_READY if ready else NodeEvent.HEARTBEAT_NOT_READY
+        record = self._nodes.get(message.node_id)
+        if record is None:
+            self._nodes[message.node_id] = NodeRecord(
+                node_id=message.node_id, metro=message.metro, tier=message.tier,
+                models=list(message.models), state=initial_state(event),
+                last_seen=now, heartbeat_interval_s=message.heartbeat_interval_s,
+                load=message.load if isinstance(message, Heartbeat) else EngineLoad(),
+                gpus=list(message.gpus),
+                engine=message.engine if isinstance(message, NodeHello) else "cpu",
+            )
+            return True
+        if isinstance(message, NodeHello) and record.state in LIVE:
+            # A hello from a live node means its agent restarted; its engine
+            # readiness comes with the next heartbeat.
+            event = NodeEvent.HEARTBEAT_NOT_READY
+        before = (record.state, record.metro, record.tier, record.models)
+        record.state = next_state(record.state, event)
+        record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
+        record.last_seen = now
+        record.heartbeat_interval_s = message.heartbeat_interval_s
+        record.gpus = list(message.gpus)
+        if isinstance(message, Heartbeat):
+            record.load = message.load
+        else:
+            record.engine = message.engine
+        return before != (record.state, record.metro, record.tier, record.models)
+
+    def _goodbye(self, node_id: str) -> bool:
+        record = self._nodes.get(node_id)
+        if record is None or record.state is NodeState.LEFT:
+            return False
+        record.state = next_state(record.state, NodeEvent.GOODBYE)
+        return True
+
+    def sweep(self) -> list[str]:
+        """Expire silent nodes and forget long-gone ones; returns the expired ids."""
+        now = self.clock()
+        expired = []
+        for record in list(self._nodes.values()):
+            silent_for = now - record.last_seen
+            if record.state in LIVE:
+                if silent_for > self.missed_heartbeats * record.heartbeat_interval_s:
+                    record.state = next_state(record.state, NodeEvent.EXPIRE)
+                    expired.append(record.node_id)
+            elif record.state in GONE and silent_for > self.forget_after_s:
+                del self._nodes[record.node_id]
+        return expired
+
+    def views(self) -> list[NodeView]:
+        return [record.view() for record in self._nodes.values()]
+
+    def models(self) -> set[str]:
+        return {model for record in self._nodes.values() for model in record.models}

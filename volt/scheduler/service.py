@@ -1,0 +1,152 @@
+"""The scheduler process: the single writer of placement state.
+
+It builds the live node table from hellos and heartbeats, expires silent
+nodes, keeps the model catalog in the store, and publishes the placement view
+(``volt.sched.view``) whenever placement-relevant facts change and every
+``view_interval_s`` otherwise (for load). API replicas route from that view;
+``volt.sched.place`` answers single placement questions with reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from volt.scheduler.node_table import NodeTable
+from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
+from volt.store import Inventory
+from volt.wire import (
+    NODE,
+    SCHEDULER,
+    ModelCard,
+    NodeHello,
+    PlaceAnswer,
+    PlacementView,
+    PlaceQuery,
+    ViewQuery,
+    encode,
+    subjects,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        table: NodeTable,
+        inventory: Inventory,
+        *,
+        view_interval_s: float = 1.0,
+        sweep_interval_s: float = 0.1,
+        policy: Policy = DEFAULT_POLICY,
+    ) -> None:
+        self.table = table
+        self.inventory = inventory
+        self.view_interval_s = view_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.policy = policy
+        self.scheduler_id = "sched-" + secrets.token_hex(4)
+        self._catalog: dict[str, ModelCard] = {}
+        self._seq = 0
+        self._nc: Client | None = None
+        self._dirty = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def view(self) -> PlacementView:
+        self._seq += 1
+        return PlacementView(
+            scheduler_id=self.scheduler_id, seq=self._seq, nodes=self.table.views(),
+            models=sorted(self._catalog.values(), key=lambda card: card.id),
+        )
+
+    async def run(self, nc: Client) -> None:
+        self._nc = nc
+        self._catalog = {card.id: card for card in await self.inventory.models()}
+        for subject in (subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE):
+            await nc.subscribe(subject, cb=self._on_node_message, pending_msgs_limit=65536)
+        await nc.subscribe(subjects.SCHED_VIEW_GET, cb=self._on_view_query)
+        await nc.subscribe(subjects.SCHED_PLACE, cb=self._on_place_query)
+        log.info("scheduler started", extra={"scheduler_id": self.scheduler_id})
+        await self._publish_forever()
+
+    async def _publish_forever(self) -> None:
+        assert self._nc is not None
+        last_publish = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), self.sweep_interval_s)
+            except TimeoutError:
+                pass
+            expired = self.table.sweep()
+            for node_id in expired:
+                log.warning("node lost", extra={"node_id": node_id})
+            now = time.monotonic()
+            if self._dirty.is_set() or expired or now - last_publish >= self.view_interval_s:
+                self._dirty.clear()
+                last_publish = now
+                try:
+                    await self._nc.publish(subjects.SCHED_VIEW, encode(self.view()))
+                except Exception as exc:  # NATS down: the next round retries
+                    log.warning("view publish failed: %s", type(exc).__name__)
+
+    async def _on_node_message(self, msg: Msg) -> None:
+        message = NODE.decode_or_drop(msg.data)
+        if message is None:
+            return
+        if self.table.observe(message):
+            self._dirty.set()
+            log.info("node changed", extra={
+                "node_id": message.node_id,
+                "state": getattr(self.table.get(message.node_id), "state", None),
+            })
+        if isinstance(message, NodeHello):
+            self._spawn(self.inventory.record_node(message))
+        new_models = set(getattr(message, "models", ())) - self._catalog.keys()
+        if new_models:
+            now = int(time.time())
+            for model_id in new_models:
+                self._catalog[model_id] = ModelCard(id=model_id, created=now)
+            self._spawn(self.inventory.add_models(new_models))
+            self._dirty.set()
+
+    def _spawn(self, work: object) -> None:
+        # Store writes must not stall heartbeat ingestion; they are few (joins,
+        # new models) and idempotent, so a failure is logged and retried next join.
+        async def guarded() -> None:
+            try:
+                await work  # type: ignore[misc]
+            except Exception:
+                log.exception("store write failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _on_view_query(self, msg: Msg) -> None:
+        if msg.reply and isinstance(SCHEDULER.decode_or_drop(msg.data), ViewQuery):
+            await msg.respond(encode(self.view()))
+
+    async def _on_place_query(self, msg: Msg) -> None:
+        query = SCHEDULER.decode_or_drop(msg.data)
+        if not msg.reply or not isinstance(query, PlaceQuery):
+            return
+        decision = self.policy.place(
+            PlacementQuery(
+                model=query.model,
+                metros=frozenset(query.metros) if query.metros is not None else None,
+                tier=query.tier,
+            ),
+            self.table.views(),
+        )
+        node = decision.node
+        await msg.respond(encode(PlaceAnswer(
+            node_id=node.node_id if node else None,
+            metro=node.metro if node else None,
+            rejected=decision.rejected,
+        )))

@@ -1,0 +1,15 @@
+"""The state store: SQLAlchemy 2 async over SQLite or PostgreSQL, Alembic migrations."""
+
+from volt.store.api_keys import ApiKeys, IssuedKey, Principal
+from volt.store.database import Database, SchemaOutdated, StoreError
+from volt.store.inventory import Inventory
+
+__all__ = [
+    "ApiKeys",
+    "Database",
+    "Inventory",
+    "IssuedKey",
+    "Principal",
+    "SchemaOutdated",
+    "StoreError",
+]

@@ -1,0 +1,15 @@
+"""Alembic environment: runs on the connection ``Database.upgrade`` passes in."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from volt.store.schema import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations with `volt db upgrade` (Database.upgrade)")
+
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

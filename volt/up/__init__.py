@@ -1,0 +1,1 @@
+"""``volt up``: one machine, one command."""

@@ -1,0 +1,193 @@
+"""``volt up``: a whole Volt on one machine.
+
+Starts, as child processes: an embedded ``nats-server`` (JetStream on, data in
+the data folder), the scheduler (SQLite store in the data folder), one agent
+with the CPU engine (building the tiny model on first run) and the API on
+127.0.0.1. Prints the base URL, the development API key and examples once a
+real chat completion has gone through. Ctrl-C (or SIGTERM) stops every child,
+API first, NATS last. Only one ``volt up`` may use a data folder at a time.
+
+Children write JSON logs to ``<data>/logs/<service>.log``; the terminal shows
+only progress and the banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+
+from volt.agent.engine.tiny_model import MODEL_ID, ensure_built, is_built
+from volt.config import VoltConfig
+from volt.processes import python_command, spawn, terminate
+from volt.store import Database
+from volt.up.bootstrap import ensure_dev_key
+from volt.up.nats_server import NatsServer, free_port
+
+SERVICES = ("scheduler", "agent", "api")
+READY_TIMEOUT_S = 300.0
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class StartFailed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def data_dir_lock(data: Path) -> Iterator[Path]:
+    """Hold ``<data>/volt-up.lock`` for the life of this ``volt up``."""
+    data.mkdir(parents=True, exist_ok=True)
+    lock_path = data / "volt-up.lock"
+    state_path = data / "volt-up.json"
+    handle = open(lock_path, "a+")  # noqa: SIM115
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        details = ""
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(state_path.read_text())
+            details = f" (pid {state['pid']}, {state['base_url']})"
+        raise AlreadyRunning(
+            f"Volt is already running on the data folder {data}{details}. Stop it with Ctrl-C "
+            "in its terminal, or start another with --data-dir pointing elsewhere."
+        ) from None
+    try:
+        yield state_path
+    finally:
+        with contextlib.suppress(OSError):
+            state_path.unlink()
+        handle.close()
+
+
+async def _wait_ready(base_url: str, key: str, children: dict[str, asyncio.subprocess.Process],
+                      out: TextIO) -> None:
+    """Ready means a real chat completion went through end to end."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {key}"}
+    last_note = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        while time.monotonic() < deadline:
+            for name, child in children.items():
+                if child.returncode is not None:
+                    raise StartFailed(f"the {name} exited with status {child.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with http.post(f"{base_url}/chat/completions", json=body,
+                                     headers=headers) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() - last_note > 5:
+                out.write("  waiting for the engine to come up…\n")
+                out.flush()
+                last_note = time.monotonic()
+            await asyncio.sleep(0.2)
+    raise StartFailed(f"Volt was not ready within {READY_TIMEOUT_S:.0f}s")
+
+
+def _banner(base_url: str, key: str, data: Path) -> str:
+    return f"""
+Volt is up.
+
+  Base URL     {base_url}
+  API key      {key}
+  Model        {MODEL_ID}
+  Data folder  {data}   (logs in {data / 'logs'})
+
+Try it with curl:
+
+  curl {base_url}/chat/completions \\
+    -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{MODEL_ID}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+Or with the openai Python client:
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base_url}", api_key="{key}")
+  reply = client.chat.completions.create(
+      model="{MODEL_ID}", messages=[{{"role": "user", "content": "Hello"}}])
+  print(reply.choices[0].message.content, reply.volt)
+
+Press Ctrl-C to stop.
+"""
+
+
+async def run_up(config: VoltConfig, *, config_path: Path | None = None,
+                 out: TextIO = sys.stdout) -> None:
+    data = config.data_path
+    with data_dir_lock(data) as state_path:
+        logs = data / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if config.agent.model == MODEL_ID and not is_built(config.model_dir()):
+            out.write(f"Building the tiny model {MODEL_ID} (first run only)…\n")
+            out.flush()
+            await asyncio.to_thread(ensure_built, config.model_dir())
+        out.write("Preparing the store…\n")
+        out.flush()
+        db = Database(config.store_url())
+        try:
+            await db.upgrade()
+            key = await ensure_dev_key(db, data / "dev-api-key")
+        finally:
+            await db.close()
+
+        nats = NatsServer(
+            port=config.nats.port, store_dir=data / "nats", log_file=logs / "nats.log"
+        )
+        api_port = config.api.port or free_port(config.api.host)
+        base_url = f"http://{config.api.host}:{api_port}/v1"
+        env = {
+            **os.environ,
+            "VOLT_DATA_DIR": str(data),
+            "VOLT_NATS_URL": "",  # set below, once the server has its port
+            "VOLT_STORE_URL": config.store_url(),
+            "VOLT_API_HOST": config.api.host,
+            "VOLT_API_PORT": str(api_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if config_path is not None:
+            env["VOLT_CONFIG"] = str(config_path)
+        children: dict[str, asyncio.subprocess.Process] = {}
+        log_handles = []
+        try:
+            out.write("Starting NATS, the scheduler, the agent and the API…\n")
+            out.flush()
+            await asyncio.to_thread(nats.start)
+            env["VOLT_NATS_URL"] = nats.url
+            for name in SERVICES:
+                handle = open(logs / f"{name}.log", "ab")  # noqa: SIM115
+                log_handles.append(handle)
+                children[name] = await spawn(
+                    python_command("volt", name), env=env, stdout=handle, stderr=handle
+                )
+            await _wait_ready(base_url, key, children, out)
+            state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))
+            out.write(_banner(base_url, key, data))
+            out.flush()
+            waits = {asyncio.ensure_future(child.wait()): name for name, child in children.items()}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            crashed = waits[done.pop()]
+            raise StartFailed(
+                f"the {crashed} stopped unexpectedly (see {logs / (crashed + '.log')}); "
+                "stopping Volt"
+            )
+        finally:
+            for name in reversed(SERVICES):
+                if name in children:
+                    await terminate(children[name])
+            await asyncio.to_thread(nats.stop)
+            for handle in log_handles:
+                handle.close()

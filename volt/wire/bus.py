@@ -1,0 +1,74 @@
+"""The NATS connection every Volt service uses.
+
+Services dial out and keep dialling: the first connection is retried until
+``connect_timeout_s`` (the server may start after us under systemd or
+``volt up``), and after that nats-py reconnects forever, re-subscribing on its
+own. ``on_reconnect`` lets a service re-sync state it keeps from the bus (the
+API re-asks for the placement view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+log = logging.getLogger(__name__)
+
+NO_RESPONDERS_STATUS = "503"
+
+
+def is_no_responders(msg: Msg) -> bool:
+    """The server's answer to a publish with a reply subject that nobody listens to."""
+    return bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS_STATUS
+
+
+async def connect(
+    url: str,
+    name: str,
+    *,
+    connect_timeout_s: float = 30.0,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
+    async def disconnected() -> None:
+        log.warning("nats disconnected", extra={"nats_client": name})
+
+    async def reconnected() -> None:
+        log.info("nats reconnected", extra={"nats_client": name})
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error: %s", type(exc).__name__, extra={"nats_client": name})
+
+    deadline = time.monotonic() + connect_timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await nats.connect(
+                servers=[url],
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,  # type: ignore[arg-type]
+                connect_timeout=2,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"could not reach NATS at {url} within {connect_timeout_s:.0f}s"
+                ) from exc
+            if attempt == 1 or attempt % 10 == 0:
+                log.info("waiting for NATS", extra={"url": url, "attempt": attempt})
+            await asyncio.sleep(0.2)

@@ -1,0 +1,200 @@
+"""Every message exchanged between Volt processes, as msgspec Structs.
+
+All messages are tagged (``kind``) so one decoder per subject family can tell
+them apart, and carry a schema version ``v``. Rules for evolving them
+(msgspec's schema-evolution rules): new fields always get defaults, fields are
+never removed or retyped, and a change receivers cannot ignore bumps ``v``.
+Receivers drop messages whose ``v`` they do not know (see ``codec``).
+
+Payload-carrying messages (``InferenceRequest``, ``StreamChunk``, ``Final``)
+only ever travel on metro-local subjects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+WIRE_VERSION = 1
+"""The schema version this build writes and the only one it reads."""
+
+
+class WireMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    v: int = WIRE_VERSION
+
+
+# --- node family: agent -> scheduler (global, metadata only) -------------------
+
+
+class GpuInfo(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    name: str
+    uuid: str
+    memory_total_mib: int
+    memory_used_mib: int = 0
+    utilization_pct: int = 0
+    temperature_c: int = 0
+
+
+class EngineLoad(msgspec.Struct, frozen=True, kw_only=True):
+    """The engine's load, read from its Prometheus metrics (vLLM's names)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    """Fraction of the KV cache in use, 0.0 to 1.0 (``vllm:kv_cache_usage_perc``)."""
+
+
+class NodeHello(WireMessage, frozen=True, kw_only=True, tag="node.hello"):
+    node_id: str
+    metro: str
+    tier: str
+    models: list[str]
+    gpus: list[GpuInfo] = []
+    engine: str = "cpu"
+    agent_version: str = ""
+    heartbeat_interval_s: float = 2.0
+
+
+class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
+    node_id: str
+    metro: str
+    tier: str
+    models: list[str]
+    gpus: list[GpuInfo] = []
+    load: EngineLoad = EngineLoad()
+    engine_ready: bool = True
+    heartbeat_interval_s: float = 2.0
+    seq: int = 0
+
+
+class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
+    """Sent by an agent that stops on purpose, so it leaves placement at once."""
+
+    node_id: str
+
+
+NodeMessage = NodeHello | Heartbeat | NodeGoodbye
+
+
+# --- scheduler family (global, metadata only) ----------------------------------
+
+
+class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    created: int
+    owned_by: str = "volt"
+
+
+class NodeView(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    metro: str
+    tier: str
+    models: list[str]
+    state: str
+    load: EngineLoad = EngineLoad()
+
+
+class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
+    """The scheduler's live view: every known node and the model catalog."""
+
+    scheduler_id: str
+    seq: int
+    nodes: list[NodeView]
+    models: list[ModelCard]
+
+
+class ViewQuery(WireMessage, frozen=True, kw_only=True, tag="sched.view.get"):
+    pass
+
+
+class PlaceQuery(WireMessage, frozen=True, kw_only=True, tag="sched.place"):
+    model: str
+    metros: list[str] | None = None
+    tier: str | None = None
+
+
+class PlaceAnswer(WireMessage, frozen=True, kw_only=True, tag="sched.place.answer"):
+    node_id: str | None
+    metro: str | None = None
+    rejected: dict[str, str] = {}
+    """Why each node that was not chosen was filtered out (node id -> reason)."""
+
+
+SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer
+
+
+# --- inference family: API <-> agent (metro-local, carries payloads) ------------
+
+
+class InferenceRequest(WireMessage, frozen=True, kw_only=True, tag="infer.request"):
+    request_id: str
+    endpoint: Literal["chat.completions"] = "chat.completions"
+    model: str
+    stream: bool
+    body: bytes
+    """The OpenAI request as JSON, ready for the engine (Volt extensions removed)."""
+    deadline_unix: float
+    """Wall-clock time after which the agent abandons the request."""
+
+
+class Cancel(WireMessage, frozen=True, kw_only=True, tag="infer.cancel"):
+    request_id: str
+
+
+class ChoiceDelta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    index: int = 0
+    content: str = ""
+    finish_reason: str | None = None
+
+
+class StreamChunk(WireMessage, frozen=True, kw_only=True, tag="infer.chunk"):
+    """One or more tokens, coalesced when the engine produced them together."""
+
+    request_id: str
+    seq: int
+    choices: list[ChoiceDelta]
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class AgentTiming(msgspec.Struct, frozen=True, kw_only=True):
+    queue_ms: float = 0.0
+    """From the agent receiving the request to handing it to the engine."""
+    engine_ttft_ms: float = 0.0
+    engine_total_ms: float = 0.0
+
+
+class Final(WireMessage, frozen=True, kw_only=True, tag="infer.final"):
+    """The last message of a request. For non-streaming requests ``choices`` holds
+    the whole completion; for streams it is empty (the text went in chunks)."""
+
+    request_id: str
+    pod: str
+    metro: str
+    tier: str
+    choices: list[ChoiceDelta] = []
+    usage: Usage = Usage()
+    timing: AgentTiming = AgentTiming()
+
+
+class InferenceError(WireMessage, frozen=True, kw_only=True, tag="infer.error"):
+    request_id: str
+    code: str
+    message: str
+    status: int = 500
+    """The HTTP status the API answers with (the engine's, for a rejected request)."""
+    retryable: bool = False
+    """True when nothing was generated and another pod may serve the request."""
+
+
+InferenceMessage = InferenceRequest | Cancel
+ReplyMessage = StreamChunk | Final | InferenceError

@@ -1,0 +1,60 @@
+"""Every NATS subject Volt uses is built here and nowhere else.
+
+Two kinds of subject:
+
+* global subjects (``volt.node.*``, ``volt.sched.*``) carry metadata only: node
+  identity, load, placement views. They may cross metros.
+* payload subjects (``volt.<metro>.…``) carry prompts and completions. They are
+  metro-local so that a NATS deployment can keep them inside the metro (a leaf
+  node or account per metro) and a payload never leaves the metro that serves it.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Global, metadata only.
+NODE_HELLO = "volt.node.hello"
+NODE_HEARTBEAT = "volt.node.heartbeat"
+NODE_GOODBYE = "volt.node.goodbye"
+SCHED_VIEW = "volt.sched.view"
+"""The scheduler publishes its placement view here; API replicas route from it."""
+SCHED_VIEW_GET = "volt.sched.view.get"
+"""Request/reply: the current placement view, for a replica that just (re)connected."""
+SCHED_PLACE = "volt.sched.place"
+"""Request/reply: ask the scheduler to place one request (debugging and the placement bench)."""
+
+
+def token(value: str) -> str:
+    """Check that ``value`` is one subject token (no dots, wildcards or spaces)."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def infer(metro: str, node_id: str) -> str:
+    """Payload: inference requests for one node."""
+    return f"volt.{token(metro)}.node.{token(node_id)}.infer"
+
+
+def cancel(metro: str, node_id: str) -> str:
+    """Cancellations for one node (same metro as the request it cancels)."""
+    return f"volt.{token(metro)}.node.{token(node_id)}.cancel"
+
+
+def reply(metro: str, replica_id: str, request_id: str) -> str:
+    """Payload: where a node streams one request's chunks back to the API replica."""
+    return f"volt.{token(metro)}.reply.{token(replica_id)}.{token(request_id)}"
+
+
+def reply_wildcard(replica_id: str) -> str:
+    """All reply subjects of one API replica, in every metro it routes to."""
+    return f"volt.*.reply.{token(replica_id)}.*"
+
+
+def is_metro_local(subject: str) -> bool:
+    """True for subjects that may carry payloads (``volt.<metro>.…``)."""
+    parts = subject.split(".")
+    return len(parts) >= 3 and parts[0] == "volt" and parts[1] not in {"node", "sched"}
