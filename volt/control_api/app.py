@@ -85,7 +85,8 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         BODY_TIMEOUT=60,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    services = ApiServices(config, replica_id or config.api.replica_id or "api-" + secrets.token_hex(4))
+    replica_id = replica_id or config.api.replica_id or "api-" + secrets.token_hex(4)
+    services = ApiServices(config, replica_id)
     app.extensions["volt"] = services
     openapi_yaml = render_yaml(package_version("volt"))
 
@@ -130,7 +131,9 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         arrived = time.perf_counter()
         await services.auth.authenticate(request.headers.get("Authorization"))
         assert services.chat is not None
-        return await services.chat.create(await request.get_data(), arrived)
+        return await services.chat.create(
+            await request.get_data(cache=False, as_text=False, parse_form_data=False), arrived
+        )
 
     @app.get("/v1/models")
     async def list_models() -> Response:

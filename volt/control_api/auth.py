@@ -31,7 +31,8 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise Unauthenticated(
-                "You didn't provide an API key. Send it as `Authorization: Bearer volt_sk_live_...`."
+                "You didn't provide an API key. "
+                "Send it as `Authorization: Bearer volt_sk_live_...`."
             )
         scheme, _, key = authorization.partition(" ")
         key = key.strip()

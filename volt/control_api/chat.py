@@ -232,10 +232,10 @@ class ChatCompletions:
                     if delta.finish_reason is not None:
                         finish[delta.index] = delta.finish_reason
                     if delta.content:
-                        role = "assistant" if first_token is None else None
-                        choices.append(ChunkChoice(
-                            index=delta.index, delta=Delta(role=role, content=delta.content)
-                        ))
+                        choices.append(ChunkChoice(index=delta.index, delta=Delta(
+                            role="assistant" if first_token is None else None,
+                            content=delta.content,
+                        )))
                 if choices:
                     first_token = first_token or time.perf_counter()
                     out.append(chunk(choices))
@@ -279,7 +279,8 @@ class ChatCompletions:
                 try:
                     reply = await asyncio.wait_for(call.replies.get(), call.remaining())
                 except TimeoutError:
-                    yield error_event(DeadlineExceeded("The request ran past its deadline.")) + _DONE
+                    late = DeadlineExceeded("The request ran past its deadline.")
+                    yield error_event(late) + _DONE
                     return
         finally:
             if done:

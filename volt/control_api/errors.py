@@ -43,9 +43,9 @@ class ApiError(Exception):
         return {}
 
     def body(self) -> ErrorResponse:
-        return ErrorResponse(
-            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
-        )
+        return ErrorResponse(error=ErrorDetail(
+            message=self.message, type=self.type, param=self.param, code=self.code
+        ))
 
 
 class InvalidRequest(ApiError):

@@ -24,7 +24,7 @@ async def run_api(config: VoltConfig) -> None:
     hypercorn.keep_alive_timeout = 75
     hypercorn.graceful_timeout = 5
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, hypercorn, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    server = asyncio.create_task(serve(app, hypercorn, shutdown_trigger=stop.wait))
     log.info("api listening", extra={"bind": hypercorn.bind[0]})
     try:
         await asyncio.shield(server)

@@ -80,8 +80,8 @@ def build_document(version: str) -> dict[str, Any]:
                 ok["content"]["text/event-stream"] = {
                     "schema": {"type": "string"},
                     "description": (
-                        f"With `stream: true`: server-sent events, each `data: <{op.stream.__name__}>`"
-                        ", ending with `data: [DONE]`."
+                        "With `stream: true`: server-sent events, each "
+                        f"`data: <{op.stream.__name__}>`, ending with `data: [DONE]`."
                     ),
                 }
         else:
@@ -128,4 +128,5 @@ def build_document(version: str) -> dict[str, Any]:
 
 
 def render_yaml(version: str) -> str:
-    return yaml.safe_dump(build_document(version), sort_keys=False, allow_unicode=True)
+    text: str = yaml.safe_dump(build_document(version), sort_keys=False, allow_unicode=True)
+    return text

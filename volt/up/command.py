@@ -168,7 +168,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
             await asyncio.to_thread(nats.start)
             env["VOLT_NATS_URL"] = nats.url
             for name in SERVICES:
-                handle = open(logs / f"{name}.log", "ab")  # noqa: SIM115
+                handle = open(logs / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230 - a local log file
                 log_handles.append(handle)
                 children[name] = await spawn(
                     python_command("volt", name), env=env, stdout=handle, stderr=handle

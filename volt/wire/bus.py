@@ -25,7 +25,7 @@ NO_RESPONDERS_STATUS = "503"
 
 def is_no_responders(msg: Msg) -> bool:
     """The server's answer to a publish with a reply subject that nobody listens to."""
-    return bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS_STATUS
+    return msg.headers is not None and msg.headers.get("Status") == NO_RESPONDERS_STATUS
 
 
 async def connect(
@@ -56,7 +56,7 @@ async def connect(
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.2,  # type: ignore[arg-type]
+                reconnect_time_wait=0.2,
                 connect_timeout=2,
                 ping_interval=5,
                 max_outstanding_pings=3,
@@ -64,7 +64,7 @@ async def connect(
                 reconnected_cb=reconnected,
                 error_cb=error,
             )
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             if time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"could not reach NATS at {url} within {connect_timeout_s:.0f}s"

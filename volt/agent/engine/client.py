@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+
 import aiohttp
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families

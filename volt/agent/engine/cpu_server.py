@@ -244,16 +244,22 @@ class EngineServer:
         return response
 
 
-async def serve(server: EngineServer, socket_path: Path, stop: asyncio.Event) -> None:
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+def _prepare_socket_dir(socket_path: Path) -> None:
+    socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
+        socket_path.unlink()  # a stale socket from a crashed engine
+
+
+async def serve(server: EngineServer, socket_path: Path, stop: asyncio.Event) -> None:
+    _prepare_socket_dir(socket_path)
     runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.UnixSite(runner, str(socket_path))
     await site.start()
     os.chmod(socket_path, 0o600)
-    log.info("engine listening", extra={"socket": str(socket_path), "model": server.backend.model_id})
+    log.info("engine listening", extra={
+        "socket": str(socket_path), "model": server.backend.model_id,
+    })
     try:
         await stop.wait()
     finally:
