@@ -61,6 +61,9 @@ class ApiSettings(_Section):
     auth_cache_s: PositiveFloat = 30.0
     """How long a verified API key is trusted before the store is asked again."""
 
+    def __post_init__(self) -> None:
+        _check_tokens(self, ("replica_id",))
+
 
 class SchedulerSettings(_Section):
     missed_heartbeats: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -85,6 +88,18 @@ class AgentSettings(_Section):
     """Empty: a private runtime folder (Unix socket paths must stay short)."""
     max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
     engine_startup_timeout_s: PositiveFloat = 300.0
+
+    def __post_init__(self) -> None:
+        _check_tokens(self, ("node_id", "metro", "tier", "model"))
+
+
+def _check_tokens(settings: msgspec.Struct, names: tuple[str, ...]) -> None:
+    # Patterns' `$` also matches before a final newline; NATS subject tokens
+    # must be exact, so check again.
+    for name in names:
+        value = getattr(settings, name)
+        if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError(f"`{name}` may only hold letters, digits, `-` and `_`")
 
 
 def _default_data_dir() -> str:

@@ -78,11 +78,13 @@ def build_document(version: str) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": ref(op.response)}}
             if op.stream is not None:
                 ok["content"]["text/event-stream"] = {
-                    "schema": {"type": "string"},
-                    "description": (
-                        "With `stream: true`: server-sent events, each "
-                        f"`data: <{op.stream.__name__}>`, ending with `data: [DONE]`."
-                    ),
+                    "schema": {
+                        "type": "string",
+                        "description": (
+                            "With `stream: true`: server-sent events, each "
+                            f"`data: <{op.stream.__name__}>`, ending with `data: [DONE]`."
+                        ),
+                    },
                 }
         else:
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}

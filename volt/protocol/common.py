@@ -42,6 +42,12 @@ class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tier: Slug | None = None
     """Serve only on this tier."""
 
+    def __post_init__(self) -> None:
+        # The pattern's `$` also matches before a final newline; be exact.
+        for value in [*(self.metros() or ()), *([self.tier] if self.tier else [])]:
+            if "\n" in value:
+                raise ValueError("metro and tier names are letters, digits, `-` and `_`")
+
     def metros(self) -> list[str] | None:
         if self.metro is None:
             return None

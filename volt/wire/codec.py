@@ -67,7 +67,8 @@ class FamilyDecoder(Generic[T]):
     def decode(self, data: bytes) -> T:
         try:
             message: T = self._decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            # ValueError: msgpack strings that are not UTF-8 (UnicodeDecodeError)
             raise self._version_error(data) or MalformedMessage(
                 f"{self.family}: {exc}"
             ) from exc
@@ -81,7 +82,7 @@ class FamilyDecoder(Generic[T]):
         # precisely rather than calling it malformed.
         try:
             raw = msgspec.msgpack.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, ValueError):
             return None
         if isinstance(raw, dict) and raw.get("v", WIRE_VERSION) != WIRE_VERSION:
             return UnsupportedVersion(f"{self.family}: schema version {raw.get('v')!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Global, metadata only.
 NODE_HELLO = "volt.node.hello"
@@ -29,7 +29,7 @@ SCHED_PLACE = "volt.sched.place"
 
 def token(value: str) -> str:
     """Check that ``value`` is one subject token (no dots, wildcards or spaces)."""
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise ValueError(f"not a valid subject token: {value!r}")
     return value
 

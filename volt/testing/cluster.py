@@ -1,0 +1,218 @@
+"""A whole Volt in child processes, for end-to-end tests and benchmarks.
+
+Each service is the real one (``python -m volt <service>``) talking to a real
+``nats-server`` on a free port; only the ports, folders and timings are
+chosen for tests. Logs go to ``<root>/logs/<name>.log`` and are printed when
+a service fails to come up.
+
+    with Cluster(tmp_path, heartbeat_interval_s=0.3) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable(metro="fra")
+        client = openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
+from volt.config import load_config
+from volt.processes import _die_with_parent
+from volt.store import Database
+from volt.up.bootstrap import ensure_dev_key
+from volt.up.nats_server import NatsServer, free_port
+
+
+class ClusterError(Exception):
+    pass
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no cleanup (its engine dies with it)."""
+        self.process.kill()
+        self.process.wait()
+
+
+class Cluster:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        heartbeat_interval_s: float = 0.3,
+        engine_mode: str = "model",
+        store_url: str | None = None,
+        model_cache: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.logs = root / "logs"
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.engine_mode = engine_mode
+        self.store_url = store_url or f"sqlite+aiosqlite:///{self.data_dir / 'volt.db'}"
+        self.model_cache = model_cache
+        self.nats = NatsServer(store_dir=root / "nats", log_file=root / "nats.log")
+        self.services: dict[str, ServiceProcess] = {}
+        self.api_port = free_port()
+        self.api_key = ""
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> Cluster:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        model_dir = self.data_dir / "models" / MODEL_ID
+        if self.model_cache is not None and not model_dir.exists():
+            model_dir.parent.mkdir(parents=True, exist_ok=True)
+            model_dir.symlink_to(ensure_built(self.model_cache))
+        ensure_built(model_dir)
+        self.api_key = asyncio.run(self._bootstrap())
+        self.nats.start()
+        self._spawn("scheduler", "scheduler", {})
+        return self
+
+    async def _bootstrap(self) -> str:
+        db = Database(self.store_url)
+        try:
+            await db.upgrade()
+            return await ensure_dev_key(db, self.data_dir / "dev-api-key")
+        finally:
+            await db.close()
+
+    def stop(self) -> None:
+        for name in sorted(self.services, key=lambda n: (n != "api", n == "scheduler")):
+            self.services[name].stop()
+        self.nats.stop()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- services --------------------------------------------------------------
+
+    def env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOLT_")}
+        env.update({
+            "VOLT_DATA_DIR": str(self.data_dir),
+            "VOLT_NATS_URL": self.nats.url,
+            "VOLT_STORE_URL": self.store_url,
+            "VOLT_API_PORT": str(self.api_port),
+            "VOLT_AGENT_HEARTBEAT_INTERVAL_S": str(self.heartbeat_interval_s),
+            "VOLT_AGENT_ENGINE_MODE": self.engine_mode,
+            "VOLT_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, command: str, extra: dict[str, str]) -> ServiceProcess:
+        env = self.env(extra)
+        log_path = self.logs / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "volt", command], env=env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
+        service = ServiceProcess(name, process, log_path, env)
+        self.services[name] = service
+        return service
+
+    def add_agent(self, node_id: str, *, metro: str = "local", tier: str = "standard",
+                  **settings: str) -> ServiceProcess:
+        extra = {
+            "VOLT_AGENT_NODE_ID": node_id, "VOLT_AGENT_METRO": metro, "VOLT_AGENT_TIER": tier,
+        }
+        extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
+        return self._spawn(node_id, "agent", extra)
+
+    def start_api(self) -> ServiceProcess:
+        return self._spawn("api", "api", {})
+
+    def engine_socket(self, node_id: str) -> Path:
+        return load_config(env=self.services[node_id].env).engine_socket()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/v1"
+
+    # -- waiting ---------------------------------------------------------------
+
+    def request(
+        self, path: str, body: dict[str, object] | None = None, *, key: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A plain HTTP call to the API: (status, headers, body)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}", data=data,
+            headers={"Authorization": f"Bearer {key if key is not None else self.api_key}",
+                     "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def wait_routable(self, *, metro: str | None = None, timeout_s: float = 120.0) -> None:
+        """Until a real chat completion (pinned to ``metro``) succeeds."""
+        body: dict[str, object] = {
+            "model": MODEL_ID, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "ping"}],
+        }
+        if metro is not None:
+            body["volt"] = {"metro": metro}
+        deadline = time.monotonic() + timeout_s
+        status = 0
+        while time.monotonic() < deadline:
+            for service in self.services.values():
+                if not service.alive():
+                    raise ClusterError(f"{service.name} exited:\n{service.log_text()[-4000:]}")
+            with contextlib.suppress(OSError):
+                status, _, _ = self.request("/v1/chat/completions", body, timeout_s=10)
+                if status == 200:
+                    return
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {s.name}\n{s.log_text()[-2000:]}" for s in self.services.values())
+        raise ClusterError(f"not routable (last status {status}) within {timeout_s}s\n{logs}")
