@@ -68,7 +68,8 @@ def test_engine_readiness_and_load_come_from_heartbeats() -> None:
     assert table.observe(beat(ready=True))
     assert not table.observe(beat(ready=True, running=5))  # load alone is not a change
     record = table.get("n1")
-    assert record is not None and record.load.running == 5
+    assert record is not None
+    assert record.load.running == 5
 
 
 def test_goodbye_leaves_at_once_and_a_hello_rejoins() -> None:

@@ -24,7 +24,8 @@ def test_every_rejection_has_a_named_reason() -> None:
     decision = DEFAULT_POLICY.place(
         PlacementQuery(model="m", metros=frozenset({"fra"}), tier="standard"), nodes
     )
-    assert decision.node is not None and decision.node.node_id == "good"
+    assert decision.node is not None
+    assert decision.node.node_id == "good"
     assert decision.rejected == {
         "wrong-model": "serves_model: does not serve m",
         "wrong-metro": "in_metro: metro ams not in ['fra']",
@@ -46,7 +47,8 @@ def test_least_load_wins_counting_this_routers_inflight() -> None:
     assert DEFAULT_POLICY.place(query, nodes).node.node_id == "idle"  # type: ignore[union-attr]
     # The view says idle has 1 running, but this router already sent it 20.
     picked = DEFAULT_POLICY.place(query, nodes, inflight={"idle": 20}).node
-    assert picked is not None and picked.node_id == "busy"
+    assert picked is not None
+    assert picked.node_id == "busy"
 
 
 def test_kv_cache_pressure_breaks_equal_load() -> None:

@@ -76,13 +76,15 @@ class Choice(msgspec.Struct, kw_only=True):
     logprobs: None = None
 
 
-class ChatCompletion(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ChatCompletion(
+    msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="object", tag="chat.completion"
+):
+    # ``object`` is the tag: always written, even with omit_defaults.
     id: str
     created: int
     model: str
     choices: list[Choice]
     usage: CompletionUsage
-    object: Literal["chat.completion"] = "chat.completion"
     volt: VoltBlock | None = None
 
 
@@ -98,11 +100,13 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     logprobs: None = None
 
 
-class ChatCompletionChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ChatCompletionChunk(
+    msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="object",
+    tag="chat.completion.chunk",
+):
     id: str
     created: int
     model: str
     choices: list[ChunkChoice]
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     usage: CompletionUsage | None = None
     volt: VoltBlock | None = None

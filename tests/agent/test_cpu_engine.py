@@ -1,0 +1,129 @@
+"""The CPU engine over its Unix socket, driven by the agent's engine client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from volt.agent.engine.client import EngineClient, EngineRejected, parse_load
+from volt.testing.engine import start_cpu_engine
+
+
+def chat(content: str = "Hello", **extra: object) -> bytes:
+    return json.dumps({"model": "volt-tiny",
+                       "messages": [{"role": "user", "content": content}], **extra}).encode()
+
+
+async def tokens_generated(engine: EngineClient) -> float:
+    async with engine._http().get("/metrics") as resp:
+        text = await resp.text()
+    total = next(row for row in text.splitlines() if row.startswith("vllm:generation_tokens_total"))
+    return float(total.rsplit(" ", 1)[1])
+
+
+async def test_completion_counts_tokens_with_the_models_tokenizer(
+    engine: EngineClient, tiny_model: Path
+) -> None:
+    completion = await engine.complete("/v1/chat/completions", chat("count me", max_tokens=7))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "count me"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+    assert completion.usage.completion_tokens <= 7
+    choice = completion.choices[0]
+    assert choice.finish_reason in {"length", "stop"}
+    if choice.finish_reason == "length":
+        assert completion.usage.completion_tokens == 7
+
+
+async def test_streaming_yields_tokens_then_usage(engine: EngineClient) -> None:
+    body = chat(max_tokens=12, stream=True, stream_options={"include_usage": True})
+    groups = [group async for group in engine.stream("/v1/chat/completions", body)]
+    chunks = [chunk for group in groups for chunk in group]
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta]
+    text = "".join(d or "" for d in deltas)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    finish = [reason for reason in finish if reason]
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert finish in (["length"], ["stop"])
+    assert len(usage) == 1
+    pieces = sum(1 for d in deltas if d)
+    # Each token is at most one piece (some decode to nothing: special tokens,
+    # partial UTF-8); a length stop means exactly the requested count.
+    assert pieces <= usage[0].completion_tokens <= 12
+    if finish == ["length"]:
+        assert usage[0].completion_tokens == 12
+    assert len(text) >= pieces
+
+
+async def test_client_disconnect_stops_generation(engine: EngineClient) -> None:
+    body = chat(max_tokens=3000, stream=True)
+    async for _ in engine.stream("/v1/chat/completions", body):
+        break  # closes the HTTP response: the client went away
+    await asyncio.sleep(0.2)
+    load = await engine.load()
+    assert (load.running, load.waiting) == (0, 0)
+    before = await tokens_generated(engine)
+    await asyncio.sleep(0.3)
+    assert await tokens_generated(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_request_error"),
+        (b'{"model": "volt-tiny", "messages": []}', 400, "invalid_request_error"),
+        (chat(model="gpt-4"), 404, "model_not_found"),
+        (chat(max_tokens=100_000), 400, "context_length_exceeded"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    engine: EngineClient, body: bytes, status: int, code: str
+) -> None:
+    with pytest.raises(EngineRejected) as info:
+        await engine.complete("/v1/chat/completions", body)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+async def test_concurrent_requests_share_batches(engine: EngineClient) -> None:
+    results = await asyncio.gather(*(
+        engine.complete("/v1/chat/completions", chat(f"request {i}", max_tokens=5))
+        for i in range(16)
+    ))
+    assert all(r.usage is not None and r.usage.completion_tokens >= 1 for r in results)
+
+
+async def test_instant_mode_returns_fixed_tokens(tiny_model: Path, tmp_path: Path) -> None:
+    process = start_cpu_engine(tiny_model, tmp_path / "instant.sock", "instant")
+    client = EngineClient(tmp_path / "instant.sock")
+    try:
+        first = await client.complete("/v1/chat/completions", chat(max_tokens=9))
+        second = await client.complete("/v1/chat/completions", chat(max_tokens=9))
+        assert first.choices[0].message is not None
+        assert second.choices[0].message is not None
+        assert first.choices[0].message.content == second.choices[0].message.content
+        assert first.usage is not None
+        assert first.usage.completion_tokens == 9
+    finally:
+        await client.close()
+        process.terminate()
+        process.wait(10)
+
+
+def test_load_is_read_from_vllm_metric_names() -> None:
+    text = (
+        '# TYPE vllm:num_requests_running gauge\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+        '# TYPE vllm:num_requests_waiting gauge\n'
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 4.0\n'
+        '# TYPE vllm:kv_cache_usage_perc gauge\n'
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5\n'
+    )
+    load = parse_load(text)
+    assert (load.running, load.waiting, load.kv_cache_usage) == (5, 4, 0.5)
