@@ -110,7 +110,7 @@ def test_a_body_over_the_limit_is_refused_from_its_header(two_metros: Cluster) -
 
 def test_wrong_key_and_scheme(two_metros: Cluster) -> None:
     for header in ("Bearer volt_sk_live_" + "A" * 43, "Token abc", "Bearer"):
-        status, headers, payload = raw(two_metros, "GET", "/v1/models", None,
+        status, headers, _payload = raw(two_metros, "GET", "/v1/models", None,
                                        {"Authorization": header})
         assert status == 401
         assert {k.lower() for k in headers} >= {"www-authenticate"}
@@ -118,9 +118,8 @@ def test_wrong_key_and_scheme(two_metros: Cluster) -> None:
 
 def test_the_openai_client_raises_its_typed_errors(two_metros: Cluster) -> None:
     with openai.OpenAI(base_url=two_metros.base_url, api_key="volt_sk_live_" + "B" * 43,
-                       max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError):
-            bad.models.list()
+                       max_retries=0) as bad, pytest.raises(openai.AuthenticationError):
+        bad.models.list()
     with openai.OpenAI(base_url=two_metros.base_url, api_key=two_metros.api_key,
                        max_retries=0) as sdk:
         with pytest.raises(openai.NotFoundError) as info:

@@ -44,4 +44,4 @@ async def run_agent(config: VoltConfig) -> None:
             tasks.create_task(agent.run(nc))
     finally:
         await client.close()
-        await nc.close()
+        await bus.close(nc)

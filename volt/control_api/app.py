@@ -7,6 +7,7 @@ request/reply) and ``auth``. Routes here stay thin.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -73,7 +74,13 @@ class ApiServices:
 
     async def stop(self) -> None:
         if self.nc is not None:
-            await self.nc.drain()
+            # Drain when we can (finish in-flight replies); when NATS is
+            # already gone (a whole-host shutdown), just close.
+            try:
+                await self.nc.drain()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
         await self.db.close()
 
 

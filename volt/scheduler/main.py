@@ -28,5 +28,5 @@ async def run_scheduler(config: VoltConfig) -> None:
     try:
         await scheduler.run(nc)
     finally:
-        await nc.close()
+        await bus.close(nc)
         await db.close()

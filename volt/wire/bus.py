@@ -72,3 +72,11 @@ async def connect(
             if attempt == 1 or attempt % 10 == 0:
                 log.info("waiting for NATS", extra={"url": url, "attempt": attempt})
             await asyncio.sleep(0.2)
+
+
+async def close(nc: Client) -> None:
+    """Close at shutdown. If NATS is already gone, there is nothing left to flush."""
+    try:
+        await nc.close()
+    except Exception as exc:
+        log.info("nats closed uncleanly: %s", type(exc).__name__)

@@ -1,0 +1,188 @@
+"""Failure modes end to end: killed agents, a restarted NATS, vanished clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import nats
+import openai
+import pytest
+
+from volt.agent.engine.client import EngineClient
+from volt.testing import Cluster
+from volt.wire import SCHEDULER, PlacementView, subjects
+
+HEARTBEAT_S = 0.3
+
+pytestmark = pytest.mark.slow
+BODY = {"model": "volt-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+def served_by(cluster: Cluster, **extra: object) -> str:
+    status, _, body = cluster.request("/v1/chat/completions", {**BODY, **extra})
+    assert status == 200, body
+    import json
+
+    pod: str = json.loads(body)["volt"]["pod"]
+    return pod
+
+
+async def watch_until_not_ready(url: str, node_id: str, timeout_s: float) -> float:
+    """Seconds until the scheduler's published view no longer offers ``node_id``."""
+    nc = await nats.connect(url)
+    gone = asyncio.get_running_loop().create_future()
+    started = time.monotonic()
+
+    async def on_view(msg: nats.aio.msg.Msg) -> None:
+        view = SCHEDULER.decode(msg.data)
+        assert isinstance(view, PlacementView)
+        states = {n.node_id: n.state for n in view.nodes}
+        if states.get(node_id) != "ready" and not gone.done():
+            gone.set_result(time.monotonic() - started)
+
+    await nc.subscribe(subjects.SCHED_VIEW, cb=on_view)
+    try:
+        return await asyncio.wait_for(gone, timeout_s)
+    finally:
+        await nc.close()
+
+
+def test_a_killed_agent_leaves_placement_and_then_there_is_503(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    with Cluster(tmp_path, heartbeat_interval_s=HEARTBEAT_S, model_cache=tiny_model) as cluster:
+        first = cluster.add_agent("fra-1", metro="fra")
+        second = cluster.add_agent("fra-2", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        deadline = time.monotonic() + 30
+        while {served_by(cluster) for _ in range(12)} != {"fra-1", "fra-2"}:
+            assert time.monotonic() < deadline, "both agents never became routable"
+
+        first.kill()
+        killed_at = time.monotonic()
+        # Three heartbeat intervals, plus the scheduler's 0.1 s sweep and slack
+        # for a loaded 2-core machine.
+        waited = asyncio.run(watch_until_not_ready(cluster.nats.url, "fra-1", timeout_s=10))
+        assert time.monotonic() - killed_at <= 3 * HEARTBEAT_S + 0.5, waited
+        # Everything now goes to the survivor, and nothing failed on the way.
+        assert {served_by(cluster) for _ in range(10)} == {"fra-2"}
+
+        second.kill()
+        asyncio.run(watch_until_not_ready(cluster.nats.url, "fra-2", timeout_s=10))
+        status, headers, body = cluster.request("/v1/chat/completions", BODY)
+        assert status == 503, body
+        assert {k.lower() for k in headers} >= {"retry-after"}
+        # The model is still known: 503, not 404.
+        assert b"no_healthy_pod" in body
+
+
+def test_requests_in_the_gap_after_a_kill_go_to_the_survivor(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Before the scheduler notices, NATS's no-responders answer moves the request on."""
+    with Cluster(tmp_path, heartbeat_interval_s=5.0, model_cache=tiny_model) as cluster:
+        first = cluster.add_agent("fra-1", metro="fra")
+        cluster.add_agent("fra-2", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        deadline = time.monotonic() + 30
+        while {served_by(cluster) for _ in range(12)} != {"fra-1", "fra-2"}:
+            assert time.monotonic() < deadline
+        first.kill()  # the view still says ready for up to 15 s
+        assert {served_by(cluster) for _ in range(20)} == {"fra-2"}
+
+
+def test_service_resumes_after_nats_restarts(tmp_path: Path, tiny_model: Path) -> None:
+    with Cluster(tmp_path, heartbeat_interval_s=HEARTBEAT_S, model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        pids = {name: s.pid for name, s in cluster.services.items()}
+
+        cluster.nats.restart()  # same port, same data folder
+        deadline = time.monotonic() + 30
+        while True:
+            status, _, _ = cluster.request("/v1/chat/completions", BODY)
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, f"still {status} 30 s after NATS came back"
+            time.sleep(0.2)
+        assert all(s.alive() for s in cluster.services.values())
+        assert {name: s.pid for name, s in cluster.services.items()} == pids
+        # And streams work too.
+        with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key) as sdk:
+            chunks = list(sdk.chat.completions.create(
+                model="volt-tiny", messages=[{"role": "user", "content": "hi"}],
+                max_tokens=4, stream=True,
+            ))
+            assert chunks[-1].choices[0].finish_reason in {"length", "stop"}
+
+
+async def _tokens_generated(engine: EngineClient) -> float:
+    async with engine._http().get("/metrics") as resp:
+        text = await resp.text()
+    total = next(r for r in text.splitlines() if r.startswith("vllm:generation_tokens_total"))
+    return float(total.rsplit(" ", 1)[1])
+
+
+def test_a_client_that_disconnects_stops_generation_on_the_pod(two_metros: Cluster) -> None:
+    socket = two_metros.engine_socket("fra-1")
+
+    async def scenario() -> tuple[float, float, int]:
+        engine = EngineClient(socket)
+        try:
+            async with aiohttp.ClientSession() as http:
+                response = await http.post(
+                    f"{two_metros.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {two_metros.api_key}"},
+                    json={**BODY, "max_tokens": 4000, "stream": True,
+                          "volt": {"metro": "fra"}},
+                )
+                assert response.status == 200
+                async for _ in response.content.iter_any():
+                    break  # one chunk of tokens, then the client goes away
+                during = await _tokens_generated(engine)
+                assert (await engine.load()).running == 1
+                response.close()
+            disconnected = time.monotonic()
+            while (await engine.load()).running:
+                assert time.monotonic() - disconnected < 5, "the engine kept generating"
+                await asyncio.sleep(0.01)
+            stopped = await _tokens_generated(engine)
+            await asyncio.sleep(0.5)
+            after = await _tokens_generated(engine)
+            return during, stopped, int(after - stopped)
+        finally:
+            await engine.close()
+
+    during, stopped, later = asyncio.run(scenario())
+    assert later == 0  # nothing generated once stopped
+    assert stopped - during < 400  # stopped long before 4000 tokens
+
+
+def test_an_openai_client_breaking_out_of_a_stream_stops_the_pod(two_metros: Cluster) -> None:
+    socket = two_metros.engine_socket("ams-1")
+    with openai.OpenAI(base_url=two_metros.base_url, api_key=two_metros.api_key) as sdk:
+        stream = sdk.chat.completions.create(
+            model="volt-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4000,
+            stream=True, extra_body={"volt": {"metro": "ams"}},
+        )
+        for _ in stream:
+            break
+        stream.close()
+
+    async def running() -> int:
+        engine = EngineClient(socket)
+        try:
+            deadline = time.monotonic() + 5
+            while (load := await engine.load()).running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return load.running
+        finally:
+            await engine.close()
+
+    assert asyncio.run(running()) == 0

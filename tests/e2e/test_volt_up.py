@@ -1,0 +1,119 @@
+"""``volt up`` as a user runs it: one command, a working API, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from volt.agent.engine.tiny_model import MODEL_ID
+from volt.testing import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def volt(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "volt", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in (env or os.environ).items() if k != "VOLT_CONFIG"},
+    )
+
+
+class Output:
+    """Collects a child's stdout on a thread (select() would miss buffered lines)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.text = ""
+        assert process.stdout is not None
+        stream = process.stdout
+        threading.Thread(target=lambda: [self.lines.put(line) for line in stream],
+                         daemon=True).start()
+
+    def until(self, pattern: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not re.search(pattern, self.text):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"never saw {pattern!r}; output so far:\n{self.text}")
+            with contextlib.suppress(queue.Empty):
+                self.text += self.lines.get(timeout=min(remaining, 0.5))
+        return self.text
+
+
+def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> None:
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / MODEL_ID).symlink_to(tiny_model)
+    port = free_port()
+    up = volt("up", "--data-dir", str(data), "--api-port", str(port))
+    try:
+        output = Output(up)
+        banner = output.until(r"Press Ctrl-C to stop", timeout_s=180)
+        base_url = re.search(r"Base URL\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+        key = re.search(r"API key\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+        assert base_url == f"http://127.0.0.1:{port}/v1"
+        assert key.startswith("volt_sk_live_")
+        assert "curl " in banner
+        assert "from openai import OpenAI" in banner
+        # The dev key is kept only in a private file.
+        assert (data / "dev-api-key").stat().st_mode & 0o077 == 0
+
+        with openai.OpenAI(base_url=base_url, api_key=key) as sdk:
+            reply = sdk.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "hello"}], max_tokens=4
+            )
+            assert reply.model_extra["volt"]["pod"]  # type: ignore[index]
+
+        # A second volt up on the same data folder refuses, clearly.
+        second = volt("up", "--data-dir", str(data), "--api-port", str(free_port()))
+        refusal, _ = second.communicate(timeout=60)
+        assert second.returncode != 0
+        assert "already running" in refusal
+        assert base_url in refusal
+
+        children = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        for expected in ("nats-server", "volt scheduler", "volt agent", "volt api",
+                         "cpu_server"):
+            assert expected in names, names
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        assert "Volt stopped." in output.until("Volt stopped", timeout_s=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], [c.pid for c in alive]
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_a_bad_setting_stops_volt_up_naming_the_field(tmp_path: Path) -> None:
+    env = {**os.environ, "VOLT_API_PORT": "not-a-port", "VOLT_DATA_DIR": str(tmp_path)}
+    process = volt("up", env=env)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "api.port" in output
+    assert "Traceback" not in output
+
+
+def test_a_bad_config_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "volt.toml"
+    config.write_text("[agent]\nheartbeat_interval_s = -1\n")
+    process = volt("up", "--config", str(config), "--data-dir", str(tmp_path))
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "agent.heartbeat_interval_s" in output
+    assert "Traceback" not in output
