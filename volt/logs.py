@@ -50,7 +50,7 @@ def configure_logging(service: str, level: str | None = None) -> None:
     root.setLevel((level or os.environ.get("VOLT_LOG_LEVEL", "info")).upper())
     # Chatty libraries stay at warning: hypercorn's access log would record paths
     # and client addresses for every request, at a cost, and tells us nothing new.
-    for name in ("hypercorn.access", "aiohttp.access", "asyncio", "httpx", "transformers"):
+    for name in ("hypercorn.access", "uvicorn.access", "asyncio", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # transformers' batching logger prints plain text through its own handler.
     batching = logging.getLogger("ContinuousBatchingLogger")

@@ -19,8 +19,7 @@ def chat(content: str = "Hello", **extra: object) -> bytes:
 
 
 async def tokens_generated(engine: EngineClient) -> float:
-    async with engine._http().get("/metrics") as resp:
-        text = await resp.text()
+    text = await engine.metrics()
     total = next(row for row in text.splitlines() if row.startswith("vllm:generation_tokens_total"))
     return float(total.rsplit(" ", 1)[1])
 
@@ -127,3 +126,16 @@ def test_load_is_read_from_vllm_metric_names() -> None:
     )
     load = parse_load(text)
     assert (load.running, load.waiting, load.kv_cache_usage) == (5, 4, 0.5)
+
+
+def test_pre_encoded_token_frames_equal_whole_chunks() -> None:
+    from volt.agent.engine.cpu_server import TokenFrames, _json
+    from volt.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
+
+    frames = TokenFrames("chatcmpl-1", 1700000000, 'model "quoted"')
+    for piece in ["hello", " ", '"quotes" and \\ backslash', "ünï ✓", "\x00\n\t", "</script>"]:
+        whole = _json.encode(ChatCompletionChunk(
+            id="chatcmpl-1", created=1700000000, model='model "quoted"',
+            choices=[ChunkChoice(index=0, delta=Delta(content=piece))],
+        ))
+        assert frames.token(piece) == b"data: " + whole + b"\n\n"

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
-import aiohttp
 import nats
 import openai
 import pytest
 
 from volt.agent.engine.client import EngineClient
+from volt.http1 import Http1Client
 from volt.testing import Cluster
 from volt.wire import SCHEDULER, PlacementView, subjects
 
@@ -24,8 +25,6 @@ BODY = {"model": "volt-tiny", "messages": [{"role": "user", "content": "hi"}], "
 def served_by(cluster: Cluster, **extra: object) -> str:
     status, _, body = cluster.request("/v1/chat/completions", {**BODY, **extra})
     assert status == 200, body
-    import json
-
     pod: str = json.loads(body)["volt"]["pod"]
     return pod
 
@@ -123,8 +122,7 @@ def test_service_resumes_after_nats_restarts(tmp_path: Path, tiny_model: Path) -
 
 
 async def _tokens_generated(engine: EngineClient) -> float:
-    async with engine._http().get("/metrics") as resp:
-        text = await resp.text()
+    text = await engine.metrics()
     total = next(r for r in text.splitlines() if r.startswith("vllm:generation_tokens_total"))
     return float(total.rsplit(" ", 1)[1])
 
@@ -135,19 +133,17 @@ def test_a_client_that_disconnects_stops_generation_on_the_pod(two_metros: Clust
     async def scenario() -> tuple[float, float, int]:
         engine = EngineClient(socket)
         try:
-            async with aiohttp.ClientSession() as http:
-                response = await http.post(
-                    f"{two_metros.base_url}/chat/completions",
-                    headers={"Authorization": f"Bearer {two_metros.api_key}"},
-                    json={**BODY, "max_tokens": 4000, "stream": True,
-                          "volt": {"metro": "fra"}},
-                )
-                assert response.status == 200
-                async for _ in response.content.iter_any():
-                    break  # one chunk of tokens, then the client goes away
-                during = await _tokens_generated(engine)
-                assert (await engine.load()).running == 1
-                response.close()
+            http = Http1Client(port=two_metros.api_port,
+                               headers={"Authorization": f"Bearer {two_metros.api_key}"})
+            body = json.dumps({**BODY, "max_tokens": 4000, "stream": True,
+                               "volt": {"metro": "fra"}}).encode()
+            response = await http.request("POST", "/v1/chat/completions", body)
+            assert response.status == 200
+            async for _ in response.chunks():
+                break  # one chunk of tokens, then the client goes away
+            during = await _tokens_generated(engine)
+            assert (await engine.load()).running == 1
+            response.close()  # unfinished: aborts the connection
             disconnected = time.monotonic()
             while (await engine.load()).running:
                 assert time.monotonic() - disconnected < 5, "the engine kept generating"

@@ -1,19 +1,45 @@
-"""``volt bench``: Volt's benchmarks."""
+"""``volt bench``: Volt's benchmarks (printed tables; ``--json PATH`` for the figures)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+
+def _concurrencies(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("a comma-separated list of integers") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrencies are positive integers")
+    return values
 
 
 def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -> None:
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
-        dest="bench", required=True
+        dest="bench", required=True, metavar="BENCH"
     )
-    overhead = bench.add_parser("overhead", help="the latency and throughput Volt adds")
+    overhead = bench.add_parser(
+        "overhead", help="the latency and throughput Volt adds over its engine"
+    )
+    overhead.add_argument("--tokens", type=int, default=64, help="tokens per response")
+    overhead.add_argument("--concurrency", type=_concurrencies, default=[1, 32, 64],
+                          help="comma-separated (default 1,32,64)")
+    overhead.add_argument("--requests", type=int, default=2000,
+                          help="requests at concurrency 1 (default 2000)")
+    overhead.add_argument("--duration", type=float, default=8.0,
+                          help="seconds per run above concurrency 1 (default 8)")
+    overhead.add_argument("--json", type=Path, help="also write the figures here")
     overhead.set_defaults(func=run)
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    raise SystemExit("not yet")
+    if args.bench == "overhead":
+        from volt.bench.overhead import run_overhead
+
+        run_overhead(tokens=args.tokens, concurrencies=args.concurrency,
+                     sequential_requests=args.requests, duration_s=args.duration,
+                     json_path=args.json)

@@ -2,7 +2,9 @@
 
 ``create_app`` wires the pieces; the logic lives in ``chat`` (serving),
 ``routing`` (placement from the scheduler's view), ``inference`` (NATS
-request/reply) and ``auth``. Routes here stay thin.
+request/reply) and ``auth``. Routes here stay thin. ``create_asgi`` puts the
+inference hot path (``hot_path``) in front of the Quart app; that is what
+Hypercorn serves.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import time
 from importlib.metadata import version as package_version
 
 import msgspec
@@ -19,6 +20,7 @@ from prometheus_client import REGISTRY, generate_latest
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from volt.asgi import ASGIApp
 from volt.config import VoltConfig
 from volt.control_api.auth import Authenticator
 from volt.control_api.chat import ChatCompletions
@@ -27,8 +29,9 @@ from volt.control_api.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    error_response,
+    error_json,
 )
+from volt.control_api.hot_path import HotPath
 from volt.control_api.inference import InferenceClient
 from volt.control_api.openapi import render_yaml
 from volt.control_api.routing import Router
@@ -47,6 +50,11 @@ def _model(card: ModelCard) -> Model:
 
 def _json(value: object, status: int = 200) -> Response:
     return Response(_encoder.encode(value), status=status, content_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(error_json(error), status=error.status, headers=error.headers(),
+                    content_type="application/json")
 
 
 class ApiServices:
@@ -133,15 +141,6 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         log.error("unhandled error", exc_info=error, extra={"path": request.path})
         return error_response(ApiError("The server had an error processing your request."))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions() -> Response:
-        arrived = time.perf_counter()
-        await services.auth.authenticate(request.headers.get("Authorization"))
-        assert services.chat is not None
-        return await services.chat.create(
-            await request.get_data(cache=False, as_text=False, parse_form_data=False), arrived
-        )
-
     @app.get("/v1/models")
     async def list_models() -> Response:
         await services.auth.authenticate(request.headers.get("Authorization"))
@@ -175,3 +174,9 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         return Response(generate_latest(REGISTRY), content_type="text/plain; version=0.0.4")
 
     return app
+
+
+def create_asgi(config: VoltConfig, *, replica_id: str | None = None) -> ASGIApp:
+    """What Hypercorn serves: the inference hot path in front of the Quart app."""
+    app = create_app(config, replica_id=replica_id)
+    return HotPath(app, app.extensions["volt"], max_body_bytes=MAX_BODY_BYTES)

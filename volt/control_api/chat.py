@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
-from quart import Response
 
 from volt.control_api.errors import (
     ApiError,
@@ -36,7 +35,7 @@ from volt.control_api.errors import (
     UpstreamError,
     error_event,
 )
-from volt.control_api.inference import NO_RESPONDERS, InferenceClient, Reply
+from volt.control_api.inference import NO_RESPONDERS, InferenceClient, Reply, ReplyChannel
 from volt.control_api.routing import Router
 from volt.protocol.chat import (
     AssistantMessage,
@@ -55,8 +54,20 @@ from volt.wire import Final, InferenceError, InferenceRequest, NodeView, StreamC
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _DONE = b"data: [DONE]\n\n"
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    body: bytes
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """Server-sent events; iterating drives the request, closing it cancels."""
+
+    events: AsyncIterator[bytes]
 
 
 def decode_request(body: bytes) -> ChatCompletionRequest:
@@ -85,18 +96,16 @@ def _engine_body(req: ChatCompletionRequest) -> bytes:
 
 @dataclass(slots=True)
 class PodCall:
-    """A request in flight on one pod."""
+    """A request in flight on one pod. Times are ``perf_counter`` seconds,
+    except ``deadline``, which is event-loop time."""
 
     node: NodeView
     request_id: str
-    replies: asyncio.Queue[Reply]
+    replies: ReplyChannel
     first: Reply
     arrived: float
     dispatched: float
     deadline: float
-
-    def remaining(self) -> float:
-        return self.deadline - time.perf_counter()
 
 
 class ChatCompletions:
@@ -105,7 +114,8 @@ class ChatCompletions:
         self.inference = inference
         self.timeout_s = timeout_s
 
-    async def create(self, body: bytes, arrived: float) -> Response:
+    async def create(self, body: bytes, arrived: float) -> JsonReply | StreamReply:
+        """Serve one request that arrived at ``arrived`` (``perf_counter``)."""
         req = decode_request(body)
         self.router.model(req.model)
         options = req.volt
@@ -117,17 +127,14 @@ class ChatCompletions:
         )
         call = await self._dispatch(query, req, _engine_body(req), arrived)
         if req.stream:
-            response = Response(
-                self._events(call, req), content_type="text/event-stream", headers=_SSE_HEADERS
-            )
-            response.timeout = None  # our own deadline applies, not Quart's
-            return response
+            return StreamReply(self._events(call, req))
         return await self._complete(call, req)
 
     async def _dispatch(
         self, query: PlacementQuery, req: ChatCompletionRequest, body: bytes, arrived: float
     ) -> PodCall:
-        deadline = arrived + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s - (time.perf_counter() - arrived)
         request_id = os.urandom(12).hex()
         skipped: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
@@ -136,11 +143,11 @@ class ChatCompletions:
             self.router.started(node.node_id)
             replies = await self.inference.send(node, InferenceRequest(
                 request_id=attempt_id, model=req.model, stream=req.stream, body=body,
-                deadline_unix=time.time() + (deadline - time.perf_counter()),
+                deadline_unix=time.time() + (deadline - loop.time()),
             ))
             dispatched = time.perf_counter()
             try:
-                first = await asyncio.wait_for(replies.get(), deadline - dispatched)
+                first = await replies.get(deadline)
             except BaseException as exc:  # deadline, or the client went away
                 await self.inference.cancel(node, attempt_id)
                 self.router.finished(node.node_id)
@@ -172,7 +179,7 @@ class ChatCompletions:
             ),
         )
 
-    async def _complete(self, call: PodCall, req: ChatCompletionRequest) -> Response:
+    async def _complete(self, call: PodCall, req: ChatCompletionRequest) -> JsonReply:
         try:
             reply = call.first
             while not isinstance(reply, Final):
@@ -180,7 +187,7 @@ class ChatCompletions:
                     raise UpstreamError(reply.status, reply.code, reply.message)
                 if reply is NO_RESPONDERS:
                     raise ServiceUnavailable("The pod serving this request went away; retry.")
-                reply = await asyncio.wait_for(call.replies.get(), call.remaining())
+                reply = await call.replies.get(call.deadline)
         except TimeoutError as exc:
             await self.inference.cancel(call.node, call.request_id)
             raise DeadlineExceeded("The request ran past its deadline.") from exc
@@ -206,7 +213,7 @@ class ChatCompletions:
             ),
             volt=self._volt_block(call, reply, None),
         )
-        return Response(_encoder.encode(completion), content_type="application/json")
+        return JsonReply(_encoder.encode(completion))
 
     async def _events(self, call: PodCall, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
         chunk_id = "chatcmpl-" + call.request_id
@@ -271,13 +278,13 @@ class ChatCompletions:
             while True:
                 out: list[bytes] = []
                 done = render(reply, out)
-                while not done and not call.replies.empty():
-                    done = render(call.replies.get_nowait(), out)
+                while not done and call.replies.pending():
+                    done = render(call.replies.take(), out)
                 yield b"".join(out)
                 if done:
                     return
                 try:
-                    reply = await asyncio.wait_for(call.replies.get(), call.remaining())
+                    reply = await call.replies.get(call.deadline)
                 except TimeoutError:
                     late = DeadlineExceeded("The request ran past its deadline.")
                     yield error_event(late) + _DONE

@@ -12,7 +12,7 @@
     ├── ServiceUnavailable   503 service_unavailable     (no healthy pod; Retry-After)
     └── DeadlineExceeded     504 timeout
 
-Handlers raise these; ``error_response`` is the only place they become HTTP.
+Handlers raise these; ``ApiError.encode`` is the only place they become bytes.
 Anything else that escapes a handler is a bug: it becomes a 500 with a
 generic message, and is logged without the request's payload.
 """
@@ -20,7 +20,6 @@ generic message, and is logged without the request's payload.
 from __future__ import annotations
 
 import msgspec
-from quart import Response
 
 from volt.protocol.common import ErrorDetail, ErrorResponse
 
@@ -117,13 +116,10 @@ class DeadlineExceeded(ApiError):
     code = "deadline_exceeded"
 
 
-def error_response(error: ApiError) -> Response:
-    return Response(
-        _encoder.encode(error.body()), status=error.status, headers=error.headers(),
-        content_type="application/json",
-    )
+def error_json(error: ApiError) -> bytes:
+    return _encoder.encode(error.body())
 
 
 def error_event(error: ApiError) -> bytes:
     """The same error as an SSE event, for a stream that already started."""
-    return b"data: " + _encoder.encode(error.body()) + b"\n\n"
+    return b"data: " + error_json(error) + b"\n\n"

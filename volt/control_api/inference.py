@@ -1,16 +1,17 @@
 """Sending inference requests to pods over NATS and receiving their replies.
 
 One subscription per API replica (``volt.*.reply.<replica>.*``) receives every
-pod's replies; they are routed to per-request queues by the request id at the
-end of the subject. Requests go to the pod's metro-local subject. If no agent
-listens there (it died since the last view), NATS answers at once with a
-no-responders status, which arrives here as ``NO_RESPONDERS``.
+pod's replies; they are routed to per-request channels by the request id at
+the end of the subject. Requests go to the pod's metro-local subject. If no
+agent listens there (it died since the last view), NATS answers at once with
+a no-responders status, which arrives here as ``NO_RESPONDERS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from typing import Final as FinalType
 
 from nats.aio.client import Client
@@ -31,11 +32,50 @@ NO_RESPONDERS: FinalType = _NoResponders()
 Reply = ReplyMessage | _NoResponders
 
 
+class ReplyChannel:
+    """The replies of one request, in order.
+
+    Lighter than ``asyncio.Queue`` plus ``wait_for`` (which wraps every wait in
+    a new Task): a deque and at most one waiting future, with the deadline
+    enforced by ``asyncio.timeout_at`` on the caller's own task.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, reply: Reply) -> None:
+        self._items.append(reply)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pending(self) -> bool:
+        return bool(self._items)
+
+    def take(self) -> Reply:
+        """The next reply that already arrived (check ``pending`` first)."""
+        return self._items.popleft()
+
+    async def get(self, deadline: float) -> Reply:
+        """The next reply; ``TimeoutError`` at ``deadline`` (event-loop time)."""
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class InferenceClient:
     def __init__(self, nc: Client, replica_id: str) -> None:
         self.nc = nc
         self.replica_id = subjects.token(replica_id)
-        self._queues: dict[str, asyncio.Queue[Reply]] = {}
+        self._channels: dict[str, ReplyChannel] = {}
 
     async def start(self) -> None:
         await self.nc.subscribe(
@@ -44,29 +84,29 @@ class InferenceClient:
         )
 
     async def _on_reply(self, msg: Msg) -> None:
-        queue = self._queues.get(msg.subject.rpartition(".")[2])
-        if queue is None:
+        channel = self._channels.get(msg.subject.rpartition(".")[2])
+        if channel is None:
             return  # a late reply for a request that already ended
         if is_no_responders(msg):
-            queue.put_nowait(NO_RESPONDERS)
+            channel.put(NO_RESPONDERS)
             return
         reply = REPLY.decode_or_drop(msg.data)
         if reply is not None:
-            queue.put_nowait(reply)
+            channel.put(reply)
 
-    async def send(self, node: NodeView, request: InferenceRequest) -> asyncio.Queue[Reply]:
-        """Publish ``request`` to ``node``; its replies arrive on the returned queue."""
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
-        self._queues[request.request_id] = queue
+    async def send(self, node: NodeView, request: InferenceRequest) -> ReplyChannel:
+        """Publish ``request`` to ``node``; its replies arrive on the returned channel."""
+        channel = ReplyChannel()
+        self._channels[request.request_id] = channel
         await self.nc.publish(
             subjects.infer(node.metro, node.node_id),
             encode(request),
             reply=subjects.reply(node.metro, self.replica_id, request.request_id),
         )
-        return queue
+        return channel
 
     def forget(self, request_id: str) -> None:
-        self._queues.pop(request_id, None)
+        self._channels.pop(request_id, None)
 
     async def cancel(self, node: NodeView, request_id: str) -> None:
         self.forget(request_id)

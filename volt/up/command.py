@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import aiohttp
-
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built, is_built
 from volt.config import VoltConfig
+from volt.http1 import Http1Client, HttpError
 from volt.processes import python_command, spawn, terminate
 from volt.store import Database
 from volt.up.bootstrap import ensure_dev_key
@@ -72,28 +71,33 @@ def data_dir_lock(data: Path) -> Iterator[Path]:
         handle.close()
 
 
-async def _wait_ready(base_url: str, key: str, children: dict[str, asyncio.subprocess.Process],
+async def _wait_ready(port: int, key: str, children: dict[str, asyncio.subprocess.Process],
                       out: TextIO) -> None:
     """Ready means a real chat completion went through end to end."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-    headers = {"Authorization": f"Bearer {key}"}
+    body = json.dumps({
+        "model": MODEL_ID, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
+    }).encode()
+    http = Http1Client(port=port, headers={"Authorization": f"Bearer {key}"})
     last_note = 0.0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+    try:
         while time.monotonic() < deadline:
             for name, child in children.items():
                 if child.returncode is not None:
                     raise StartFailed(f"the {name} exited with status {child.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with http.post(f"{base_url}/chat/completions", json=body,
-                                     headers=headers) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(HttpError, TimeoutError):
+                async with asyncio.timeout(10):
+                    async with await http.request("POST", "/v1/chat/completions", body) as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            return
             if time.monotonic() - last_note > 5:
                 out.write("  waiting for the engine to come up…\n")
                 out.flush()
                 last_note = time.monotonic()
             await asyncio.sleep(0.2)
+    finally:
+        http.close()
     raise StartFailed(f"Volt was not ready within {READY_TIMEOUT_S:.0f}s")
 
 
@@ -173,7 +177,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 children[name] = await spawn(
                     python_command("volt", name), env=env, stdout=handle, stderr=handle
                 )
-            await _wait_ready(base_url, key, children, out)
+            await _wait_ready(api_port, key, children, out)
             state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))
             out.write(_banner(base_url, key, data))
             out.flush()

@@ -17,10 +17,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from volt.http1 import Http1Client, HttpError
 from volt.wire import EngineLoad
 
 
@@ -133,67 +133,61 @@ def parse_load(metrics_text: str) -> EngineLoad:
 class EngineClient:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.UnixConnector(path=str(self.socket_path), limit=0)
-            self._session = aiohttp.ClientSession(
-                base_url="http://engine",
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+        self._http = Http1Client(host="engine", unix_socket=socket_path)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._http.close()
+
+    async def _get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
+        async with asyncio.timeout(timeout_s):
+            async with await self._http.request("GET", path) as response:
+                return response.status, await response.read()
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
-            async with self._http().get(
-                "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
+            status, _ = await self._get("/health", timeout_s)
+        except (HttpError, TimeoutError):
             return False
+        return status == 200
+
+    async def metrics(self, timeout_s: float = 2.0) -> str:
+        """The engine's Prometheus metrics, as text."""
+        try:
+            status, body = await self._get("/metrics", timeout_s)
+        except (HttpError, TimeoutError) as exc:
+            raise EngineUnavailable("engine metrics unavailable") from exc
+        if status != 200:
+            raise EngineUnavailable(f"engine metrics answered HTTP {status}")
+        return body.decode("utf-8", "replace")
 
     async def load(self, timeout_s: float = 2.0) -> EngineLoad:
-        try:
-            async with self._http().get(
-                "/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                text = await resp.text()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise EngineUnavailable("engine metrics unavailable") from exc
-        return parse_load(text)
+        return parse_load(await self.metrics(timeout_s))
 
     async def complete(self, path: str, body: bytes) -> EngineCompletion:
         try:
-            async with self._http().post(
-                path, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise _rejection(resp.status, data)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+            async with await self._http.request("POST", path, body) as response:
+                data = await response.read()
+        except HttpError as exc:
             raise EngineUnavailable("engine connection failed") from exc
+        if response.status != 200:
+            raise _rejection(response.status, data)
         try:
             return _completion.decode(data)
         except msgspec.MsgspecError as exc:
             raise EngineError("engine sent an unreadable completion") from exc
 
     async def stream(self, path: str, body: bytes) -> AsyncIterator[list[EngineChunk]]:
-        """Yield the chunks of an SSE completion, grouped by arrival."""
+        """Yield the chunks of an SSE completion, grouped by arrival.
+
+        Leaving the loop early (or being cancelled) aborts the connection,
+        which makes the engine cancel generation.
+        """
         try:
-            async with self._http().post(
-                path, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
-                if resp.status != 200:
-                    raise _rejection(resp.status, await resp.read())
+            async with await self._http.request("POST", path, body) as response:
+                if response.status != 200:
+                    raise _rejection(response.status, await response.read())
                 buffer = b""
-                async for data in resp.content.iter_any():
+                async for data in response.chunks():
                     buffer += data
                     if b"\n\n" not in buffer:
                         continue
@@ -203,7 +197,7 @@ class EngineClient:
                         yield chunks
                     if done:
                         return
-        except (aiohttp.ClientConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+        except HttpError as exc:
             raise EngineUnavailable("engine connection lost") from exc
         raise EngineUnavailable("engine stream ended without [DONE]")
 

@@ -3,27 +3,28 @@
 It speaks the same protocol as ``vllm serve`` (the subset the agent uses:
 ``/v1/chat/completions`` streaming and not, ``/v1/models``, ``/health``,
 ``/metrics`` with vLLM's metric names), so one agent-side client drives either
-engine. Run as ``python -m volt.agent.engine.cpu_server --socket PATH ...``;
-the agent supervises it as a child process.
+engine, and it serves the way vLLM does: an ASGI app on uvicorn. The app is
+plain ASGI because the agent calls it for every request (a framework would
+cost more per request than the instant backend's whole answer).
 
-A client that disconnects cancels its request: aiohttp cancels the handler
-(``handler_cancellation=True``) and the backend's generator frees the slot.
+Run as ``python -m volt.agent.engine.cpu_server --socket PATH ...``; the agent
+supervises it as a child process. The socket is created 0600 by this process
+(uvicorn's own would be 0666). A client that disconnects cancels its request
+(``CancelOnDisconnect``), and the backend frees its slot.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
-import signal
+import socket
 import time
 import uuid
 from pathlib import Path
 
 import msgspec
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from volt.agent.engine.backends import (
@@ -34,6 +35,17 @@ from volt.agent.engine.backends import (
     TransformersBackend,
 )
 from volt.agent.engine.tiny_model import MODEL_ID
+from volt.asgi import (
+    SSE_HEADERS,
+    BodyTooLarge,
+    CancelOnDisconnect,
+    Disconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_json,
+)
 from volt.protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -49,13 +61,19 @@ log = logging.getLogger(__name__)
 
 _json = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-def _error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, param=None, code=code))
-    return web.Response(status=status, body=_json.encode(body), content_type="application/json")
+class EngineRequestError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def body(self) -> bytes:
+        return _json.encode(ErrorResponse(error=ErrorDetail(
+            message=self.message, type=self.type, param=None, code=self.code
+        )))
 
 
 class EngineMetrics:
@@ -86,34 +104,81 @@ class EngineMetrics:
         ).labels(**labels)
 
 
+class TokenFrames:
+    """Pre-encoded SSE frames for one stream: per token only the text is encoded.
+
+    Equal, byte for byte, to encoding a ``ChatCompletionChunk`` per token
+    (``tests/agent/test_cpu_engine.py`` checks it); 64 tokens cost one encode
+    each instead of a whole chunk each.
+    """
+
+    def __init__(self, request_id: str, created: int, model: str) -> None:
+        head = _json.encode(ChatCompletionChunk(
+            id=request_id, created=created, model=model,
+            choices=[ChunkChoice(index=0, delta=Delta(content="\x00"))],
+        ))
+        marker = b'"content":"\\u0000"'
+        before, _, after = head.partition(marker)
+        self._prefix = b"data: " + before + b'"content":'
+        self._suffix = after + b"\n\n"
+
+    def token(self, piece: str) -> bytes:
+        return self._prefix + _json.encode(piece) + self._suffix
+
+
 class EngineServer:
     def __init__(self, backend: Backend, *, default_max_tokens: int = 256) -> None:
         self.backend = backend
         self.default_max_tokens = default_max_tokens
         self.metrics = EngineMetrics(backend.model_id, backend)
-        self.app = web.Application(client_max_size=16 * 1024 * 1024)
-        self.app.router.add_post("/v1/chat/completions", self.chat_completions)
-        self.app.router.add_get("/v1/models", self.models)
-        self.app.router.add_get("/metrics", self.prometheus)
-        self.app.router.add_get("/health", self.health)
 
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        route = (scope["method"], scope["path"])
+        if route == ("POST", "/v1/chat/completions"):
+            await self.chat_completions(receive, send)
+        elif route == ("GET", "/health"):
+            await _send_text(send, 200, b"ok")
+        elif route == ("GET", "/metrics"):
+            await _send_text(send, 200, generate_latest(self.metrics.registry))
+        elif route == ("GET", "/v1/models"):
+            listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt")])
+            await send_json(send, 200, _json.encode(listing))
+        else:
+            error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")
+            await send_json(send, 404, error.body())
 
-    async def models(self, request: web.Request) -> web.Response:
-        listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt")])
-        return web.Response(body=_json.encode(listing), content_type="application/json")
-
-    async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
-
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def chat_completions(self, receive: Receive, send: Send) -> None:
         try:
-            req = _request_decoder.decode(await request.read())
+            body = await read_body(receive, MAX_BODY_BYTES)
+            req, prompt_ids, params = self._prepare(body)
+        except Disconnected:
+            return
+        except BodyTooLarge:
+            error = EngineRequestError(413, "request body too large", "invalid_request_error")
+            await send_json(send, 413, error.body())
+            return
+        except EngineRequestError as error:
+            await send_json(send, error.status, error.body())
+            return
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.metrics.prompt_tokens.inc(len(prompt_ids))
+        async with CancelOnDisconnect(receive) as guard:
+            if req.stream:
+                await self._stream(send, guard, req, request_id, prompt_ids, params)
+            else:
+                await self._complete(send, guard, req, request_id, prompt_ids, params)
+
+    def _prepare(self, body: bytes) -> tuple[ChatCompletionRequest, list[int], SamplingParams]:
+        try:
+            req = _request_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _error(400, f"Invalid request: {exc}", "invalid_request_error")
+            raise EngineRequestError(
+                400, f"Invalid request: {exc}", "invalid_request_error"
+            ) from exc
         if req.model != self.backend.model_id:
-            return _error(
+            raise EngineRequestError(
                 404, f"The model `{req.model}` does not exist.", "invalid_request_error",
                 "model_not_found",
             )
@@ -121,7 +186,7 @@ class EngineServer:
         room = self.backend.max_context - len(prompt_ids)
         limit = req.token_limit()
         if room <= 0 or (limit is not None and limit > room):
-            return _error(
+            raise EngineRequestError(
                 400,
                 f"This model's maximum context length is {self.backend.max_context} tokens; "
                 f"the prompt has {len(prompt_ids)} and {limit or 1} more were requested.",
@@ -131,16 +196,12 @@ class EngineServer:
             max_new_tokens=limit or min(self.default_max_tokens, room),
             temperature=req.temperature,
         )
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.metrics.prompt_tokens.inc(len(prompt_ids))
-        if req.stream:
-            return await self._stream(request, req, request_id, prompt_ids, params)
-        return await self._complete(req, request_id, prompt_ids, params)
+        return req, prompt_ids, params
 
     async def _complete(
-        self, req: ChatCompletionRequest, request_id: str, prompt_ids: list[int],
-        params: SamplingParams,
-    ) -> web.Response:
+        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
+        request_id: str, prompt_ids: list[int], params: SamplingParams,
+    ) -> None:
         pieces: list[str] = []
         finish_reason: str | None = None
         generated = 0
@@ -158,7 +219,9 @@ class EngineServer:
                 pieces.extend(event.pieces)
                 finish_reason = event.finish_reason or finish_reason
         except EngineFailure as exc:
-            return _error(500, str(exc), "server_error")
+            guard.finish()
+            await send_json(send, 500, EngineRequestError(500, str(exc), "server_error").body())
+            return
         finally:
             if started:
                 metrics.running -= 1
@@ -181,16 +244,17 @@ class EngineServer:
                 total_tokens=len(prompt_ids) + generated,
             ),
         )
-        return web.Response(body=_json.encode(completion), content_type="application/json")
+        guard.finish()
+        await send_json(send, 200, _json.encode(completion))
 
     async def _stream(
-        self, request: web.Request, req: ChatCompletionRequest, request_id: str,
-        prompt_ids: list[int], params: SamplingParams,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
+        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
+        request_id: str, prompt_ids: list[int], params: SamplingParams,
+    ) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         created = int(time.time())
         model = req.model
+        frames = TokenFrames(request_id, created, model)
 
         def sse(delta: Delta, finish_reason: str | None = None) -> bytes:
             chunk = ChatCompletionChunk(
@@ -212,18 +276,19 @@ class EngineServer:
                     started = True
                 generated += len(event.pieces)
                 metrics.generation_tokens.inc(len(event.pieces))
-                out.extend(sse(Delta(content=piece)) for piece in event.pieces if piece)
+                out.extend(frames.token(piece) for piece in event.pieces if piece)
                 if event.finish_reason is not None:
                     out.append(sse(Delta(), event.finish_reason))
                 # One write for everything produced together: fewer syscalls.
-                await response.write(b"".join(out))
+                await send({"type": "http.response.body", "body": b"".join(out),
+                            "more_body": True})
                 out.clear()
         except EngineFailure as exc:
-            error = ErrorResponse(
-                error=ErrorDetail(message=str(exc), type="server_error", param=None, code=None)
-            )
-            await response.write(b"data: " + _json.encode(error) + b"\n\n" + _DONE)
-            return response
+            error = EngineRequestError(500, str(exc), "server_error")
+            guard.finish()
+            await send({"type": "http.response.body",
+                        "body": b"data: " + error.body() + b"\n\n" + _DONE})
+            return
         finally:
             if started:
                 metrics.running -= 1
@@ -239,31 +304,49 @@ class EngineServer:
             )
             out.append(b"data: " + _json.encode(usage) + b"\n\n")
         out.append(_DONE)
-        await response.write(b"".join(out))
-        await response.write_eof()
-        return response
+        guard.finish()
+        await send({"type": "http.response.body", "body": b"".join(out)})
 
 
-def _prepare_socket_dir(socket_path: Path) -> None:
-    socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+async def _send_text(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bind_private_socket(path: Path) -> socket.socket:
+    """A listening Unix socket only this user can connect to."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()  # a stale socket from a crashed engine
+        path.unlink()  # a stale socket from a crashed engine
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    return sock
 
 
-async def serve(server: EngineServer, socket_path: Path, stop: asyncio.Event) -> None:
-    _prepare_socket_dir(socket_path)
-    runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.UnixSite(runner, str(socket_path))
-    await site.start()
-    os.chmod(socket_path, 0o600)
+async def serve(server: EngineServer, socket_path: Path) -> None:
+    """Serve until SIGTERM or SIGINT (uvicorn handles them), then release the model."""
+    import uvicorn
+
+    sock = bind_private_socket(socket_path)
+    config = uvicorn.Config(
+        server, http="httptools", lifespan="off", access_log=False, log_config=None,
+        log_level="warning", timeout_keep_alive=300,
+    )
     log.info("engine listening", extra={
         "socket": str(socket_path), "model": server.backend.model_id,
     })
     try:
-        await stop.wait()
+        await uvicorn.Server(config).serve(sockets=[sock])
     finally:
-        await runner.cleanup()
+        sock.close()
         server.backend.close()
 
 
@@ -287,16 +370,9 @@ def main(argv: list[str] | None = None) -> None:
         backend = TransformersBackend(args.model_dir, args.model_id, threads=args.threads)
     server = EngineServer(backend, default_max_tokens=args.default_max_tokens)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(server, args.socket, stop)
-
     import uvloop
 
-    uvloop.run(run())
+    uvloop.run(serve(server, args.socket))
 
 
 if __name__ == "__main__":
