@@ -42,7 +42,7 @@ async def test_completion_counts_tokens_with_the_models_tokenizer(
 
 async def test_streaming_yields_tokens_then_usage(engine: EngineClient) -> None:
     body = chat(max_tokens=12, stream=True, stream_options={"include_usage": True})
-    groups = [group async for group in engine.stream("/v1/chat/completions", body)]
+    groups = [batch.chunks async for batch in engine.stream("/v1/chat/completions", body)]
     chunks = [chunk for group in groups for chunk in group]
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta]
     text = "".join(d or "" for d in deltas)

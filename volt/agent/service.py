@@ -235,9 +235,10 @@ class Agent:
         first_token: float | None = None
         usage = Usage()
         seq = 0
-        async for chunks in self.engine.stream(path, request.body):
-            deltas = _merge(chunks)
-            for chunk in chunks:
+        last: list[ChoiceDelta] = []
+        async for batch in self.engine.stream(path, request.body):
+            deltas = _merge(batch.chunks)
+            for chunk in batch.chunks:
                 if chunk.usage is not None:
                     usage = Usage(
                         prompt_tokens=chunk.usage.prompt_tokens,
@@ -247,6 +248,11 @@ class Agent:
                 continue
             if first_token is None:
                 first_token = time.perf_counter()
+            if batch.done:
+                # The stream ended in this same read: these deltas ride on the
+                # Final message instead of a message of their own.
+                last = deltas
+                continue
             await self._reply(reply, StreamChunk(
                 request_id=request.request_id, seq=seq, choices=deltas
             ))
@@ -255,6 +261,7 @@ class Agent:
         done = time.perf_counter()
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
+            choices=last,
             usage=usage,
             timing=AgentTiming(
                 queue_ms=(dispatched - received) * 1000,

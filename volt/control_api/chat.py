@@ -49,7 +49,7 @@ from volt.protocol.chat import (
 )
 from volt.protocol.common import CompletionUsage, VoltBlock, VoltTiming
 from volt.scheduler.placement import PlacementQuery
-from volt.wire import Final, InferenceError, InferenceRequest, NodeView, StreamChunk
+from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -67,7 +67,8 @@ class JsonReply:
 class StreamReply:
     """Server-sent events; iterating drives the request, closing it cancels."""
 
-    events: AsyncIterator[bytes]
+    events: AsyncIterator[tuple[bytes, bool]]
+    """(bytes, last): ``last`` lets the server end the response in the same write."""
 
 
 def decode_request(body: bytes) -> ChatCompletionRequest:
@@ -215,7 +216,9 @@ class ChatCompletions:
         )
         return JsonReply(_encoder.encode(completion))
 
-    async def _events(self, call: PodCall, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def _events(
+        self, call: PodCall, req: ChatCompletionRequest
+    ) -> AsyncIterator[tuple[bytes, bool]]:
         chunk_id = "chatcmpl-" + call.request_id
         created = int(time.time())
         model = req.model
@@ -230,24 +233,28 @@ class ChatCompletions:
             )
             return b"data: " + _encoder.encode(event) + b"\n\n"
 
+        def render_deltas(deltas: list[ChoiceDelta], out: list[bytes]) -> None:
+            nonlocal first_token
+            choices = []
+            for delta in deltas:
+                if delta.finish_reason is not None:
+                    finish[delta.index] = delta.finish_reason
+                if delta.content:
+                    choices.append(ChunkChoice(index=delta.index, delta=Delta(
+                        role="assistant" if first_token is None else None,
+                        content=delta.content,
+                    )))
+            if choices:
+                first_token = first_token or time.perf_counter()
+                out.append(chunk(choices))
+
         def render(reply: Reply, out: list[bytes]) -> bool:
             """Append the SSE bytes for one pod reply; True when the stream is over."""
-            nonlocal first_token
             if isinstance(reply, StreamChunk):
-                choices = []
-                for delta in reply.choices:
-                    if delta.finish_reason is not None:
-                        finish[delta.index] = delta.finish_reason
-                    if delta.content:
-                        choices.append(ChunkChoice(index=delta.index, delta=Delta(
-                            role="assistant" if first_token is None else None,
-                            content=delta.content,
-                        )))
-                if choices:
-                    first_token = first_token or time.perf_counter()
-                    out.append(chunk(choices))
+                render_deltas(reply.choices, out)
                 return False
             if isinstance(reply, Final):
+                render_deltas(reply.choices, out)
                 volt = self._volt_block(call, reply, first_token)
                 closing = [
                     ChunkChoice(index=i, delta=Delta(), finish_reason=reason)
@@ -280,14 +287,14 @@ class ChatCompletions:
                 done = render(reply, out)
                 while not done and call.replies.pending():
                     done = render(call.replies.take(), out)
-                yield b"".join(out)
+                yield b"".join(out), done
                 if done:
                     return
                 try:
                     reply = await call.replies.get(call.deadline)
                 except TimeoutError:
                     late = DeadlineExceeded("The request ran past its deadline.")
-                    yield error_event(late) + _DONE
+                    yield error_event(late) + _DONE, True
                     return
         finally:
             if done:

@@ -93,10 +93,11 @@ class HotPath:
                     return
                 await send({"type": "http.response.start", "status": 200,
                             "headers": SSE_HEADERS})
-                async for event in reply.events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                guard.finish()
-                await send({"type": "http.response.body", "body": b""})
+                async for event, last in reply.events:
+                    if last:
+                        guard.finish()
+                    await send({"type": "http.response.body", "body": event,
+                                "more_body": not last})
             except ApiError as error:
                 guard.finish()
                 await _send_error(send, error)

@@ -175,7 +175,8 @@ class AgentTiming(msgspec.Struct, frozen=True, kw_only=True):
 
 class Final(WireMessage, frozen=True, kw_only=True, tag="infer.final"):
     """The last message of a request. For non-streaming requests ``choices`` holds
-    the whole completion; for streams it is empty (the text went in chunks)."""
+    the whole completion; for streams, the deltas not yet sent in a chunk (when
+    the engine finished in the same instant it produced them)."""
 
     request_id: str
     pod: str

@@ -87,6 +87,13 @@ class EngineChunk(msgspec.Struct):
     """Set on an error event in the middle of a stream."""
 
 
+class StreamBatch(msgspec.Struct):
+    """The stream events that arrived together; ``done`` when ``[DONE]`` was among them."""
+
+    chunks: list[EngineChunk]
+    done: bool
+
+
 class _ErrorBody(msgspec.Struct):
     error: _ErrorDetail | None = None
     # vLLM's older error shape is flat: {"message", "type", "code"}
@@ -176,7 +183,7 @@ class EngineClient:
         except msgspec.MsgspecError as exc:
             raise EngineError("engine sent an unreadable completion") from exc
 
-    async def stream(self, path: str, body: bytes) -> AsyncIterator[list[EngineChunk]]:
+    async def stream(self, path: str, body: bytes) -> AsyncIterator[StreamBatch]:
         """Yield the chunks of an SSE completion, grouped by arrival.
 
         Leaving the loop early (or being cancelled) aborts the connection,
@@ -193,8 +200,8 @@ class EngineClient:
                         continue
                     *events, buffer = buffer.split(b"\n\n")
                     chunks, done = _parse_events(events)
-                    if chunks:
-                        yield chunks
+                    if chunks or done:
+                        yield StreamBatch(chunks, done)
                     if done:
                         return
         except HttpError as exc:

@@ -279,6 +279,7 @@ class EngineServer:
                 out.extend(frames.token(piece) for piece in event.pieces if piece)
                 if event.finish_reason is not None:
                     out.append(sse(Delta(), event.finish_reason))
+                    break  # the rest goes out with usage and [DONE], in the same write
                 # One write for everything produced together: fewer syscalls.
                 await send({"type": "http.response.body", "body": b"".join(out),
                             "more_body": True})
