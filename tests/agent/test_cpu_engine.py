@@ -139,3 +139,23 @@ def test_pre_encoded_token_frames_equal_whole_chunks() -> None:
             choices=[ChunkChoice(index=0, delta=Delta(content=piece))],
         ))
         assert frames.token(piece) == b"data: " + whole + b"\n\n"
+
+
+async def test_usage_counts_tokens_not_text_pieces(tiny_model: Path) -> None:
+    """Held-back bytes flushed at the end are text, not an extra token."""
+    from volt.agent.engine.backends import SamplingParams, TransformersBackend
+
+    backend = TransformersBackend(tiny_model, "volt-tiny")
+    try:
+        prompt = backend.encode_chat([("user", "tokens, not pieces")])
+        for _ in range(12):  # random tokens: some runs end mid-character
+            events = [e async for e in backend.generate(
+                f"r{_}", prompt, SamplingParams(max_new_tokens=5)
+            )]
+            tokens = sum(e.tokens for e in events)
+            assert tokens <= 5
+            if events[-1].finish_reason == "length":
+                assert tokens == 5
+            assert sum(len(e.pieces) for e in events) <= tokens
+    finally:
+        backend.close()

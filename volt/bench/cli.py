@@ -35,6 +35,15 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     overhead.add_argument("--json", type=Path, help="also write the figures here")
     overhead.set_defaults(func=run)
 
+    placement = bench.add_parser(
+        "placement", help="routing from the scheduler's view vs asking it per request"
+    )
+    placement.add_argument("--nodes", type=int, default=50)
+    placement.add_argument("--decisions", type=int, default=20000)
+    placement.add_argument("--concurrency", type=int, default=64)
+    placement.add_argument("--json", type=Path, help="also write the figures here")
+    placement.set_defaults(func=run)
+
 
 def run_bench(args: argparse.Namespace) -> None:
     if args.bench == "overhead":
@@ -43,3 +52,8 @@ def run_bench(args: argparse.Namespace) -> None:
         run_overhead(tokens=args.tokens, concurrencies=args.concurrency,
                      sequential_requests=args.requests, duration_s=args.duration,
                      json_path=args.json)
+    elif args.bench == "placement":
+        from volt.bench.placement import run_placement
+
+        run_placement(nodes=args.nodes, decisions=args.decisions,
+                      concurrency=args.concurrency, json_path=args.json)

@@ -40,11 +40,14 @@ class TokenEvent:
     """Tokens a backend produced since its last event.
 
     ``pieces`` has the text of each new token; a piece is empty while its bytes
-    do not yet form whole UTF-8 characters (the text arrives with a later token).
+    do not yet form whole UTF-8 characters (the text arrives with a later
+    token). Usage counts ``tokens``, never pieces: at the end, bytes held back
+    are flushed into the last piece.
     """
 
     pieces: list[str]
     finish_reason: str | None = None
+    tokens: int = 0
 
 
 class Backend(Protocol):
@@ -171,6 +174,7 @@ class TransformersBackend:
                     raise EngineFailure("generation failed")
                 new_tokens = output.generated_tokens[seen:]
                 seen = len(output.generated_tokens)
+                produced = len(new_tokens)  # EOS included: it was generated (as vLLM counts)
                 finished = output.is_finished()
                 finish_reason = None
                 if new_tokens and new_tokens[-1] == self.tokenizer.eos_id:
@@ -180,8 +184,13 @@ class TransformersBackend:
                     finish_reason = "length"
                 pieces = [detokenizer.push(t) for t in new_tokens]
                 if finished and (rest := detokenizer.flush()):
-                    pieces.append(rest)
-                yield TokenEvent(pieces, finish_reason if finished else None)
+                    if pieces:
+                        pieces[-1] += rest
+                    else:
+                        pieces.append(rest)
+                yield TokenEvent(
+                    pieces, finish_reason if finished else None, tokens=produced
+                )
         finally:
             if not finished:
                 # The consumer went away (client disconnect): stop generating now.
@@ -223,7 +232,7 @@ class InstantBackend:
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         n, pieces = params.max_new_tokens, self._pieces
-        yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length")
+        yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)
 
     def kv_cache_usage(self) -> float:
         return 0.0

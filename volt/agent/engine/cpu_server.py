@@ -214,8 +214,8 @@ class EngineServer:
                     metrics.waiting -= 1
                     metrics.running += 1
                     started = True
-                generated += len(event.pieces)
-                metrics.generation_tokens.inc(len(event.pieces))
+                generated += event.tokens
+                metrics.generation_tokens.inc(event.tokens)
                 pieces.extend(event.pieces)
                 finish_reason = event.finish_reason or finish_reason
         except EngineFailure as exc:
@@ -274,8 +274,8 @@ class EngineServer:
                     metrics.waiting -= 1
                     metrics.running += 1
                     started = True
-                generated += len(event.pieces)
-                metrics.generation_tokens.inc(len(event.pieces))
+                generated += event.tokens
+                metrics.generation_tokens.inc(event.tokens)
                 out.extend(frames.token(piece) for piece in event.pieces if piece)
                 if event.finish_reason is not None:
                     out.append(sse(Delta(), event.finish_reason))
