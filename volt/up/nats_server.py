@@ -8,7 +8,7 @@ prove that services reconnect).
 from __future__ import annotations
 
 import contextlib
-import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,10 +24,40 @@ class NatsServerError(Exception):
     pass
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, below the kernel's ephemeral range.
+
+    Ports from ``bind(0)`` come from the ephemeral range that outgoing
+    connections also use: a server restarted on such a port can find it taken
+    by a client's connection (or by a client that reconnected to itself), and
+    two calls can return the same port. Ports below the range, never handed
+    out twice by this process, avoid both.
+    """
+    floor = _ephemeral_floor()
+    low = max(1024, floor - 12000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, floor)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise NatsServerError("no free port below the ephemeral range")
 
 
 def nats_server_binary() -> str:
@@ -117,7 +147,3 @@ class NatsServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def environment_with(url: str) -> dict[str, str]:
-    return {**os.environ, "VOLT_NATS_URL": url}
