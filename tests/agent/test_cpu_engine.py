@@ -159,3 +159,11 @@ async def test_usage_counts_tokens_not_text_pieces(tiny_model: Path) -> None:
             assert sum(len(e.pieces) for e in events) <= tokens
     finally:
         backend.close()
+
+
+async def test_a_finished_stream_leaves_its_connection_for_reuse(engine: EngineClient) -> None:
+    body = chat(max_tokens=3, stream=True)
+    for _ in range(3):
+        batches = [batch async for batch in engine.stream("/v1/chat/completions", body)]
+        assert batches[-1].done
+    assert len(engine._http._idle) == 1  # one connection, reused each time

@@ -32,6 +32,8 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
                           help="requests at concurrency 1 (default 2000)")
     overhead.add_argument("--duration", type=float, default=8.0,
                           help="seconds per run above concurrency 1 (default 8)")
+    overhead.add_argument("--api-server", choices=["hypercorn", "uvicorn", "both"],
+                          default="both", help="which API server(s) to measure (default both)")
     overhead.add_argument("--json", type=Path, help="also write the figures here")
     overhead.set_defaults(func=run)
 
@@ -49,9 +51,10 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.bench == "overhead":
         from volt.bench.overhead import run_overhead
 
+        servers = ("hypercorn", "uvicorn") if args.api_server == "both" else (args.api_server,)
         run_overhead(tokens=args.tokens, concurrencies=args.concurrency,
                      sequential_requests=args.requests, duration_s=args.duration,
-                     json_path=args.json)
+                     json_path=args.json, api_servers=servers)
     elif args.bench == "placement":
         from volt.bench.placement import run_placement
 

@@ -3,7 +3,8 @@
 The same chat requests go (a) straight to the engine over its Unix socket and
 (b) through the whole Volt path (HTTP → API → NATS → agent → engine and back),
 with the engine in ``instant`` mode (fixed tokens, no model) so that only
-Volt is measured. The stack is the real one, in child processes.
+Volt is measured. The stack is the real one, in child processes; the API runs
+once per ASGI server (``api.server``), so both are measured in the same run.
 """
 
 from __future__ import annotations
@@ -70,20 +71,20 @@ async def measure(targets: list[Target], *, tokens: int, concurrencies: list[int
                     run = await closed_loop(target, body, stream=stream,
                                             concurrency=concurrency, duration_s=duration_s)
                 rows.append(_row(target.name, stream, concurrency, run))
-                print(f"  {rows[-1].path:6} {rows[-1].mode:10} c={concurrency:<3} "
+                print(f"  {rows[-1].path:14} {rows[-1].mode:10} c={concurrency:<3} "
                       f"{rows[-1].rps:8.1f} req/s", file=sys.stderr, flush=True)
     return rows
 
 
 def added(rows: list[Row]) -> list[dict[str, Any]]:
-    """Volt minus engine, per mode and concurrency."""
+    """Each Volt path minus the engine, per mode and concurrency."""
     out = []
     index = {(r.path, r.mode, r.concurrency): r for r in rows}
     for (path, mode, concurrency), volt in index.items():
-        if path != "volt" or (engine := index.get(("engine", mode, concurrency))) is None:
+        if path == "engine" or (engine := index.get(("engine", mode, concurrency))) is None:
             continue
         entry: dict[str, Any] = {
-            "mode": mode, "concurrency": concurrency,
+            "path": path, "mode": mode, "concurrency": concurrency,
             "added_p50_ms": round(volt.p50_ms - engine.p50_ms, 3),
             "added_p99_ms": round(volt.p99_ms - engine.p99_ms, 3),
         }
@@ -96,28 +97,32 @@ def added(rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def check_targets(rows: list[Row], deltas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    def volt_rps(mode: str, concurrency: int) -> float | None:
-        return next((r.rps for r in rows if (r.path, r.mode, r.concurrency)
-                     == ("volt", mode, concurrency)), None)
+def check_targets(rows: list[Row], deltas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, for each Volt path measured."""
+    result: dict[str, Any] = {}
+    for path in sorted({r.path for r in rows} - {"engine"}):
+        def rps(mode: str, concurrency: int, path: str = path) -> float | None:
+            return next((r.rps for r in rows
+                         if (r.path, r.mode, r.concurrency) == (path, mode, concurrency)), None)
 
-    c1 = next((d["added_p50_ms"] for d in deltas
-               if (d["mode"], d["concurrency"]) == ("non-stream", 1)), None)
-    measured = {
-        "c1_added_p50_ms": c1,
-        "c64_rps_nonstream": volt_rps("non-stream", 64),
-        "c64_rps_stream": volt_rps("stream", 64),
-    }
-    result = {}
-    for name, goal in TARGETS.items():
-        value = measured[name]
-        met = None if value is None else (value <= goal if name.endswith("_ms") else value >= goal)
-        result[name] = {"goal": goal, "measured": value, "met": met}
+        c1 = next((d["added_p50_ms"] for d in deltas
+                   if (d["path"], d["mode"], d["concurrency"]) == (path, "non-stream", 1)), None)
+        measured = {
+            "c1_added_p50_ms": c1,
+            "c64_rps_nonstream": rps("non-stream", 64),
+            "c64_rps_stream": rps("stream", 64),
+        }
+        result[path] = {}
+        for name, goal in TARGETS.items():
+            value = measured[name]
+            met = None if value is None else (
+                value <= goal if name.endswith("_ms") else value >= goal
+            )
+            result[path][name] = {"goal": goal, "measured": value, "met": met}
     return result
 
 
-def render(rows: list[Row], deltas: list[dict[str, Any]],
-           targets: dict[str, dict[str, Any]]) -> str:
+def render(rows: list[Row], deltas: list[dict[str, Any]], targets: dict[str, Any]) -> str:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
@@ -132,36 +137,43 @@ def render(rows: list[Row], deltas: list[dict[str, Any]],
             f"{r.rps:.0f} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.ttft_p50_ms)} | "
             f"{fmt(r.ttft_p99_ms)} |"
         )
-    lines += ["", "Added by Volt (volt minus engine):", "",
-              "| mode | conc | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "Added by Volt (Volt path minus engine):", "",
+              "| path | mode | conc | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for d in deltas:
         lines.append(
-            f"| {d['mode']} | {d['concurrency']} | {d['added_p50_ms']:.2f} | "
+            f"| {d['path']} | {d['mode']} | {d['concurrency']} | {d['added_p50_ms']:.2f} | "
             f"{d['added_p99_ms']:.2f} | {fmt(d.get('added_ttft_p50_ms'))} | "
             f"{fmt(d.get('added_ttft_p99_ms'))} |"
         )
     lines += ["", "Targets:", ""]
-    for name, t in targets.items():
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        lines.append(f"- {name}: goal {t['goal']}, measured {t['measured']} ({verdict})")
+    for path, checks in targets.items():
+        for name, t in checks.items():
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+            value = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+            lines.append(f"- {path} {name}: goal {t['goal']:g}, measured {value} ({verdict})")
     return "\n".join(lines)
 
 
 def run_overhead(*, tokens: int, concurrencies: list[int], sequential_requests: int,
-                 duration_s: float, json_path: Path | None) -> dict[str, Any]:
+                 duration_s: float, json_path: Path | None,
+                 api_servers: tuple[str, ...] = ("hypercorn", "uvicorn")) -> dict[str, Any]:
     from volt.testing import Cluster
 
     with tempfile.TemporaryDirectory(prefix="volt-bench-") as tmp, \
             Cluster(Path(tmp), heartbeat_interval_s=1.0, engine_mode="instant") as cluster:
         print("starting a Volt stack with the instant engine…", file=sys.stderr, flush=True)
         cluster.add_agent("bench-1", metro="bench")
-        cluster.start_api()
-        cluster.wait_routable()
         targets = [
-            Target("engine", "http://engine/v1", unix_socket=cluster.engine_socket("bench-1")),
-            Target("volt", cluster.base_url, api_key=cluster.api_key),
+            Target("engine", "http://engine/v1", unix_socket=cluster.engine_socket("bench-1"))
         ]
+        for server in api_servers:
+            name = f"api-{server}"
+            cluster.start_api(name, server=server)
+            port = cluster.api_port_of(name)
+            cluster.wait_routable(port=port)
+            targets.append(Target(f"volt/{server}", f"http://127.0.0.1:{port}/v1",
+                                  api_key=cluster.api_key))
         rows = uvloop.run(measure(targets, tokens=tokens, concurrencies=concurrencies,
                                   sequential_requests=sequential_requests,
                                   duration_s=duration_s))
@@ -174,7 +186,7 @@ def run_overhead(*, tokens: int, concurrencies: list[int], sequential_requests: 
                     "platform": platform.platform()},
         "settings": {"tokens": tokens, "concurrencies": concurrencies,
                      "sequential_requests": sequential_requests, "duration_s": duration_s,
-                     "engine": "instant"},
+                     "engine": "instant", "api_servers": list(api_servers)},
         "results": [asdict(r) for r in rows],
         "added": deltas,
         "targets": targets_met,

@@ -10,6 +10,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import ASGIFramework
 
+from volt.asgi import ASGIApp
 from volt.config import ConfigError, VoltConfig
 from volt.control_api.app import create_asgi
 
@@ -20,6 +21,16 @@ async def run_api(config: VoltConfig) -> None:
     if not config.nats.url:
         raise ConfigError("nats.url: the API needs a NATS URL (VOLT_NATS_URL)")
     app = create_asgi(config)
+    log.info("api listening", extra={
+        "bind": f"{config.api.host}:{config.api.port}", "server": config.api.server,
+    })
+    if config.api.server == "uvicorn":
+        await _serve_uvicorn(app, config)
+    else:
+        await _serve_hypercorn(app, config)
+
+
+async def _serve_hypercorn(app: ASGIApp, config: VoltConfig) -> None:
     hypercorn = HypercornConfig()
     hypercorn.bind = [f"{config.api.host}:{config.api.port}"]
     hypercorn.accesslog = None
@@ -33,10 +44,26 @@ async def run_api(config: VoltConfig) -> None:
     server = asyncio.create_task(
         serve(cast(ASGIFramework, app), hypercorn, shutdown_trigger=stop.wait)
     )
-    log.info("api listening", extra={"bind": hypercorn.bind[0]})
     try:
         await asyncio.shield(server)
     except asyncio.CancelledError:
         stop.set()  # graceful: finish in-flight responses, then after_serving
         await server
+        raise
+
+
+async def _serve_uvicorn(app: ASGIApp, config: VoltConfig) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.api.host, port=config.api.port, http="httptools", lifespan="on",
+        access_log=False, log_config=None, log_level="warning", timeout_keep_alive=75,
+        server_header=False, timeout_graceful_shutdown=5,
+    ))
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True  # graceful, as above
+        await task
         raise

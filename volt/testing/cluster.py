@@ -116,7 +116,8 @@ class Cluster:
             await db.close()
 
     def stop(self) -> None:
-        for name in sorted(self.services, key=lambda n: (n != "api", n == "scheduler")):
+        for name in sorted(self.services,
+                           key=lambda n: (not n.startswith("api"), n == "scheduler")):
             self.services[name].stop()
         self.nats.stop()
 
@@ -166,8 +167,14 @@ class Cluster:
         extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(node_id, "agent", extra)
 
-    def start_api(self) -> ServiceProcess:
-        return self._spawn("api", "api", {})
+    def start_api(self, name: str = "api", *, server: str = "hypercorn",
+                  port: int | None = None) -> ServiceProcess:
+        """An API process; the first one listens on ``api_port``."""
+        port = port or (self.api_port if name == "api" else free_port())
+        return self._spawn(name, "api", {"VOLT_API_SERVER": server, "VOLT_API_PORT": str(port)})
+
+    def api_port_of(self, name: str) -> int:
+        return int(self.services[name].env["VOLT_API_PORT"])
 
     def engine_socket(self, node_id: str) -> Path:
         return load_config(env=self.services[node_id].env).engine_socket()
@@ -180,12 +187,12 @@ class Cluster:
 
     def request(
         self, path: str, body: dict[str, object] | None = None, *, key: str | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = 30.0, port: int | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """A plain HTTP call to the API: (status, headers, body)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.api_port}{path}", data=data,
+            f"http://127.0.0.1:{port or self.api_port}{path}", data=data,
             headers={"Authorization": f"Bearer {key if key is not None else self.api_key}",
                      "Content-Type": "application/json"},
         )
@@ -195,7 +202,8 @@ class Cluster:
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
 
-    def wait_routable(self, *, metro: str | None = None, timeout_s: float = 120.0) -> None:
+    def wait_routable(self, *, metro: str | None = None, timeout_s: float = 120.0,
+                      port: int | None = None) -> None:
         """Until a real chat completion (pinned to ``metro``) succeeds."""
         body: dict[str, object] = {
             "model": MODEL_ID, "max_tokens": 1,
@@ -210,7 +218,8 @@ class Cluster:
                 if not service.alive():
                     raise ClusterError(f"{service.name} exited:\n{service.log_text()[-4000:]}")
             with contextlib.suppress(OSError):
-                status, _, _ = self.request("/v1/chat/completions", body, timeout_s=10)
+                status, _, _ = self.request("/v1/chat/completions", body, timeout_s=10,
+                                            port=port)
                 if status == 200:
                     return
             time.sleep(0.1)

@@ -200,6 +200,11 @@ class EngineClient:
                         continue
                     *events, buffer = buffer.split(b"\n\n")
                     chunks, done = _parse_events(events)
+                    if done:
+                        # Read to the end of the response (the chunked-encoding
+                        # terminator) so the connection goes back to the pool
+                        # instead of being aborted as unfinished.
+                        await response.read()
                     if chunks or done:
                         yield StreamBatch(chunks, done)
                     if done:
