@@ -70,11 +70,18 @@ class CancelOnDisconnect:
         async with CancelOnDisconnect(receive) as guard:
             ... produce and send the response ...
             guard.finish()      # before the last send: from here on, let it complete
+
+    The watcher starts only once the request has run ``WATCH_AFTER_S``: most
+    requests on a fast pod are over by then and never pay for a task, and a
+    disconnect is still noticed within that time.
     """
+
+    WATCH_AFTER_S = 0.05
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._finished = False
         self.disconnected = False
@@ -89,15 +96,23 @@ class CancelOnDisconnect:
     def finish(self) -> None:
         self._finished = True
 
+    def _start_watching(self) -> None:
+        if not self._finished:
+            self._watcher = asyncio.create_task(self._watch())
+
     async def __aenter__(self) -> CancelOnDisconnect:
         self._task = asyncio.current_task()
-        self._watcher = asyncio.create_task(self._watch())
+        self._timer = asyncio.get_running_loop().call_later(
+            self.WATCH_AFTER_S, self._start_watching
+        )
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
         if exc_type is asyncio.CancelledError and self.disconnected:
