@@ -18,14 +18,24 @@ def two_metros(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> It
                  model_cache=tiny_model) as cluster:
         cluster.add_agent("fra-1", metro="fra")
         cluster.add_agent("ams-1", metro="ams")
-        cluster.start_api()
-        cluster.wait_routable(metro="fra")
-        cluster.wait_routable(metro="ams")
+        cluster.start_api()  # Hypercorn, the default
+        cluster.start_api("api-uvicorn", server="uvicorn")
+        for port in (cluster.api_port, cluster.api_port_of("api-uvicorn")):
+            cluster.wait_routable(metro="fra", port=port)
+            cluster.wait_routable(metro="ams", port=port)
         yield cluster
 
 
+@pytest.fixture(params=["hypercorn", "uvicorn"])
+def api_port(request: pytest.FixtureRequest, two_metros: Cluster) -> int:
+    """The port of the API under test, once per ASGI server (``api.server``)."""
+    if request.param == "hypercorn":
+        return two_metros.api_port
+    return two_metros.api_port_of("api-uvicorn")
+
+
 @pytest.fixture
-def client(two_metros: Cluster) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=two_metros.base_url, api_key=two_metros.api_key,
-                       max_retries=0, timeout=60) as sdk:
+def client(two_metros: Cluster, api_port: int) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1",
+                       api_key=two_metros.api_key, max_retries=0, timeout=60) as sdk:
         yield sdk

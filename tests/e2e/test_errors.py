@@ -14,9 +14,9 @@ from volt.testing import Cluster
 GOOD = {"model": "volt-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
 
-def raw(cluster: Cluster, method: str, path: str, body: bytes | None = None,
+def raw(port: int, method: str, path: str, body: bytes | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict[str, object]]:
-    req = urllib.request.Request(f"http://127.0.0.1:{cluster.api_port}{path}", data=body,
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
                                  method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -72,11 +72,11 @@ CASES = [
     [case[1:] for case in CASES], ids=[case[0] for case in CASES],
 )
 def test_bad_input_gets_the_documented_error(
-    two_metros: Cluster, method: str, path: str, body: bytes | None, use_key: bool,
-    status: int, code: str | None, param: str | None,
+    two_metros: Cluster, api_port: int, method: str, path: str, body: bytes | None,
+    use_key: bool, status: int, code: str | None, param: str | None,
 ) -> None:
     headers = auth(two_metros) if use_key else {"Content-Type": "application/json"}
-    got, _, payload = raw(two_metros, method, path, body, headers)
+    got, _, payload = raw(api_port, method, path, body, headers)
     assert got == status, payload
     error = payload["error"]
     assert isinstance(error, dict)
@@ -89,9 +89,11 @@ def test_bad_input_gets_the_documented_error(
         assert error["param"] == param
 
 
-def test_a_body_over_the_limit_is_refused_from_its_header(two_metros: Cluster) -> None:
+def test_a_body_over_the_limit_is_refused_from_its_header(
+    two_metros: Cluster, api_port: int
+) -> None:
     """413 before reading 17 MB: the server answers from Content-Length alone."""
-    with socket.create_connection(("127.0.0.1", two_metros.api_port), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", api_port), timeout=10) as conn:
         conn.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: volt\r\n"
             + f"Authorization: Bearer {two_metros.api_key}\r\n".encode()
@@ -108,19 +110,20 @@ def test_a_body_over_the_limit_is_refused_from_its_header(two_metros: Cluster) -
     assert json.loads(body)["error"]["code"] == "payload_too_large"
 
 
-def test_wrong_key_and_scheme(two_metros: Cluster) -> None:
+def test_wrong_key_and_scheme(api_port: int) -> None:
     for header in ("Bearer volt_sk_live_" + "A" * 43, "Token abc", "Bearer"):
-        status, headers, _payload = raw(two_metros, "GET", "/v1/models", None,
-                                       {"Authorization": header})
+        status, headers, _payload = raw(api_port, "GET", "/v1/models", None,
+                                        {"Authorization": header})
         assert status == 401
         assert {k.lower() for k in headers} >= {"www-authenticate"}
 
 
-def test_the_openai_client_raises_its_typed_errors(two_metros: Cluster) -> None:
-    with openai.OpenAI(base_url=two_metros.base_url, api_key="volt_sk_live_" + "B" * 43,
+def test_the_openai_client_raises_its_typed_errors(two_metros: Cluster, api_port: int) -> None:
+    base_url = f"http://127.0.0.1:{api_port}/v1"
+    with openai.OpenAI(base_url=base_url, api_key="volt_sk_live_" + "B" * 43,
                        max_retries=0) as bad, pytest.raises(openai.AuthenticationError):
         bad.models.list()
-    with openai.OpenAI(base_url=two_metros.base_url, api_key=two_metros.api_key,
+    with openai.OpenAI(base_url=base_url, api_key=two_metros.api_key,
                        max_retries=0) as sdk:
         with pytest.raises(openai.NotFoundError) as info:
             sdk.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
@@ -129,14 +132,14 @@ def test_the_openai_client_raises_its_typed_errors(two_metros: Cluster) -> None:
             sdk.chat.completions.create(model="volt-tiny", messages=[])
 
 
-def test_unknown_parameters_are_ignored(two_metros: Cluster) -> None:
-    status, _, payload = raw(two_metros, "POST", "/v1/chat/completions", json.dumps(
+def test_unknown_parameters_are_ignored(two_metros: Cluster, api_port: int) -> None:
+    status, _, payload = raw(api_port, "POST", "/v1/chat/completions", json.dumps(
         {**GOOD, "reasoning_effort": "high", "metadata": {"a": 1}, "parallel_tool_calls": True}
     ).encode(), auth(two_metros))
     assert status == 200, payload
 
 
-def test_health_and_docs_are_public(two_metros: Cluster) -> None:
+def test_health_and_docs_are_public(api_port: int) -> None:
     for path in ("/healthz", "/readyz", "/openapi.yaml", "/metrics"):
-        with urllib.request.urlopen(f"http://127.0.0.1:{two_metros.api_port}{path}") as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}") as resp:
             assert resp.status == 200

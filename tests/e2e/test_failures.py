@@ -127,13 +127,15 @@ async def _tokens_generated(engine: EngineClient) -> float:
     return float(total.rsplit(" ", 1)[1])
 
 
-def test_a_client_that_disconnects_stops_generation_on_the_pod(two_metros: Cluster) -> None:
+def test_a_client_that_disconnects_stops_generation_on_the_pod(
+    two_metros: Cluster, api_port: int
+) -> None:
     socket = two_metros.engine_socket("fra-1")
 
     async def scenario() -> tuple[float, float, int]:
         engine = EngineClient(socket)
         try:
-            http = Http1Client(port=two_metros.api_port,
+            http = Http1Client(port=api_port,
                                headers={"Authorization": f"Bearer {two_metros.api_key}"})
             body = json.dumps({**BODY, "max_tokens": 4000, "stream": True,
                                "volt": {"metro": "fra"}}).encode()

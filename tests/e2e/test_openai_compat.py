@@ -109,10 +109,10 @@ def test_unpinned_requests_use_both_metros(client: openai.OpenAI) -> None:
     assert pods == {"fra-1", "ams-1"}
 
 
-def test_a_metro_with_no_pod_is_503_with_retry_after(two_metros: Cluster) -> None:
+def test_a_metro_with_no_pod_is_503_with_retry_after(two_metros: Cluster, api_port: int) -> None:
     status, headers, body = two_metros.request("/v1/chat/completions", {
         "model": "volt-tiny", "messages": MESSAGES, "volt": {"metro": "sin"},
-    })
+    }, port=api_port)
     assert status == 503
     assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
     assert b'"no_healthy_pod"' in body
