@@ -22,7 +22,8 @@ def test_every_rejection_has_a_named_reason() -> None:
         node("good"),
     ]
     decision = DEFAULT_POLICY.place(
-        PlacementQuery(model="m", metros=frozenset({"fra"}), tier="standard"), nodes
+        PlacementQuery(model="m", metros=frozenset({"fra"}), tier="standard"), nodes,
+        explain=True,
     )
     assert decision.node is not None
     assert decision.node.node_id == "good"
@@ -36,7 +37,7 @@ def test_every_rejection_has_a_named_reason() -> None:
 
 def test_no_candidate_means_no_node() -> None:
     decision = DEFAULT_POLICY.place(PlacementQuery(model="m", metros=frozenset({"sin"})),
-                                    [node("a"), node("b")])
+                                    [node("a"), node("b")], explain=True)
     assert decision.node is None
     assert set(decision.rejected) == {"a", "b"}
 

@@ -21,16 +21,22 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from volt.control_api.errors import ModelNotFound, ServiceUnavailable
+from volt.scheduler.node_states import PLACEABLE
 from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
 from volt.wire import SCHEDULER, ModelCard, NodeView, PlacementView, ViewQuery, encode, subjects
 
 log = logging.getLogger(__name__)
+_PLACEABLE = frozenset(state.value for state in PLACEABLE)
 
 
 class Router:
     def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
         self.policy = policy
         self.nodes: list[NodeView] = []
+        # Placeable nodes by (model, metro), rebuilt per view, so a request only
+        # looks at its candidates; the policy still checks every filter.
+        self._candidates: dict[tuple[str, str], list[NodeView]] = {}
+        self._by_model: dict[str, list[NodeView]] = {}
         self.catalog: dict[str, ModelCard] = {}
         self.inflight: dict[str, int] = {}
         self.view_received_at: float | None = None
@@ -41,7 +47,16 @@ class Router:
         return self.view_received_at is not None
 
     def apply(self, view: PlacementView) -> None:
+        candidates: dict[tuple[str, str], list[NodeView]] = {}
+        by_model: dict[str, list[NodeView]] = {}
+        for node in view.nodes:
+            if node.state not in _PLACEABLE:
+                continue
+            for model in node.models:
+                candidates.setdefault((model, node.metro), []).append(node)
+                by_model.setdefault(model, []).append(node)
         self.nodes = view.nodes
+        self._candidates, self._by_model = candidates, by_model
         self.catalog = {card.id: card for card in view.models}
         self.view_received_at = time.monotonic()
 
@@ -52,8 +67,14 @@ class Router:
         return card
 
     def place(self, query: PlacementQuery, exclude: Iterable[str] = ()) -> NodeView:
+        if query.metros is None:
+            nodes = self._by_model.get(query.model, [])
+        else:
+            nodes = [n for metro in query.metros
+                     for n in self._candidates.get((query.model, metro), ())]
         excluded = set(exclude)
-        nodes = [n for n in self.nodes if n.node_id not in excluded] if excluded else self.nodes
+        if excluded:
+            nodes = [n for n in nodes if n.node_id not in excluded]
         decision = self.policy.place(query, nodes, self.inflight)
         if decision.node is None:
             where = f" in {', '.join(sorted(query.metros))}" if query.metros else ""

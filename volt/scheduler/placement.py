@@ -7,8 +7,9 @@ A policy is a list you can read::
         scorers=(least_load,),
     )
 
-Every filter returns ``None`` (keep) or the reason it rejected a node, so
-"why was this node not chosen?" always has an answer (``Decision.rejected``).
+Every filter says keep or not, and can say why not, so "why was this node
+not chosen?" always has an answer (``place(..., explain=True)`` fills
+``Decision.rejected``; the hot path skips building the reasons).
 Scorers return a value in [0, 1], weighted and summed; the highest total wins
 and ties are broken at random so equal nodes share the work.
 
@@ -37,7 +38,9 @@ class PlacementQuery:
 @dataclass(frozen=True, slots=True)
 class Filter:
     name: str
-    check: Callable[[PlacementQuery, NodeView], str | None]
+    keep: Callable[[PlacementQuery, NodeView], bool]
+    reason: Callable[[PlacementQuery, NodeView], str]
+    """Why ``keep`` said no; only built when a decision is asked to explain itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,28 +55,32 @@ class Scorer:
 class Decision:
     node: NodeView | None
     rejected: dict[str, str] = field(default_factory=dict)
+    """Node id -> "filter: reason", when the decision was asked to explain."""
     scores: dict[str, float] = field(default_factory=dict)
-
-
-def _serves_model(query: PlacementQuery, node: NodeView) -> str | None:
-    return None if query.model in node.models else f"does not serve {query.model}"
-
-
-def _in_metro(query: PlacementQuery, node: NodeView) -> str | None:
-    if query.metros is None or node.metro in query.metros:
-        return None
-    return f"metro {node.metro} not in {sorted(query.metros)}"
-
-
-def _in_tier(query: PlacementQuery, node: NodeView) -> str | None:
-    return None if query.tier is None or node.tier == query.tier else f"tier {node.tier}"
 
 
 _PLACEABLE_VALUES = frozenset(state.value for state in PLACEABLE)
 
-
-def _healthy(query: PlacementQuery, node: NodeView) -> str | None:
-    return None if node.state in _PLACEABLE_VALUES else f"state {node.state}"
+serves_model = Filter(
+    "serves_model",
+    lambda q, n: q.model in n.models,
+    lambda q, n: f"does not serve {q.model}",
+)
+in_metro = Filter(
+    "in_metro",
+    lambda q, n: q.metros is None or n.metro in q.metros,
+    lambda q, n: f"metro {n.metro} not in {sorted(q.metros or ())}",
+)
+in_tier = Filter(
+    "in_tier",
+    lambda q, n: q.tier is None or n.tier == q.tier,
+    lambda q, n: f"tier {n.tier}",
+)
+healthy = Filter(
+    "healthy",
+    lambda q, n: n.state in _PLACEABLE_VALUES,
+    lambda q, n: f"state {n.state}",
+)
 
 
 def _least_load(query: PlacementQuery, node: NodeView, local_inflight: int) -> float:
@@ -84,10 +91,6 @@ def _least_load(query: PlacementQuery, node: NodeView, local_inflight: int) -> f
     return (1.0 / (1.0 + queued)) * (1.0 - 0.5 * node.load.kv_cache_usage)
 
 
-serves_model = Filter("serves_model", _serves_model)
-in_metro = Filter("in_metro", _in_metro)
-in_tier = Filter("in_tier", _in_tier)
-healthy = Filter("healthy", _healthy)
 least_load = Scorer("least_load", 1.0, _least_load)
 
 
@@ -102,27 +105,34 @@ class Policy:
         nodes: Sequence[NodeView],
         inflight: Mapping[str, int] | None = None,
         rng: random.Random | None = None,
+        *,
+        explain: bool = False,
     ) -> Decision:
         decision = Decision(node=None)
         inflight = inflight or {}
+        filters, scorers = self.filters, self.scorers
         best: list[NodeView] = []
         best_score = -1.0
+        # Plain loops: this runs for every candidate of every request.
         for node in nodes:
-            reason = None
-            for plugin in self.filters:
-                reason = plugin.check(query, node)
-                if reason is not None:
-                    decision.rejected[node.node_id] = f"{plugin.name}: {reason}"
+            for plugin in filters:
+                if not plugin.keep(query, node):
+                    if explain:
+                        decision.rejected[node.node_id] = (
+                            f"{plugin.name}: {plugin.reason(query, node)}"
+                        )
                     break
-            if reason is not None:
+            else:
+                local = inflight.get(node.node_id, 0)
+                total = 0.0
+                for scorer in scorers:
+                    total += scorer.weight * scorer.score(query, node, local)
+                decision.scores[node.node_id] = total
+                if total > best_score:
+                    best, best_score = [node], total
+                elif total == best_score:
+                    best.append(node)
                 continue
-            local = inflight.get(node.node_id, 0)
-            total = sum(s.weight * s.score(query, node, local) for s in self.scorers)
-            decision.scores[node.node_id] = total
-            if total > best_score:
-                best, best_score = [node], total
-            elif total == best_score:
-                best.append(node)
         if best:
             decision.node = best[0] if len(best) == 1 else (rng or random).choice(best)
         return decision

@@ -143,6 +143,7 @@ class Scheduler:
                 tier=query.tier,
             ),
             self.table.views(),
+            explain=True,
         )
         node = decision.node
         await msg.respond(encode(PlaceAnswer(
