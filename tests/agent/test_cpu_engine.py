@@ -167,3 +167,5 @@ async def test_a_finished_stream_leaves_its_connection_for_reuse(engine: EngineC
         batches = [batch async for batch in engine.stream("/v1/chat/completions", body)]
         assert batches[-1].done
     assert len(engine._http._idle) == 1  # one connection, reused each time
+    load = await engine.load()  # and the engine has already released them
+    assert (load.running, load.waiting) == (0, 0)

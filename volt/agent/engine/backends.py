@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +58,7 @@ class Backend(Protocol):
 
     def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[TokenEvent]: ...
+    ) -> AsyncGenerator[TokenEvent, None]: ...
 
     def kv_cache_usage(self) -> float: ...
 
@@ -157,7 +157,7 @@ class TransformersBackend:
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         self._manager.register_result_handler(request_id, outputs.put_nowait)
         self._manager.add_request(
@@ -230,7 +230,7 @@ class InstantBackend:
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         n, pieces = params.max_new_tokens, self._pieces
         yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)
 

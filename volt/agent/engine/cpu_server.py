@@ -22,6 +22,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import msgspec
@@ -32,6 +33,7 @@ from volt.agent.engine.backends import (
     EngineFailure,
     InstantBackend,
     SamplingParams,
+    TokenEvent,
     TransformersBackend,
 )
 from volt.agent.engine.tiny_model import MODEL_ID
@@ -198,6 +200,35 @@ class EngineServer:
         )
         return req, prompt_ids, params
 
+    async def _generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """The backend's events, with the request counted as waiting, then running.
+
+        Consumers iterate it inside ``contextlib.aclosing``: leaving the loop
+        early must close it (and the backend's generator) now, not at garbage
+        collection, so the counts and the batch slot are released at once.
+        """
+        metrics = self.metrics
+        metrics.waiting += 1
+        started = False
+        try:
+            async with contextlib.aclosing(
+                self.backend.generate(request_id, prompt_ids, params)
+            ) as events:
+                async for event in events:
+                    if not started:
+                        metrics.waiting -= 1
+                        metrics.running += 1
+                        started = True
+                    metrics.generation_tokens.inc(event.tokens)
+                    yield event
+        finally:
+            if started:
+                metrics.running -= 1
+            else:
+                metrics.waiting -= 1
+
     async def _complete(
         self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
         request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -205,28 +236,18 @@ class EngineServer:
         pieces: list[str] = []
         finish_reason: str | None = None
         generated = 0
-        metrics = self.metrics
-        metrics.waiting += 1
-        started = False
         try:
-            async for event in self.backend.generate(request_id, prompt_ids, params):
-                if not started:
-                    metrics.waiting -= 1
-                    metrics.running += 1
-                    started = True
-                generated += event.tokens
-                metrics.generation_tokens.inc(event.tokens)
-                pieces.extend(event.pieces)
-                finish_reason = event.finish_reason or finish_reason
+            async with contextlib.aclosing(
+                self._generate(request_id, prompt_ids, params)
+            ) as events:
+                async for event in events:
+                    generated += event.tokens
+                    pieces.extend(event.pieces)
+                    finish_reason = event.finish_reason or finish_reason
         except EngineFailure as exc:
             guard.finish()
             await send_json(send, 500, EngineRequestError(500, str(exc), "server_error").body())
             return
-        finally:
-            if started:
-                metrics.running -= 1
-            else:
-                metrics.waiting -= 1
         completion = ChatCompletion(
             id=request_id,
             created=int(time.time()),
@@ -265,36 +286,26 @@ class EngineServer:
 
         out = [sse(Delta(role="assistant", content=""))]
         generated = 0
-        metrics = self.metrics
-        metrics.waiting += 1
-        started = False
         try:
-            async for event in self.backend.generate(request_id, prompt_ids, params):
-                if not started:
-                    metrics.waiting -= 1
-                    metrics.running += 1
-                    started = True
-                generated += event.tokens
-                metrics.generation_tokens.inc(event.tokens)
-                out.extend(frames.token(piece) for piece in event.pieces if piece)
-                if event.finish_reason is not None:
-                    out.append(sse(Delta(), event.finish_reason))
-                    break  # the rest goes out with usage and [DONE], in the same write
-                # One write for everything produced together: fewer syscalls.
-                await send({"type": "http.response.body", "body": b"".join(out),
-                            "more_body": True})
-                out.clear()
+            async with contextlib.aclosing(
+                self._generate(request_id, prompt_ids, params)
+            ) as events:
+                async for event in events:
+                    generated += event.tokens
+                    out.extend(frames.token(piece) for piece in event.pieces if piece)
+                    if event.finish_reason is not None:
+                        out.append(sse(Delta(), event.finish_reason))
+                        break  # the rest goes out with usage and [DONE], in the same write
+                    # One write for everything produced together: fewer syscalls.
+                    await send({"type": "http.response.body", "body": b"".join(out),
+                                "more_body": True})
+                    out.clear()
         except EngineFailure as exc:
             error = EngineRequestError(500, str(exc), "server_error")
             guard.finish()
             await send({"type": "http.response.body",
                         "body": b"data: " + error.body() + b"\n\n" + _DONE})
             return
-        finally:
-            if started:
-                metrics.running -= 1
-            else:
-                metrics.waiting -= 1
         if req.stream_options is not None and req.stream_options.include_usage:
             usage = ChatCompletionChunk(
                 id=request_id, created=created, model=model, choices=[],
