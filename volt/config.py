@@ -54,9 +54,10 @@ class StoreSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
-    server: Literal["hypercorn", "uvicorn"] = "hypercorn"
-    """The ASGI server. Hypercorn by default; uvicorn costs ~330 µs less CPU per
-    request (README, "Benchmarks") and is what meets the throughput targets."""
+    server: Literal["uvicorn", "hypercorn"] = "uvicorn"
+    """The ASGI server for the Quart app. uvicorn by default: it costs ~330 µs
+    less CPU per request than Hypercorn here, which is the difference between
+    meeting the spine's throughput targets and not (README, "Benchmarks")."""
     request_timeout_s: PositiveFloat = 600.0
     """Every request has a deadline; none hangs longer than this."""
     replica_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""

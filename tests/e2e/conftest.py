@@ -18,20 +18,20 @@ def two_metros(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> It
                  model_cache=tiny_model) as cluster:
         cluster.add_agent("fra-1", metro="fra")
         cluster.add_agent("ams-1", metro="ams")
-        cluster.start_api()  # Hypercorn, the default
-        cluster.start_api("api-uvicorn", server="uvicorn")
-        for port in (cluster.api_port, cluster.api_port_of("api-uvicorn")):
+        cluster.start_api()  # uvicorn, the default
+        cluster.start_api("api-hypercorn", server="hypercorn")
+        for port in (cluster.api_port, cluster.api_port_of("api-hypercorn")):
             cluster.wait_routable(metro="fra", port=port)
             cluster.wait_routable(metro="ams", port=port)
         yield cluster
 
 
-@pytest.fixture(params=["hypercorn", "uvicorn"])
+@pytest.fixture(params=["uvicorn", "hypercorn"])
 def api_port(request: pytest.FixtureRequest, two_metros: Cluster) -> int:
     """The port of the API under test, once per ASGI server (``api.server``)."""
-    if request.param == "hypercorn":
+    if request.param == "uvicorn":
         return two_metros.api_port
-    return two_metros.api_port_of("api-uvicorn")
+    return two_metros.api_port_of("api-hypercorn")
 
 
 @pytest.fixture

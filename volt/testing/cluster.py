@@ -167,11 +167,15 @@ class Cluster:
         extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(node_id, "agent", extra)
 
-    def start_api(self, name: str = "api", *, server: str = "hypercorn",
+    def start_api(self, name: str = "api", *, server: str | None = None,
                   port: int | None = None) -> ServiceProcess:
-        """An API process; the first one listens on ``api_port``."""
+        """An API process (``server``: the ASGI server; None for the default).
+        The one named "api" listens on ``api_port``."""
         port = port or (self.api_port if name == "api" else free_port())
-        return self._spawn(name, "api", {"VOLT_API_SERVER": server, "VOLT_API_PORT": str(port)})
+        extra = {"VOLT_API_PORT": str(port)}
+        if server is not None:
+            extra["VOLT_API_SERVER"] = server
+        return self._spawn(name, "api", extra)
 
     def api_port_of(self, name: str) -> int:
         return int(self.services[name].env["VOLT_API_PORT"])
