@@ -57,6 +57,17 @@ def test_kv_cache_pressure_breaks_equal_load() -> None:
     assert DEFAULT_POLICY.place(PlacementQuery(model="m"), nodes).node.node_id == "empty"  # type: ignore[union-attr]
 
 
+def test_light_cache_use_does_not_decide_ties() -> None:
+    """Reusable prefix blocks are not pressure: equal nodes still share the work."""
+    nodes = [node("a", kv=0.05), node("b", kv=0.2)]
+    rng = random.Random(3)
+    picks = Counter(
+        DEFAULT_POLICY.place(PlacementQuery(model="m"), nodes, rng=rng).node.node_id  # type: ignore[union-attr]
+        for _ in range(200)
+    )
+    assert min(picks.values()) > 60
+
+
 def test_equal_nodes_share_the_work() -> None:
     nodes = [node("a"), node("b"), node("c")]
     rng = random.Random(7)

@@ -88,7 +88,11 @@ def _least_load(query: PlacementQuery, node: NodeView, local_inflight: int) -> f
     # count is current. With one router the larger of the two is the truth;
     # with several it is a lower bound, and the random tie-break spreads the rest.
     queued = max(node.load.running + node.load.waiting, local_inflight)
-    return (1.0 / (1.0 + queued)) * (1.0 - 0.5 * node.load.kv_cache_usage)
+    # KV-cache use only counts once it is pressure: below half, engines hold
+    # reusable prefix blocks that say nothing about capacity, and letting small
+    # differences decide would send every tie to the same node.
+    pressure = max(0.0, node.load.kv_cache_usage - 0.5)
+    return (1.0 / (1.0 + queued)) * (1.0 - pressure)
 
 
 least_load = Scorer("least_load", 1.0, _least_load)
