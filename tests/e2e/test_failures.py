@@ -184,3 +184,82 @@ def test_an_openai_client_breaking_out_of_a_stream_stops_the_pod(two_metros: Clu
             await engine.close()
 
     assert asyncio.run(running()) == 0
+
+
+def _generating(cluster: Cluster, nodes: list[str], timeout_s: float = 20) -> str:
+    """The node whose engine is generating right now."""
+
+    async def find() -> str:
+        engines = {n: EngineClient(cluster.engine_socket(n)) for n in nodes}
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for node, engine in engines.items():
+                    if (await engine.load()).running:
+                        return node
+                await asyncio.sleep(0.02)
+            raise AssertionError("no engine started generating")
+        finally:
+            for engine in engines.values():
+                await engine.close()
+
+    return asyncio.run(find())
+
+
+def test_a_pod_killed_under_a_request_fails_over(tmp_path: Path, tiny_model: Path) -> None:
+    """Non-streaming: the client has seen nothing, so the request moves to another pod."""
+    import concurrent.futures
+
+    with Cluster(tmp_path, heartbeat_interval_s=HEARTBEAT_S, model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.add_agent("fra-2", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        deadline = time.monotonic() + 30
+        while {served_by(cluster) for _ in range(12)} != {"fra-1", "fra-2"}:
+            assert time.monotonic() < deadline
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(cluster.request, "/v1/chat/completions",
+                                  {**BODY, "max_tokens": 1500}, timeout_s=120)
+            victim = _generating(cluster, ["fra-1", "fra-2"])
+            cluster.services[victim].kill()
+            status, _, body = pending.result(timeout=120)
+        assert status == 200, body
+        reply = json.loads(body)
+        assert reply["volt"]["pod"] != victim
+        assert reply["usage"]["completion_tokens"] > 0
+
+
+def test_a_stream_whose_pod_dies_ends_with_an_error_and_done(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    with Cluster(tmp_path, heartbeat_interval_s=HEARTBEAT_S, model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+
+        async def scenario() -> bytes:
+            http = Http1Client(port=cluster.api_port,
+                               headers={"Authorization": f"Bearer {cluster.api_key}"})
+            body = json.dumps({**BODY, "max_tokens": 4000, "stream": True}).encode()
+            try:
+                response = await http.request("POST", "/v1/chat/completions", body)
+                assert response.status == 200
+                received = b""
+                async for data in response.chunks():
+                    received += data
+                    if received.count(b"data: ") >= 3 and cluster.services["fra-1"].alive():
+                        cluster.services["fra-1"].kill()  # tokens were already sent
+                return received
+            finally:
+                http.close()
+
+        started = time.monotonic()
+        received = asyncio.run(scenario())
+        events = [e for e in received.split(b"\n\n") if e.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]"
+        error = json.loads(events[-2][len(b"data: "):])
+        assert error["error"]["type"] == "service_unavailable"
+        assert b'"content"' in b"".join(events[:-2])  # real tokens came first
+        assert time.monotonic() - started < 30  # ended by failover, not by the deadline

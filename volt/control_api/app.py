@@ -77,6 +77,7 @@ class ApiServices:
         )
         inference = InferenceClient(self.nc, self.replica_id)
         await inference.start()
+        self.router.on_pods_lost = inference.pods_lost
         await self.router.attach(self.nc)
         self.chat = ChatCompletions(self.router, inference, self.config.api.request_timeout_s)
 

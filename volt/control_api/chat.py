@@ -35,7 +35,7 @@ from volt.control_api.errors import (
     UpstreamError,
     error_event,
 )
-from volt.control_api.inference import NO_RESPONDERS, InferenceClient, Reply, ReplyChannel
+from volt.control_api.inference import InferenceClient, PodGone, Reply, ReplyChannel
 from volt.control_api.routing import Router
 from volt.protocol.chat import (
     AssistantMessage,
@@ -155,8 +155,11 @@ class ChatCompletions:
                 if isinstance(exc, TimeoutError):
                     raise DeadlineExceeded("The request ran past its deadline.") from exc
                 raise
-            if first is NO_RESPONDERS or (isinstance(first, InferenceError) and first.retryable):
-                # Gone since the last view, or momentarily full: try another pod.
+            if isinstance(first, PodGone) or (
+                isinstance(first, InferenceError) and first.retryable
+            ):
+                # Gone (before answering anything), or momentarily full: the
+                # client has seen nothing yet, so try another pod.
                 self.inference.forget(attempt_id)
                 self.router.finished(node.node_id)
                 skipped.append(node.node_id)
@@ -186,7 +189,7 @@ class ChatCompletions:
             while not isinstance(reply, Final):
                 if isinstance(reply, InferenceError):
                     raise UpstreamError(reply.status, reply.code, reply.message)
-                if reply is NO_RESPONDERS:
+                if isinstance(reply, PodGone):
                     raise ServiceUnavailable("The pod serving this request went away; retry.")
                 reply = await call.replies.get(call.deadline)
         except TimeoutError as exc:

@@ -2,9 +2,15 @@
 
 One subscription per API replica (``volt.*.reply.<replica>.*``) receives every
 pod's replies; they are routed to per-request channels by the request id at
-the end of the subject. Requests go to the pod's metro-local subject. If no
-agent listens there (it died since the last view), NATS answers at once with
-a no-responders status, which arrives here as ``NO_RESPONDERS``.
+the end of the subject. Requests go to the pod's metro-local subject.
+
+A pod can vanish under a request in two ways, and both arrive on the
+request's channel as ``PodGone``: no agent listens on its subject (it died
+since the last view; NATS answers at once with a no-responders status), or
+the scheduler's view stops offering it while the request runs (it was killed
+or partitioned mid-generation; ``pods_lost``). The caller retries on another
+pod if the client has seen nothing yet, and ends the stream with an error
+otherwise, so no request waits for its deadline on a dead pod.
 """
 
 from __future__ import annotations
@@ -22,14 +28,22 @@ from volt.wire.bus import is_no_responders
 from volt.wire.messages import ReplyMessage
 
 
-class _NoResponders:
+class PodGone:
+    """The pod serving a request went away (see the module docstring)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
     def __repr__(self) -> str:
-        return "NO_RESPONDERS"
+        return f"PodGone({self.reason!r})"
 
 
-NO_RESPONDERS: FinalType = _NoResponders()
+NO_RESPONDERS: FinalType = PodGone("no agent listens on the pod's subject")
+POD_LOST: FinalType = PodGone("the pod left placement while serving the request")
 
-Reply = ReplyMessage | _NoResponders
+Reply = ReplyMessage | PodGone
 
 
 class ReplyChannel:
@@ -76,6 +90,8 @@ class InferenceClient:
         self.nc = nc
         self.replica_id = subjects.token(replica_id)
         self._channels: dict[str, ReplyChannel] = {}
+        self._node_of: dict[str, str] = {}
+        self._by_node: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         await self.nc.subscribe(
@@ -98,6 +114,8 @@ class InferenceClient:
         """Publish ``request`` to ``node``; its replies arrive on the returned channel."""
         channel = ReplyChannel()
         self._channels[request.request_id] = channel
+        self._node_of[request.request_id] = node.node_id
+        self._by_node.setdefault(node.node_id, set()).add(request.request_id)
         await self.nc.publish(
             subjects.infer(node.metro, node.node_id),
             encode(request),
@@ -107,6 +125,21 @@ class InferenceClient:
 
     def forget(self, request_id: str) -> None:
         self._channels.pop(request_id, None)
+        node_id = self._node_of.pop(request_id, None)
+        if node_id is not None:
+            on_node = self._by_node.get(node_id)
+            if on_node is not None:
+                on_node.discard(request_id)
+                if not on_node:
+                    del self._by_node[node_id]
+
+    def pods_lost(self, node_ids: set[str]) -> None:
+        """Wake every request in flight on these nodes with ``POD_LOST``."""
+        for node_id in node_ids:
+            for request_id in list(self._by_node.get(node_id, ())):
+                channel = self._channels.get(request_id)
+                if channel is not None:
+                    channel.put(POD_LOST)
 
     async def cancel(self, node: NodeView, request_id: str) -> None:
         self.forget(request_id)

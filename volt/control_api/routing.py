@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -40,6 +40,8 @@ class Router:
         self.catalog: dict[str, ModelCard] = {}
         self.inflight: dict[str, int] = {}
         self.view_received_at: float | None = None
+        self.on_pods_lost: Callable[[set[str]], None] | None = None
+        """Called with the nodes that stopped being placeable (failover of their requests)."""
         self._nc: Client | None = None
 
     @property
@@ -55,10 +57,15 @@ class Router:
             for model in node.models:
                 candidates.setdefault((model, node.metro), []).append(node)
                 by_model.setdefault(model, []).append(node)
+        placeable_before = {n.node_id for nodes in self._by_model.values() for n in nodes}
+        placeable_now = {n.node_id for nodes in by_model.values() for n in nodes}
         self.nodes = view.nodes
         self._candidates, self._by_model = candidates, by_model
         self.catalog = {card.id: card for card in view.models}
         self.view_received_at = time.monotonic()
+        lost = placeable_before - placeable_now
+        if lost and self.on_pods_lost is not None:
+            self.on_pods_lost(lost)
 
     def model(self, model_id: str) -> ModelCard:
         card = self.catalog.get(model_id)
