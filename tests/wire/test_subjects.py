@@ -17,7 +17,8 @@ def test_payload_subjects_are_metro_local() -> None:
 
 def test_global_subjects_carry_no_metro() -> None:
     for subject in (subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE,
-                    subjects.SCHED_VIEW, subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE):
+                    subjects.SCHED_VIEW, subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE,
+                    subjects.usage("fra")):
         assert not subjects.is_metro_local(subject)
 
 

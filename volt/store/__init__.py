@@ -3,6 +3,7 @@
 from volt.store.api_keys import ApiKeys, IssuedKey, Principal
 from volt.store.database import Database, SchemaOutdated, StoreError
 from volt.store.inventory import Inventory
+from volt.store.usage import UsageBucket, UsageLedger
 
 __all__ = [
     "ApiKeys",
@@ -12,4 +13,6 @@ __all__ = [
     "Principal",
     "SchemaOutdated",
     "StoreError",
+    "UsageBucket",
+    "UsageLedger",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, String, func
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -62,3 +62,32 @@ class Node(Base):
     gpu_count: Mapped[int] = mapped_column(default=0)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRow(Base):
+    """One request's usage, as its pod reported it (token counts only).
+
+    ``request_id`` is the key, so a record delivered twice (a restart between
+    storing and acknowledging) is stored once. ``day`` is the UTC date of the
+    request's end, kept as text so grouping by day is the same SQL everywhere.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_tenant_day", "tenant_id", "day"),)
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(40))
+    metro: Mapped[str] = mapped_column(String(64))
+    tier: Mapped[str] = mapped_column(String(64))
+    pod: Mapped[str] = mapped_column(String(100))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    started_unix: Mapped[float] = mapped_column(Float)
+    ended_unix: Mapped[float] = mapped_column(Float, index=True)
+    day: Mapped[str] = mapped_column(String(10))

@@ -24,6 +24,7 @@ from volt.wire.messages import (
     NodeMessage,
     ReplyMessage,
     SchedulerMessage,
+    UsageMessage,
     WireMessage,
 )
 
@@ -102,3 +103,4 @@ NODE: FamilyDecoder[NodeMessage] = FamilyDecoder("node", NodeMessage)
 SCHEDULER: FamilyDecoder[SchedulerMessage] = FamilyDecoder("scheduler", SchedulerMessage)
 INFERENCE: FamilyDecoder[InferenceMessage] = FamilyDecoder("inference", InferenceMessage)
 REPLY: FamilyDecoder[ReplyMessage] = FamilyDecoder("reply", ReplyMessage)
+USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)

@@ -137,6 +137,9 @@ class InferenceRequest(WireMessage, frozen=True, kw_only=True, tag="infer.reques
     """The OpenAI request as JSON, ready for the engine (Volt extensions removed)."""
     deadline_unix: float
     """Wall-clock time after which the agent abandons the request."""
+    tenant_id: str = ""
+    key_id: str = ""
+    """Who the request is for, so the pod's usage record can be billed."""
 
 
 class Cancel(WireMessage, frozen=True, kw_only=True, tag="infer.cancel"):
@@ -199,3 +202,34 @@ class InferenceError(WireMessage, frozen=True, kw_only=True, tag="infer.error"):
 
 InferenceMessage = InferenceRequest | Cancel
 ReplyMessage = StreamChunk | Final | InferenceError
+
+
+# --- usage family: agent -> JetStream -> scheduler (global, counts only) --------
+
+
+class UsageRecord(WireMessage, frozen=True, kw_only=True, tag="usage.record"):
+    """What one request cost, from the pod that served it. Never any payload.
+
+    ``status`` is ``completed``, ``cancelled`` (the client went away; the
+    tokens generated until then count) or ``failed`` (the pod could not finish;
+    such attempts are not billed).
+    """
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str
+    endpoint: str
+    metro: str
+    tier: str
+    pod: str
+    stream: bool
+    status: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    started_unix: float
+    ended_unix: float
+
+
+UsageMessage = UsageRecord

@@ -25,6 +25,16 @@ SCHED_VIEW_GET = "volt.sched.view.get"
 """Request/reply: the current placement view, for a replica that just (re)connected."""
 SCHED_PLACE = "volt.sched.place"
 """Request/reply: ask the scheduler to place one request (debugging and the placement bench)."""
+USAGE_STREAM = "VOLT_USAGE"
+"""The JetStream stream that holds usage records until the scheduler has stored them."""
+
+
+def usage(metro: str) -> str:
+    """Usage records (token counts only) from the pods of one metro."""
+    return f"volt.usage.{token(metro)}"
+
+
+USAGE_ALL = "volt.usage.*"
 
 
 def token(value: str) -> str:
@@ -57,4 +67,4 @@ def reply_wildcard(replica_id: str) -> str:
 def is_metro_local(subject: str) -> bool:
     """True for subjects that may carry payloads (``volt.<metro>.…``)."""
     parts = subject.split(".")
-    return len(parts) >= 3 and parts[0] == "volt" and parts[1] not in {"node", "sched"}
+    return len(parts) >= 3 and parts[0] == "volt" and parts[1] not in {"node", "sched", "usage"}
