@@ -131,14 +131,17 @@ def test_load_is_read_from_vllm_metric_names() -> None:
 def test_pre_encoded_token_frames_equal_whole_chunks() -> None:
     from volt.agent.engine.cpu_server import TokenFrames, _json
     from volt.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
+    from volt.protocol.common import CompletionUsage
 
     frames = TokenFrames("chatcmpl-1", 1700000000, 'model "quoted"')
+    usage = CompletionUsage(prompt_tokens=12, completion_tokens=3, total_tokens=15)
     for piece in ["hello", " ", '"quotes" and \\ backslash', "ünï ✓", "\x00\n\t", "</script>"]:
-        whole = _json.encode(ChatCompletionChunk(
-            id="chatcmpl-1", created=1700000000, model='model "quoted"',
-            choices=[ChunkChoice(index=0, delta=Delta(content=piece))],
-        ))
-        assert frames.token(piece) == b"data: " + whole + b"\n\n"
+        for with_usage in (None, usage):
+            whole = _json.encode(ChatCompletionChunk(
+                id="chatcmpl-1", created=1700000000, model='model "quoted"',
+                choices=[ChunkChoice(index=0, delta=Delta(content=piece))], usage=with_usage,
+            ))
+            assert frames.token(piece, with_usage) == b"data: " + whole + b"\n\n"
 
 
 async def test_usage_counts_tokens_not_text_pieces(tiny_model: Path) -> None:

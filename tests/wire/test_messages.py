@@ -22,7 +22,7 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.Final, wire.InferenceError)),
-    "usage": (wire.USAGE, (wire.UsageRecord,)),
+    "usage": (wire.USAGE, (wire.UsageBatch,)),
 }
 
 text = st.text(max_size=20)

@@ -26,6 +26,7 @@ from volt.agent.engine.client import (
     EngineUnavailable,
 )
 from volt.agent.telemetry import GpuTelemetry
+from volt.agent.usage import UsagePublisher
 from volt.wire import (
     INFERENCE,
     AgentTiming,
@@ -40,6 +41,7 @@ from volt.wire import (
     NodeHello,
     StreamChunk,
     Usage,
+    UsageRecord,
     encode,
     subjects,
 )
@@ -51,9 +53,13 @@ _ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions"}
 
 @dataclass(slots=True)
 class _Progress:
-    """What a request has sent so far; decides whether a failure is retryable."""
+    """What a request has done so far: decides whether a failure is retryable,
+    and is what its usage record reports however the request ends."""
 
     tokens_sent: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Agent:
@@ -70,6 +76,7 @@ class Agent:
         heartbeat_interval_s: float = 2.0,
         max_inflight: int = 512,
         engine_kind: str = "cpu",
+        usage: UsagePublisher | None = None,
     ) -> None:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
@@ -81,6 +88,7 @@ class Agent:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_inflight = max_inflight
         self.engine_kind = engine_kind
+        self.usage = usage or UsagePublisher(metro)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._nc: Client | None = None
         self._load = EngineLoad()
@@ -97,11 +105,18 @@ class Agent:
         )
         await nc.subscribe(subjects.cancel(self.metro, self.node_id), cb=self._on_cancel)
         await self._publish_hello()
+        publisher = asyncio.create_task(self.usage.run(nc))
         try:
             await self._heartbeat_forever()
         finally:
-            for task in list(self._inflight.values()):
+            # Requests still running end as cancelled and record their usage;
+            # then the publisher drains its queue to JetStream.
+            inflight = list(self._inflight.values())
+            for task in inflight:
                 task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await nc.publish(subjects.NODE_GOODBYE, encode(NodeGoodbye(node_id=self.node_id)))
                 await nc.flush(timeout=1)
@@ -167,19 +182,19 @@ class Agent:
 
     async def _serve(self, request: InferenceRequest, reply: str) -> None:
         received = time.perf_counter()
+        started_unix = time.time()
         path = _ENDPOINT_PATHS[request.endpoint]
         progress = _Progress()
+        status = "failed"
         try:
             remaining = request.deadline_unix - time.time()
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                if request.stream:
-                    await self._serve_stream(request, reply, path, received, progress)
-                else:
-                    await self._serve_once(request, reply, path, received)
+                await self._relay(request, reply, path, received, progress)
+            status = "completed"
         except asyncio.CancelledError:
-            return  # the requester cancelled: nobody is listening any more
+            status = "cancelled"  # the requester went away: nobody is listening any more
         except TimeoutError:
             await self._reply(reply, InferenceError(
                 request_id=request.request_id, code="deadline_exceeded", status=504,
@@ -198,52 +213,43 @@ class Agent:
                 request_id=request.request_id, code="engine_error", status=502,
                 message="the inference engine failed", retryable=not progress.tokens_sent,
             ))
+        finally:
+            self.usage.record(UsageRecord(
+                request_id=request.request_id, tenant_id=request.tenant_id,
+                key_id=request.key_id, model=request.model, endpoint=request.endpoint,
+                metro=self.metro, tier=self.tier, pod=self.node_id, stream=request.stream,
+                status=status, prompt_tokens=progress.prompt_tokens,
+                completion_tokens=progress.completion_tokens,
+                cached_tokens=progress.cached_tokens,
+                started_unix=started_unix, ended_unix=time.time(),
+            ))
 
-    async def _serve_once(
-        self, request: InferenceRequest, reply: str, path: str, received: float
-    ) -> None:
-        dispatched = time.perf_counter()
-        completion = await self.engine.complete(path, request.body)
-        done = time.perf_counter()
-        usage = completion.usage
-        await self._reply(reply, Final(
-            request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
-            choices=[
-                ChoiceDelta(
-                    index=c.index,
-                    content=(c.message.content or "") if c.message else "",
-                    finish_reason=c.finish_reason,
-                )
-                for c in completion.choices
-            ],
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-            ),
-            timing=AgentTiming(
-                queue_ms=(dispatched - received) * 1000,
-                engine_ttft_ms=(done - dispatched) * 1000,
-                engine_total_ms=(done - dispatched) * 1000,
-            ),
-        ))
-
-    async def _serve_stream(
+    async def _relay(
         self, request: InferenceRequest, reply: str, path: str, received: float,
         progress: _Progress,
     ) -> None:
+        """Stream from the engine; relay chunks (or gather them into one reply).
+
+        The agent always streams from its engine, with usage on the stream as it
+        goes, even for a client that wants one reply: that way the tokens of a
+        request cancelled halfway are still known, and billed.
+        """
         dispatched = time.perf_counter()
         first_token: float | None = None
-        usage = Usage()
         seq = 0
         last: list[ChoiceDelta] = []
+        gathered: list[EngineChunk] = []
         async for batch in self.engine.stream(path, request.body):
-            deltas = _merge(batch.chunks)
             for chunk in batch.chunks:
                 if chunk.usage is not None:
-                    usage = Usage(
-                        prompt_tokens=chunk.usage.prompt_tokens,
-                        completion_tokens=chunk.usage.completion_tokens,
-                    )
+                    progress.prompt_tokens = chunk.usage.prompt_tokens
+                    progress.completion_tokens = chunk.usage.completion_tokens
+                    details = chunk.usage.prompt_tokens_details
+                    progress.cached_tokens = details.cached_tokens if details else 0
+            if not request.stream:
+                gathered.extend(batch.chunks)
+                continue
+            deltas = _merge(batch.chunks)
             if not deltas:
                 continue
             if first_token is None:
@@ -259,10 +265,14 @@ class Agent:
             seq += 1
             progress.tokens_sent = True
         done = time.perf_counter()
+        if not request.stream:
+            last = _merge(gathered)
+            first_token = done
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
             choices=last,
-            usage=usage,
+            usage=Usage(prompt_tokens=progress.prompt_tokens,
+                        completion_tokens=progress.completion_tokens),
             timing=AgentTiming(
                 queue_ms=(dispatched - received) * 1000,
                 engine_ttft_ms=((first_token or done) - dispatched) * 1000,

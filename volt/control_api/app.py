@@ -35,8 +35,9 @@ from volt.control_api.hot_path import HotPath
 from volt.control_api.inference import InferenceClient
 from volt.control_api.openapi import render_yaml
 from volt.control_api.routing import Router
+from volt.control_api.usage import usage_report
 from volt.protocol.common import Model, ModelList
-from volt.store import ApiKeys, Database
+from volt.store import ApiKeys, Database, UsageLedger
 from volt.wire import ModelCard, bus
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ApiServices:
         self.replica_id = replica_id
         self.db = Database(config.store_url())
         self.auth = Authenticator(ApiKeys(self.db), ttl_s=config.api.auth_cache_s)
+        self.usage = UsageLedger(self.db)
         self.router = Router()
         self.nc: Client | None = None
         self.chat: ChatCompletions | None = None
@@ -152,6 +154,12 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     async def retrieve_model(model_id: str) -> Response:
         await services.auth.authenticate(request.headers.get("Authorization"))
         return _json(_model(services.router.model(model_id)))
+
+    @app.get("/v1/usage")
+    async def usage() -> Response:
+        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        body = await usage_report(services.usage, principal, request.args)
+        return Response(body, content_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -49,6 +49,7 @@ from volt.protocol.chat import (
 )
 from volt.protocol.common import CompletionUsage, VoltBlock, VoltTiming
 from volt.scheduler.placement import PlacementQuery
+from volt.store import Principal
 from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
 
 _encoder = msgspec.json.Encoder()
@@ -86,12 +87,16 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
         ) from exc
 
 
+_ENGINE_STREAM = StreamOptions(include_usage=True, continuous_usage_stats=True)
+
+
 def _engine_body(req: ChatCompletionRequest) -> bytes:
-    # The pod gets the OpenAI request minus Volt's extension, always asking
-    # for usage on streams (metering needs it even when the client does not).
+    # The pod gets the OpenAI request minus Volt's extension, always as a
+    # stream with usage as it goes (``InferenceRequest.stream`` says what the
+    # client wants): the pod then knows the tokens of every request, cancelled
+    # ones included, and metering bills them.
     return _encoder.encode(msgspec.structs.replace(
-        req, volt=None,
-        stream_options=StreamOptions(include_usage=True) if req.stream else None,
+        req, volt=None, stream=True, stream_options=_ENGINE_STREAM,
     ))
 
 
@@ -115,7 +120,9 @@ class ChatCompletions:
         self.inference = inference
         self.timeout_s = timeout_s
 
-    async def create(self, body: bytes, arrived: float) -> JsonReply | StreamReply:
+    async def create(
+        self, body: bytes, arrived: float, principal: Principal
+    ) -> JsonReply | StreamReply:
         """Serve one request that arrived at ``arrived`` (``perf_counter``)."""
         req = decode_request(body)
         self.router.model(req.model)
@@ -126,13 +133,14 @@ class ChatCompletions:
             metros=frozenset(metros) if metros is not None else None,
             tier=options.tier if options is not None else None,
         )
-        call = await self._dispatch(query, req, _engine_body(req), arrived)
+        call = await self._dispatch(query, req, _engine_body(req), arrived, principal)
         if req.stream:
             return StreamReply(self._events(call, req))
         return await self._complete(call, req)
 
     async def _dispatch(
-        self, query: PlacementQuery, req: ChatCompletionRequest, body: bytes, arrived: float
+        self, query: PlacementQuery, req: ChatCompletionRequest, body: bytes, arrived: float,
+        principal: Principal,
     ) -> PodCall:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s - (time.perf_counter() - arrived)
@@ -145,6 +153,7 @@ class ChatCompletions:
             replies = await self.inference.send(node, InferenceRequest(
                 request_id=attempt_id, model=req.model, stream=req.stream, body=body,
                 deadline_unix=time.time() + (deadline - loop.time()),
+                tenant_id=principal.tenant_id, key_id=principal.key_id,
             ))
             dispatched = time.perf_counter()
             try:

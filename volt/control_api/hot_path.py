@@ -37,6 +37,7 @@ from volt.control_api.errors import (
     PayloadTooLarge,
     error_json,
 )
+from volt.store import Principal
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class HotPath:
                     f"Method {scope['method']} is not allowed on {scope['path']}."
                 )
             authorization = header(scope, b"authorization")
-            await self.services.auth.authenticate(
+            principal = await self.services.auth.authenticate(
                 authorization.decode("latin-1") if authorization is not None else None
             )
             length = header(scope, b"content-length")
@@ -81,12 +82,13 @@ class HotPath:
         except ApiError as error:
             await _send_error(send, error)
             return
-        await self._serve(body, arrived, receive, send)
+        await self._serve(body, arrived, principal, receive, send)
 
-    async def _serve(self, body: bytes, arrived: float, receive: Receive, send: Send) -> None:
+    async def _serve(self, body: bytes, arrived: float, principal: Principal,
+                     receive: Receive, send: Send) -> None:
         async with CancelOnDisconnect(receive) as guard:
             try:
-                reply = await self.services.chat.create(body, arrived)
+                reply = await self.services.chat.create(body, arrived, principal)
                 if isinstance(reply, JsonReply):
                     guard.finish()
                     await send_json(send, reply.status, reply.body)

@@ -15,6 +15,7 @@ import yaml
 
 from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from volt.protocol.common import ErrorResponse, Model, ModelList
+from volt.protocol.usage import UsageReport
 
 _ERROR_TEXT = {
     400: "Invalid request (bad JSON or field)",
@@ -38,6 +39,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     public: bool = False
     content_type: str = "application/json"
+    query: tuple[tuple[str, str], ...] = ()
+    """(name, description) of string query parameters."""
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -50,6 +53,15 @@ OPERATIONS: tuple[Operation, ...] = (
               response=ModelList, errors=(401,)),
     Operation("get", "/v1/models/{model_id}", "retrieveModel", "Get a model",
               response=Model, errors=(401, 404)),
+    Operation(
+        "get", "/v1/usage", "getUsage", "Token usage for the tenant", response=UsageReport,
+        errors=(400, 401),
+        query=(
+            ("start", "Unix seconds or a UTC date (YYYY-MM-DD); default: 30 days before end"),
+            ("end", "Unix seconds or a UTC date, exclusive; default: now"),
+            ("group_by", "Comma-separated: model, day, metro, tier, key"),
+        ),
+    ),
     Operation("get", "/healthz", "healthz", "Liveness", public=True, content_type="text/plain"),
     Operation("get", "/readyz", "readyz", "Readiness: connected and routing", public=True,
               errors=(503,), content_type="text/plain"),
@@ -104,10 +116,18 @@ def build_document(version: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": ref(op.request)}},
             }
+        parameters: list[dict[str, Any]] = []
         if "{model_id}" in op.path:
-            operation["parameters"] = [{
+            parameters.append({
                 "name": "model_id", "in": "path", "required": True, "schema": {"type": "string"},
-            }]
+            })
+        parameters += [
+            {"name": name, "in": "query", "required": False, "description": text,
+             "schema": {"type": "string"}}
+            for name, text in op.query
+        ]
+        if parameters:
+            operation["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method] = operation
     return {
         "openapi": "3.1.0",

@@ -41,6 +41,9 @@ class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class StreamOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+    """vLLM's extension: usage so far on the stream's chunks as it goes. The agent
+    asks its engine for it, so a cancelled stream's tokens are still counted."""
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):

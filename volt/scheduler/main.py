@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from volt.config import ConfigError, VoltConfig
+from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
-from volt.store import Database, Inventory
+from volt.store import Database, Inventory, UsageLedger
 from volt.wire import bus
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,12 @@ async def run_scheduler(config: VoltConfig) -> None:
         view_interval_s=config.scheduler.view_interval_s,
         sweep_interval_s=config.scheduler.sweep_interval_s,
     )
+    sink = UsageSink(UsageLedger(db))
     nc = await bus.connect(config.nats.url, name="volt-scheduler")
     try:
-        await scheduler.run(nc)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(scheduler.run(nc))
+            tasks.create_task(sink.run(nc))
     finally:
         await bus.close(nc)
         await db.close()

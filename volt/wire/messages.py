@@ -207,7 +207,7 @@ ReplyMessage = StreamChunk | Final | InferenceError
 # --- usage family: agent -> JetStream -> scheduler (global, counts only) --------
 
 
-class UsageRecord(WireMessage, frozen=True, kw_only=True, tag="usage.record"):
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What one request cost, from the pod that served it. Never any payload.
 
     ``status`` is ``completed``, ``cancelled`` (the client went away; the
@@ -232,4 +232,13 @@ class UsageRecord(WireMessage, frozen=True, kw_only=True, tag="usage.record"):
     ended_unix: float
 
 
-UsageMessage = UsageRecord
+class UsageBatch(WireMessage, frozen=True, kw_only=True, tag="usage.batch"):
+    """Usage records from one pod, batched when requests end together.
+
+    There is no dedup id: the store keys records by request id, so a batch
+    delivered twice is stored once."""
+
+    records: list[UsageRecord]
+
+
+UsageMessage = UsageBatch

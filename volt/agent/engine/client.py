@@ -70,9 +70,14 @@ class _ErrorDetail(msgspec.Struct):
     code: str | int | None = None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
 class EngineUsage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
 
 
 class EngineCompletion(msgspec.Struct):

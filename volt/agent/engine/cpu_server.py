@@ -123,9 +123,14 @@ class TokenFrames:
         before, _, after = head.partition(marker)
         self._prefix = b"data: " + before + b'"content":'
         self._suffix = after + b"\n\n"
+        # The same frame with usage: the chunk's closing brace moves after it.
+        self._suffix_before_usage = after[:-1] + b',"usage":'
 
-    def token(self, piece: str) -> bytes:
-        return self._prefix + _json.encode(piece) + self._suffix
+    def token(self, piece: str, usage: CompletionUsage | None = None) -> bytes:
+        if usage is None:
+            return self._prefix + _json.encode(piece) + self._suffix
+        return (self._prefix + _json.encode(piece) + self._suffix_before_usage
+                + _json.encode(usage) + b"}\n\n")
 
 
 class EngineServer:
@@ -277,22 +282,38 @@ class EngineServer:
         model = req.model
         frames = TokenFrames(request_id, created, model)
 
+        options = req.stream_options
+        continuous = options is not None and options.continuous_usage_stats
+        prompt = len(prompt_ids)
+
+        def usage_so_far() -> CompletionUsage | None:
+            if not continuous:
+                return None
+            return CompletionUsage(prompt_tokens=prompt, completion_tokens=generated,
+                                   total_tokens=prompt + generated)
+
         def sse(delta: Delta, finish_reason: str | None = None) -> bytes:
             chunk = ChatCompletionChunk(
                 id=request_id, created=created, model=model,
                 choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
+                usage=usage_so_far(),
             )
             return b"data: " + _json.encode(chunk) + b"\n\n"
 
-        out = [sse(Delta(role="assistant", content=""))]
         generated = 0
+        out = [sse(Delta(role="assistant", content=""))]
         try:
             async with contextlib.aclosing(
                 self._generate(request_id, prompt_ids, params)
             ) as events:
                 async for event in events:
                     generated += event.tokens
-                    out.extend(frames.token(piece) for piece in event.pieces if piece)
+                    pieces = [piece for piece in event.pieces if piece]
+                    if pieces:
+                        # With continuous usage, the last frame of what was produced
+                        # together carries the count so far.
+                        out.extend(frames.token(piece) for piece in pieces[:-1])
+                        out.append(frames.token(pieces[-1], usage_so_far()))
                     if event.finish_reason is not None:
                         out.append(sse(Delta(), event.finish_reason))
                         break  # the rest goes out with usage and [DONE], in the same write
@@ -306,7 +327,7 @@ class EngineServer:
             await send({"type": "http.response.body",
                         "body": b"data: " + error.body() + b"\n\n" + _DONE})
             return
-        if req.stream_options is not None and req.stream_options.include_usage:
+        if options is not None and options.include_usage:
             usage = ChatCompletionChunk(
                 id=request_id, created=created, model=model, choices=[],
                 usage=CompletionUsage(

@@ -1,0 +1,34 @@
+"""``GET /v1/usage``: a tenant's token usage, filtered by time and grouped."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class UsageEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One group's totals; the grouping fields appear only when grouped by them."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    total_tokens: int
+    model: str | None = None
+    day: str | None = None
+    """UTC date, YYYY-MM-DD."""
+    metro: str | None = None
+    tier: str | None = None
+    key: str | None = None
+    """API key id (``key_...``)."""
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    start: int
+    """Unix seconds, inclusive."""
+    end: int
+    """Unix seconds, exclusive."""
+    group_by: list[Literal["model", "day", "metro", "tier", "key"]]
+    data: list[UsageEntry]
+    object: Literal["usage"] = "usage"
