@@ -42,6 +42,8 @@ class ClusterError(Exception):
 @dataclass
 class ServiceProcess:
     name: str
+    command: str
+    """The ``volt`` subcommand it runs (api, scheduler, agent)."""
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str]
@@ -147,15 +149,26 @@ class Cluster:
         env.update(extra)
         return env
 
+    def restart(self, name: str, *, kill: bool = False) -> ServiceProcess:
+        """Stop a service (SIGTERM, or SIGKILL with ``kill``) and start it again as it was."""
+        service = self.services[name]
+        if kill:
+            service.kill()
+        else:
+            service.stop()
+        return self._start(name, service.command, service.env)
+
     def _spawn(self, name: str, command: str, extra: dict[str, str]) -> ServiceProcess:
-        env = self.env(extra)
+        return self._start(name, command, self.env(extra))
+
+    def _start(self, name: str, command: str, env: dict[str, str]) -> ServiceProcess:
         log_path = self.logs / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "volt", command], env=env, stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )
-        service = ServiceProcess(name, process, log_path, env)
+        service = ServiceProcess(name, command, process, log_path, env)
         self.services[name] = service
         return service
 
