@@ -172,3 +172,32 @@ async def test_a_finished_stream_leaves_its_connection_for_reuse(engine: EngineC
     assert len(engine._http._idle) == 1  # one connection, reused each time
     load = await engine.load()  # and the engine has already released them
     assert (load.running, load.waiting) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]}\n\ndata: [DONE]\n\n',
+        # the general path: a comment, "data:" without a space, a two-line event
+        b': keep-alive\n\ndata:{"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        b'event: x\ndata: {"choices":[{"index":0,"delta":{"content":"b"}}]}\n\ndata: [DONE]\n\n',
+    ],
+    ids=["fast", "general"],
+)
+def test_stream_events_parse_alike_on_both_paths(raw: bytes) -> None:
+    from volt.agent.engine.client import _parse_events
+
+    chunks, done = _parse_events(raw.split(b"\n\n")[:-1])
+    assert done
+    assert [c.choices[0].delta.content for c in chunks if c.choices[0].delta] == ["a", "b"]
+
+
+def test_an_error_event_mid_stream_is_an_engine_rejection() -> None:
+    from volt.agent.engine.client import _parse_events
+
+    raw = (b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+           b'data: {"error":{"message":"boom","type":"server_error"}}\n\n')
+    with pytest.raises(EngineRejected) as info:
+        _parse_events(raw.split(b"\n\n")[:-1])
+    assert info.value.message == "boom"

@@ -2,12 +2,16 @@
 
 Every request this pod serves ends in exactly one ``UsageRecord`` (completed,
 cancelled or failed). Records wait in a bounded queue and go out as one
-``UsageBatch`` message per publish: when the publisher is idle a record goes
-out at once; while a publish is in flight the next ones gather (the NATS
-flusher's pattern, no timer). JetStream keeps them on disk until the
-scheduler has stored them, so neither an API nor a scheduler restart loses or
-doubles a record. A record still in this queue when the agent itself dies is
-lost; the queue is drained on a clean stop.
+``UsageBatch`` message every ``linger_s`` (or sooner when a batch fills).
+Per-request publishing cost more than the request itself: a JetStream round
+trip here and a store transaction in the scheduler for every request
+(measured: ~1.9 ms of scheduler CPU per request at concurrency 1). Usage shows
+up a fraction of a second later instead; nobody bills in real time.
+
+JetStream keeps the batches on disk until the scheduler has stored them, so
+neither an API nor a scheduler restart loses or doubles a record. Records
+still in this queue when the agent itself is killed (at most ``linger_s`` of
+them) are lost; the queue is drained on a clean stop.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ MAX_BATCH = 500
 
 
 class UsagePublisher:
-    def __init__(self, metro: str, *, max_pending: int = 100_000) -> None:
+    def __init__(self, metro: str, *, max_pending: int = 100_000,
+                 linger_s: float = 0.25) -> None:
         self.subject = subjects.usage(metro)
+        self.linger_s = linger_s
         self._pending: deque[UsageRecord] = deque()
         self._max_pending = max_pending
         self._wakeup = asyncio.Event()
@@ -60,6 +66,8 @@ class UsagePublisher:
                 if not self._pending:
                     self._wakeup.clear()
                     await self._wakeup.wait()
+                if len(self._pending) < MAX_BATCH:
+                    await asyncio.sleep(self.linger_s)  # let the batch gather
                 try:
                     if not stream_ready:
                         await ensure_usage_stream(nc)
