@@ -64,6 +64,12 @@ class ApiSettings(_Section):
     """Names this replica's reply subjects. Empty: a random id per process."""
     auth_cache_s: PositiveFloat = 30.0
     """How long a verified API key is trusted before the store is asked again."""
+    max_inflight_per_pod: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """Requests this replica sends one pod at once; beyond, they queue (fairly)."""
+    queue_limit: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    """Requests that may wait for a pod, per model; beyond, 429."""
+    tenant_queue_limit: Annotated[int, msgspec.Meta(ge=0)] = 256
+    """Requests one tenant may have waiting, per model; beyond, 429 for that tenant."""
 
     def __post_init__(self) -> None:
         _check_tokens(self, ("replica_id",))

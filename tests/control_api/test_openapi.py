@@ -21,7 +21,7 @@ def test_every_route_the_app_serves_is_documented_and_nothing_else() -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<path:model_id>", "{model_id}")
+        path = rule.rule.replace("<path:model_id>", "{model_id}").replace("<job_id>", "{job_id}")
         served |= {(method.lower(), path) for method in rule.methods or () if method != "HEAD"}
     served |= HotPath.ROUTES
     documented = {(op.method, op.path) for op in OPERATIONS}

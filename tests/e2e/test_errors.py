@@ -143,3 +143,15 @@ def test_health_and_docs_are_public(api_port: int) -> None:
     for path in ("/healthz", "/readyz", "/openapi.yaml", "/metrics"):
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}") as resp:
             assert resp.status == 200
+
+
+def test_fine_tuning_says_it_is_not_available_yet(two_metros: Cluster, api_port: int) -> None:
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key=two_metros.api_key,
+                       max_retries=0) as sdk, pytest.raises(openai.APIStatusError) as info:
+        sdk.fine_tuning.jobs.create(model="volt-tiny", training_file="file-abc")
+    assert info.value.status_code == 501
+    assert "not available yet" in info.value.message
+    for method, path in (("GET", "/v1/fine-tuning/jobs"), ("GET", "/v1/fine-tuning/jobs/ft-1")):
+        status, _, payload = raw(api_port, method, path, None, auth(two_metros))
+        assert status == 501
+        assert payload["error"]["code"] == "not_implemented"

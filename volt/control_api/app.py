@@ -22,12 +22,14 @@ from werkzeug.exceptions import HTTPException
 
 from volt.asgi import ASGIApp
 from volt.config import VoltConfig
+from volt.control_api.admission import Admission
 from volt.control_api.auth import Authenticator
 from volt.control_api.chat import ChatCompletions
 from volt.control_api.errors import (
     ApiError,
     MethodNotAllowed,
     NotFound,
+    NotImplementedYet,
     PayloadTooLarge,
     error_json,
 )
@@ -67,7 +69,7 @@ class ApiServices:
         self.db = Database(config.store_url())
         self.auth = Authenticator(ApiKeys(self.db), ttl_s=config.api.auth_cache_s)
         self.usage = UsageLedger(self.db)
-        self.router = Router()
+        self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod)
         self.nc: Client | None = None
         self.chat: ChatCompletions | None = None
 
@@ -81,7 +83,11 @@ class ApiServices:
         await inference.start()
         self.router.on_pods_lost = inference.pods_lost
         await self.router.attach(self.nc)
-        self.chat = ChatCompletions(self.router, inference, self.config.api.request_timeout_s)
+        self.chat = ChatCompletions(
+            self.router, inference, self.config.api.request_timeout_s,
+            Admission(queue_limit=self.config.api.queue_limit,
+                      per_tenant_limit=self.config.api.tenant_queue_limit),
+        )
 
     async def stop(self) -> None:
         if self.nc is not None:
@@ -154,6 +160,18 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     async def retrieve_model(model_id: str) -> Response:
         await services.auth.authenticate(request.headers.get("Authorization"))
         return _json(_model(services.router.model(model_id)))
+
+    # Volt's reference spells it fine-tuning; OpenAI's clients call fine_tuning.
+    @app.route("/v1/fine-tuning/jobs", methods=["GET", "POST"])
+    @app.route("/v1/fine_tuning/jobs", methods=["GET", "POST"])
+    @app.get("/v1/fine-tuning/jobs/<job_id>")
+    @app.get("/v1/fine_tuning/jobs/<job_id>")
+    async def fine_tuning(job_id: str | None = None) -> Response:
+        await services.auth.authenticate(request.headers.get("Authorization"))
+        raise NotImplementedYet(
+            "Fine-tuning is not available yet: LoRA fine-tune jobs are coming in a later "
+            "release of Volt. Nothing was submitted."
+        )
 
     @app.get("/v1/usage")
     async def usage() -> Response:

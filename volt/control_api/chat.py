@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from volt.control_api.admission import Admission
 from volt.control_api.errors import (
     ApiError,
     DeadlineExceeded,
@@ -36,7 +37,7 @@ from volt.control_api.errors import (
     error_event,
 )
 from volt.control_api.inference import InferenceClient, PodGone, Reply, ReplyChannel
-from volt.control_api.routing import Router
+from volt.control_api.routing import AtCapacity, Router
 from volt.protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -115,10 +116,32 @@ class PodCall:
 
 
 class ChatCompletions:
-    def __init__(self, router: Router, inference: InferenceClient, timeout_s: float) -> None:
+    def __init__(self, router: Router, inference: InferenceClient, timeout_s: float,
+                 admission: Admission | None = None) -> None:
         self.router = router
         self.inference = inference
         self.timeout_s = timeout_s
+        self.admission = admission or Admission(queue_limit=1024, per_tenant_limit=256)
+
+    def _release(self, node: NodeView) -> None:
+        """The request on ``node`` is over: free its slot for the next in turn."""
+        self.router.finished(node.node_id)
+        self.admission.released(node)
+
+    async def _place(self, query: PlacementQuery, skipped: list[str], tenant_id: str,
+                     deadline: float) -> NodeView:
+        """A pod with a free slot: at once, or after a fair wait in line."""
+        front = False
+        if self.admission.waiting(query):  # others were first: no jumping the queue
+            await self.admission.wait_turn(query, tenant_id, deadline)
+            front = True
+        while True:
+            try:
+                return self.router.place(query, exclude=skipped)
+            except AtCapacity:
+                # A waiter whose slot was taken before it ran keeps its place.
+                await self.admission.wait_turn(query, tenant_id, deadline, front=front)
+                front = True
 
     async def create(
         self, body: bytes, arrived: float, principal: Principal
@@ -147,7 +170,7 @@ class ChatCompletions:
         request_id = os.urandom(12).hex()
         skipped: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
-            node = self.router.place(query, exclude=skipped)
+            node = await self._place(query, skipped, principal.tenant_id, deadline)
             attempt_id = f"{request_id}{attempt}"
             self.router.started(node.node_id)
             replies = await self.inference.send(node, InferenceRequest(
@@ -160,7 +183,7 @@ class ChatCompletions:
                 first = await replies.get(deadline)
             except BaseException as exc:  # deadline, or the client went away
                 await self.inference.cancel(node, attempt_id)
-                self.router.finished(node.node_id)
+                self._release(node)
                 if isinstance(exc, TimeoutError):
                     raise DeadlineExceeded("The request ran past its deadline.") from exc
                 raise
@@ -170,12 +193,12 @@ class ChatCompletions:
                 # Gone (before answering anything), or momentarily full: the
                 # client has seen nothing yet, so try another pod.
                 self.inference.forget(attempt_id)
-                self.router.finished(node.node_id)
+                self._release(node)
                 skipped.append(node.node_id)
                 continue
             if isinstance(first, InferenceError):
                 self.inference.forget(attempt_id)
-                self.router.finished(node.node_id)
+                self._release(node)
                 raise UpstreamError(first.status, first.code, first.message)
             return PodCall(node, attempt_id, replies, first, arrived, dispatched, deadline)
         raise ServiceUnavailable(f"No pod could take a `{query.model}` request; retry shortly.")
@@ -209,7 +232,7 @@ class ChatCompletions:
             raise
         finally:
             self.inference.forget(call.request_id)
-            self.router.finished(call.node.node_id)
+            self._release(call.node)
         usage = reply.usage
         completion = ChatCompletion(
             id="chatcmpl-" + call.request_id,
@@ -313,4 +336,4 @@ class ChatCompletions:
                 self.inference.forget(call.request_id)
             else:
                 await self.inference.cancel(call.node, call.request_id)
-            self.router.finished(call.node.node_id)
+            self._release(call.node)

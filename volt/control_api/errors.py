@@ -8,6 +8,8 @@
     ├── NotFound             404 invalid_request_error   (unknown model, route)
     ├── MethodNotAllowed     405 invalid_request_error
     ├── PayloadTooLarge      413 invalid_request_error
+    ├── RateLimited          429 requests                (admission.py: queue full)
+    ├── NotImplementedYet    501 not_implemented         (a documented endpoint not built yet)
     ├── UpstreamError        4xx/5xx from the pod, passed through (e.g. context length)
     ├── ServiceUnavailable   503 service_unavailable     (no healthy pod; Retry-After)
     └── DeadlineExceeded     504 timeout
@@ -86,6 +88,12 @@ class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class NotImplementedYet(ApiError):
+    status = 501
+    type = "not_implemented"
+    code = "not_implemented"
 
 
 class UpstreamError(ApiError):

@@ -22,6 +22,8 @@ _ERROR_TEXT = {
     401: "Missing or invalid API key",
     404: "Unknown model or route",
     413: "Request body too large",
+    429: "Too many requests waiting; see Retry-After and x-ratelimit-* headers",
+    501: "Not available yet",
     503: "No healthy pod can serve the request now (see Retry-After)",
     504: "The request ran past its deadline",
 }
@@ -47,7 +49,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/chat/completions", "createChatCompletion", "Create a chat completion",
         request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk,
-        errors=(400, 401, 404, 413, 503, 504),
+        errors=(400, 401, 404, 413, 429, 503, 504),
     ),
     Operation("get", "/v1/models", "listModels", "List available models",
               response=ModelList, errors=(401,)),
@@ -61,6 +63,16 @@ OPERATIONS: tuple[Operation, ...] = (
             ("end", "Unix seconds or a UTC date, exclusive; default: now"),
             ("group_by", "Comma-separated: model, day, metro, tier, key"),
         ),
+    ),
+    *(
+        Operation(method, path, f"{verb}FineTuningJob{suffix}", f"{summary} (not available yet)",
+                  errors=(401, 501))
+        for base, suffix in (("/v1/fine-tuning/jobs", ""), ("/v1/fine_tuning/jobs", "OpenAI"))
+        for method, path, verb, summary in (
+            ("post", base, "create", "Submit a LoRA fine-tune job"),
+            ("get", base, "list", "List fine-tune jobs"),
+            ("get", base + "/{job_id}", "retrieve", "Get a fine-tune job"),
+        )
     ),
     Operation("get", "/healthz", "healthz", "Liveness", public=True, content_type="text/plain"),
     Operation("get", "/readyz", "readyz", "Readiness: connected and routing", public=True,
@@ -117,10 +129,11 @@ def build_document(version: str) -> dict[str, Any]:
                 "content": {"application/json": {"schema": ref(op.request)}},
             }
         parameters: list[dict[str, Any]] = []
-        if "{model_id}" in op.path:
-            parameters.append({
-                "name": "model_id", "in": "path", "required": True, "schema": {"type": "string"},
-            })
+        for name in ("model_id", "job_id"):
+            if "{" + name + "}" in op.path:
+                parameters.append({
+                    "name": name, "in": "path", "required": True, "schema": {"type": "string"},
+                })
         parameters += [
             {"name": name, "in": "query", "required": False, "description": text,
              "schema": {"type": "string"}}

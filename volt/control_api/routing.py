@@ -29,9 +29,15 @@ log = logging.getLogger(__name__)
 _PLACEABLE = frozenset(state.value for state in PLACEABLE)
 
 
+class AtCapacity(Exception):
+    """Healthy pods can serve the request, but every one is at its in-flight limit."""
+
+
 class Router:
-    def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
+    def __init__(self, policy: Policy = DEFAULT_POLICY, *,
+                 max_inflight_per_pod: int | None = None) -> None:
         self.policy = policy
+        self.max_inflight_per_pod = max_inflight_per_pod
         self.nodes: list[NodeView] = []
         # Placeable nodes by (model, metro), rebuilt per view, so a request only
         # looks at its candidates; the policy still checks every filter.
@@ -82,6 +88,13 @@ class Router:
         excluded = set(exclude)
         if excluded:
             nodes = [n for n in nodes if n.node_id not in excluded]
+        limit = self.max_inflight_per_pod
+        if limit is not None and nodes:
+            inflight = self.inflight
+            free = [n for n in nodes if inflight.get(n.node_id, 0) < limit]
+            if not free and self.policy.place(query, nodes).node is not None:
+                raise AtCapacity(query.model)
+            nodes = free
         decision = self.policy.place(query, nodes, self.inflight)
         if decision.node is None:
             where = f" in {', '.join(sorted(query.metros))}" if query.metros else ""

@@ -30,7 +30,7 @@ from types import TracebackType
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.config import load_config
 from volt.processes import _die_with_parent
-from volt.store import Database
+from volt.store import ApiKeys, Database
 from volt.up.bootstrap import ensure_dev_key
 from volt.up.nats_server import NatsServer, free_port
 
@@ -181,14 +181,27 @@ class Cluster:
         return self._spawn(node_id, "agent", extra)
 
     def start_api(self, name: str = "api", *, server: str | None = None,
-                  port: int | None = None) -> ServiceProcess:
-        """An API process (``server``: the ASGI server; None for the default).
-        The one named "api" listens on ``api_port``."""
+                  port: int | None = None, **settings: str) -> ServiceProcess:
+        """An API process (``server``: the ASGI server; None for the default;
+        ``settings``: api.* values). The one named "api" listens on ``api_port``."""
         port = port or (self.api_port if name == "api" else free_port())
         extra = {"VOLT_API_PORT": str(port)}
         if server is not None:
             extra["VOLT_API_SERVER"] = server
+        extra.update({f"VOLT_API_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(name, "api", extra)
+
+    def add_key(self, tenant: str) -> str:
+        """A new API key for ``tenant`` (created if new)."""
+
+        async def issue() -> str:
+            db = Database(self.store_url)
+            try:
+                return (await ApiKeys(db).create(tenant, "test")).key
+            finally:
+                await db.close()
+
+        return asyncio.run(issue())
 
     def api_port_of(self, name: str) -> int:
         return int(self.services[name].env["VOLT_API_PORT"])
