@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
+from volt.scheduler.placement import DEFAULT_POLICY, LocalLoad, PlacementQuery
 from volt.wire import EngineLoad, NodeView
 
 
@@ -47,7 +47,7 @@ def test_least_load_wins_counting_this_routers_inflight() -> None:
     query = PlacementQuery(model="m")
     assert DEFAULT_POLICY.place(query, nodes).node.node_id == "idle"  # type: ignore[union-attr]
     # The view says idle has 1 running, but this router already sent it 20.
-    picked = DEFAULT_POLICY.place(query, nodes, inflight={"idle": 20}).node
+    picked = DEFAULT_POLICY.place(query, nodes, {"idle": LocalLoad(inflight=20)}).node
     assert picked is not None
     assert picked.node_id == "busy"
 
@@ -77,3 +77,18 @@ def test_equal_nodes_share_the_work() -> None:
     )
     assert set(picks) == {"a", "b", "c"}
     assert min(picks.values()) > 60
+
+
+def test_a_routers_own_share_of_the_reported_load_is_replaced_by_its_live_count() -> None:
+    """A heartbeat that caught a node busy with this router's (now finished)
+    request must not send everything elsewhere; other routers' load still counts."""
+    query = PlacementQuery(model="m")
+    mine_finished = NodeView(node_id="a", metro="fra", tier="standard", models=["m"],
+                             state="ready", load=EngineLoad(running=1),
+                             inflight_by_replica={"api-1": 1})
+    others_busy = NodeView(node_id="b", metro="fra", tier="standard", models=["m"],
+                           state="ready", load=EngineLoad(running=1),
+                           inflight_by_replica={"api-2": 1})
+    me = LocalLoad(replica_id="api-1")
+    decision = DEFAULT_POLICY.place(query, [mine_finished, others_busy], default=me)
+    assert decision.scores["a"] > decision.scores["b"]

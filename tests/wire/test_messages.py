@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,23 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
 def _strategy(tp: Any) -> st.SearchStrategy[Any]:
+    """Values of a wire type, with ints kept in msgpack's range at every depth."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         fields = {
             f.name: _strategy(f.type) for f in msgspec.structs.fields(tp) if f.name != "v"
         }
         return st.builds(tp, **fields)
+    if origin is list:
+        return st.lists(_strategy(args[0]), max_size=4)
+    if origin is dict:
+        return st.dictionaries(_strategy(args[0]), _strategy(args[1]), max_size=4)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of([_strategy(arg) for arg in args])
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if tp is type(None):
+        return st.none()
     if tp is float:
         return finite
     if tp is int:  # msgpack's range; no Volt producer comes near it

@@ -90,6 +90,7 @@ class Agent:
         self.engine_kind = engine_kind
         self.usage = usage or UsagePublisher(metro)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._by_replica: dict[str, int] = {}
         self._nc: Client | None = None
         self._load = EngineLoad()
         self._seq = 0
@@ -136,6 +137,7 @@ class Agent:
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             gpus=self.telemetry.read(), load=self._load, engine_ready=self.engine_ready.is_set(),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
+            inflight_by_replica=dict(self._by_replica),
         )
 
     async def _heartbeat_forever(self) -> None:
@@ -167,9 +169,21 @@ class Agent:
                 message="the pod cannot take this request now",
             ))
             return
+        # volt.<metro>.reply.<replica>.<request>: whose request this is.
+        replica = msg.reply.split(".")[3] if msg.reply.count(".") >= 4 else ""
+        self._by_replica[replica] = self._by_replica.get(replica, 0) + 1
         task = asyncio.create_task(self._serve(request, msg.reply))
         self._inflight[request.request_id] = task
-        task.add_done_callback(lambda _: self._inflight.pop(request.request_id, None))
+
+        def done(_: object) -> None:
+            self._inflight.pop(request.request_id, None)
+            left = self._by_replica.get(replica, 1) - 1
+            if left > 0:
+                self._by_replica[replica] = left
+            else:
+                self._by_replica.pop(replica, None)
+
+        task.add_done_callback(done)
 
     async def _on_cancel(self, msg: Msg) -> None:
         cancel = INFERENCE.decode_or_drop(msg.data)
@@ -285,15 +299,21 @@ def _merge(chunks: list[EngineChunk]) -> list[ChoiceDelta]:
     """Coalesce the deltas of chunks that arrived together, per choice."""
     text: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
+    logprobs: dict[int, list[bytes]] = {}
     for chunk in chunks:
         for choice in chunk.choices:
             if choice.delta is not None and choice.delta.content:
                 text.setdefault(choice.index, []).append(choice.delta.content)
             if choice.finish_reason is not None:
                 finish[choice.index] = choice.finish_reason
+            if choice.logprobs is not None and choice.logprobs.content:
+                logprobs.setdefault(choice.index, []).extend(
+                    bytes(entry) for entry in choice.logprobs.content
+                )
     return [
         ChoiceDelta(
-            index=index, content="".join(text.get(index, ())), finish_reason=finish.get(index)
+            index=index, content="".join(text.get(index, ())), finish_reason=finish.get(index),
+            logprobs=b"[" + b",".join(logprobs[index]) + b"]" if index in logprobs else b"",
         )
-        for index in sorted(text.keys() | finish.keys())
+        for index in sorted(text.keys() | finish.keys() | logprobs.keys())
     ]

@@ -69,7 +69,8 @@ class ApiServices:
         self.db = Database(config.store_url())
         self.auth = Authenticator(ApiKeys(self.db), ttl_s=config.api.auth_cache_s)
         self.usage = UsageLedger(self.db)
-        self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod)
+        self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod,
+                             replica_id=replica_id)
         self.nc: Client | None = None
         self.chat: ChatCompletions | None = None
 

@@ -44,9 +44,11 @@ from volt.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     StreamOptions,
+    TokenLogprob,
 )
 from volt.protocol.common import CompletionUsage, VoltBlock, VoltTiming
 from volt.scheduler.placement import PlacementQuery
@@ -55,6 +57,11 @@ from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, Node
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_logprobs = msgspec.json.Decoder(list[TokenLogprob])
+
+
+def _choice_logprobs(delta: ChoiceDelta) -> ChoiceLogprobs | None:
+    return ChoiceLogprobs(content=_logprobs.decode(delta.logprobs)) if delta.logprobs else None
 _DONE = b"data: [DONE]\n\n"
 MAX_ATTEMPTS = 3
 
@@ -240,7 +247,7 @@ class ChatCompletions:
             model=req.model,
             choices=[
                 Choice(index=c.index, message=AssistantMessage(content=c.content),
-                       finish_reason=c.finish_reason)
+                       finish_reason=c.finish_reason, logprobs=_choice_logprobs(c))
                 for c in reply.choices
             ],
             usage=CompletionUsage(
@@ -259,6 +266,7 @@ class ChatCompletions:
         model = req.model
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         finish: dict[int, str] = {}
+        started: set[int] = set()  # choices whose first delta (with the role) went out
         first_token: float | None = None
         done = False
 
@@ -274,11 +282,12 @@ class ChatCompletions:
             for delta in deltas:
                 if delta.finish_reason is not None:
                     finish[delta.index] = delta.finish_reason
-                if delta.content:
+                if delta.content or delta.logprobs:
                     choices.append(ChunkChoice(index=delta.index, delta=Delta(
-                        role="assistant" if first_token is None else None,
+                        role=None if delta.index in started else "assistant",
                         content=delta.content,
-                    )))
+                    ), logprobs=_choice_logprobs(delta)))
+                    started.add(delta.index)
             if choices:
                 first_token = first_token or time.perf_counter()
                 out.append(chunk(choices))

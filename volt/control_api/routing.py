@@ -22,7 +22,12 @@ from nats.aio.msg import Msg
 
 from volt.control_api.errors import ModelNotFound, ServiceUnavailable
 from volt.scheduler.node_states import PLACEABLE
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
+from volt.scheduler.placement import (
+    DEFAULT_POLICY,
+    LocalLoad,
+    PlacementQuery,
+    Policy,
+)
 from volt.wire import SCHEDULER, ModelCard, NodeView, PlacementView, ViewQuery, encode, subjects
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,9 @@ class AtCapacity(Exception):
 
 class Router:
     def __init__(self, policy: Policy = DEFAULT_POLICY, *,
-                 max_inflight_per_pod: int | None = None) -> None:
+                 max_inflight_per_pod: int | None = None, replica_id: str = "") -> None:
         self.policy = policy
+        self.replica_id = replica_id
         self.max_inflight_per_pod = max_inflight_per_pod
         self.nodes: list[NodeView] = []
         # Placeable nodes by (model, metro), rebuilt per view, so a request only
@@ -45,6 +51,8 @@ class Router:
         self._by_model: dict[str, list[NodeView]] = {}
         self.catalog: dict[str, ModelCard] = {}
         self.inflight: dict[str, int] = {}
+        self._local: dict[str, LocalLoad] = {}
+        self._idle = LocalLoad(replica_id=replica_id)
         self.view_received_at: float | None = None
         self.on_pods_lost: Callable[[set[str]], None] | None = None
         """Called with the nodes that stopped being placeable (failover of their requests)."""
@@ -67,6 +75,7 @@ class Router:
         placeable_now = {n.node_id for nodes in by_model.values() for n in nodes}
         self.nodes = view.nodes
         self._candidates, self._by_model = candidates, by_model
+
         self.catalog = {card.id: card for card in view.models}
         self.view_received_at = time.monotonic()
         lost = placeable_before - placeable_now
@@ -95,7 +104,7 @@ class Router:
             if not free and self.policy.place(query, nodes).node is not None:
                 raise AtCapacity(query.model)
             nodes = free
-        decision = self.policy.place(query, nodes, self.inflight)
+        decision = self.policy.place(query, nodes, self._local, default=self._idle)
         if decision.node is None:
             where = f" in {', '.join(sorted(query.metros))}" if query.metros else ""
             raise ServiceUnavailable(
@@ -104,7 +113,8 @@ class Router:
         return decision.node
 
     def started(self, node_id: str) -> None:
-        self.inflight[node_id] = self.inflight.get(node_id, 0) + 1
+        count = self.inflight[node_id] = self.inflight.get(node_id, 0) + 1
+        self._local[node_id] = LocalLoad(inflight=count, replica_id=self.replica_id)
 
     def finished(self, node_id: str) -> None:
         left = self.inflight.get(node_id, 1) - 1
@@ -112,6 +122,7 @@ class Router:
             self.inflight[node_id] = left
         else:
             self.inflight.pop(node_id, None)
+        self._local[node_id] = LocalLoad(inflight=left, replica_id=self.replica_id)
 
     # -- keeping the view current ---------------------------------------------
 

@@ -34,11 +34,12 @@ class NodeRecord:
     load: EngineLoad = field(default_factory=EngineLoad)
     gpus: list[GpuInfo] = field(default_factory=list)
     engine: str = "cpu"
+    inflight_by_replica: dict[str, int] = field(default_factory=dict)
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
-            state=self.state.value, load=self.load,
+            state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
         )
 
 
@@ -75,6 +76,8 @@ class NodeTable:
                 models=list(message.models), state=initial_state(event),
                 last_seen=now, heartbeat_interval_s=message.heartbeat_interval_s,
                 load=message.load if isinstance(message, Heartbeat) else EngineLoad(),
+                inflight_by_replica=(dict(message.inflight_by_replica)
+                                     if isinstance(message, Heartbeat) else {}),
                 gpus=list(message.gpus),
                 engine=message.engine if isinstance(message, NodeHello) else "cpu",
             )
@@ -91,6 +94,7 @@ class NodeTable:
         record.gpus = list(message.gpus)
         if isinstance(message, Heartbeat):
             record.load = message.load
+            record.inflight_by_replica = dict(message.inflight_by_replica)
         else:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models)

@@ -44,11 +44,24 @@ class Filter:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalLoad:
+    """What this router itself knows about a node, fresher than the view's load."""
+
+    inflight: int = 0
+    """Its requests on the node now."""
+    replica_id: str = ""
+    """Its id, to find its own share in the node's ``inflight_by_replica``."""
+
+
+NO_LOCAL_LOAD = LocalLoad()
+
+
+@dataclass(frozen=True, slots=True)
 class Scorer:
     name: str
     weight: float
-    score: Callable[[PlacementQuery, NodeView, int], float]
-    """(query, node, requests this router has in flight on the node) -> [0, 1]."""
+    score: Callable[[PlacementQuery, NodeView, LocalLoad], float]
+    """(query, node, this router's own load on it) -> [0, 1]."""
 
 
 @dataclass(slots=True)
@@ -83,11 +96,14 @@ healthy = Filter(
 )
 
 
-def _least_load(query: PlacementQuery, node: NodeView, local_inflight: int) -> float:
-    # The view's load lags by up to a heartbeat; this router's own in-flight
-    # count is current. With one router the larger of the two is the truth;
-    # with several it is a lower bound, and the random tie-break spreads the rest.
-    queued = max(node.load.running + node.load.waiting, local_inflight)
+def _least_load(query: PlacementQuery, node: NodeView, local: LocalLoad) -> float:
+    # The view's load is up to a heartbeat old. The other replicas' share of it
+    # is the best there is; this router's own share is known exactly, now.
+    # (Using the reported total as is, one heartbeat that caught a node busy
+    # sent every short request elsewhere until the next one.)
+    mine_then = node.inflight_by_replica.get(local.replica_id, 0)
+    others = max(0, node.load.running + node.load.waiting - mine_then)
+    queued = others + local.inflight
     # KV-cache use only counts once it is pressure: below half, engines hold
     # reusable prefix blocks that say nothing about capacity, and letting small
     # differences decide would send every tie to the same node.
@@ -107,13 +123,14 @@ class Policy:
         self,
         query: PlacementQuery,
         nodes: Sequence[NodeView],
-        inflight: Mapping[str, int] | None = None,
+        local: Mapping[str, LocalLoad] | None = None,
         rng: random.Random | None = None,
         *,
         explain: bool = False,
+        default: LocalLoad = NO_LOCAL_LOAD,
     ) -> Decision:
         decision = Decision(node=None)
-        inflight = inflight or {}
+        local = local or {}
         filters, scorers = self.filters, self.scorers
         best: list[NodeView] = []
         best_score = -1.0
@@ -127,10 +144,10 @@ class Policy:
                         )
                     break
             else:
-                local = inflight.get(node.node_id, 0)
+                mine = local.get(node.node_id, default)
                 total = 0.0
                 for scorer in scorers:
-                    total += scorer.weight * scorer.score(query, node, local)
+                    total += scorer.weight * scorer.score(query, node, mine)
                 decision.scores[node.node_id] = total
                 if total > best_score:
                     best, best_score = [node], total
@@ -148,6 +165,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "Decision",
     "Filter",
+    "LocalLoad",
     "NodeState",
     "PlacementQuery",
     "Policy",

@@ -67,6 +67,9 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     engine_ready: bool = True
     heartbeat_interval_s: float = 2.0
     seq: int = 0
+    inflight_by_replica: dict[str, int] = {}
+    """Requests in flight per API replica when ``load`` was read: each replica
+    subtracts its own share and adds what it has in flight now."""
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -94,6 +97,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     models: list[str]
     state: str
     load: EngineLoad = EngineLoad()
+    inflight_by_replica: dict[str, int] = {}
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -150,6 +154,9 @@ class ChoiceDelta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     index: int = 0
     content: str = ""
     finish_reason: str | None = None
+    logprobs: bytes = b""
+    """When asked for: the tokens' log-probabilities, a JSON array in OpenAI's shape
+    (``choices[].logprobs.content``), passed through from the engine as is."""
 
 
 class StreamChunk(WireMessage, frozen=True, kw_only=True, tag="infer.chunk"):

@@ -16,23 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from volt.agent.engine.sampling import SamplingParams, TokenLogprob, install
 from volt.agent.engine.tiny_model import EOS_TOKEN, render_chatml
+
+__all__ = ["Backend", "EngineFailure", "InstantBackend", "SamplingParams", "StopMatcher",
+           "TokenEvent", "TransformersBackend"]
 
 log = logging.getLogger(__name__)
 
 
 class EngineFailure(Exception):
     """The backend failed while generating (not the client's fault)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    max_new_tokens: int
-    temperature: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +46,8 @@ class TokenEvent:
     pieces: list[str]
     finish_reason: str | None = None
     tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """One per token, when the request asked for log-probabilities."""
 
 
 class Backend(Protocol):
@@ -55,6 +55,8 @@ class Backend(Protocol):
     max_context: int
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]: ...
+
+    def token_text(self, token_id: int) -> str: ...
 
     def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -121,6 +123,40 @@ class IncrementalDetokenizer:
         return new_text[len(prefix_text) :]
 
 
+class StopMatcher:
+    """Ends a completion at the first stop string, which is not part of the text.
+
+    Text that might be the start of a stop string is held back until the next
+    piece shows whether it is.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._longest = max((len(s) for s in self.stops), default=0)
+        self._pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(text that may go out now, whether a stop string was reached)."""
+        if not self.stops:
+            return piece, False
+        text = self._pending + piece
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self._pending = ""
+            return text[: min(hits)], True
+        hold = 0
+        for size in range(min(len(text), self._longest - 1), 0, -1):
+            if any(s.startswith(text[-size:]) for s in self.stops):
+                hold = size
+                break
+        self._pending = text[len(text) - hold:] if hold else ""
+        return text[: len(text) - hold], False
+
+    def flush(self) -> str:
+        pending, self._pending = self._pending, ""
+        return pending
+
+
 class TransformersBackend:
     def __init__(self, model_dir: Path, model_id: str, *, threads: int = 1) -> None:
         import torch
@@ -135,9 +171,10 @@ class TransformersBackend:
         self.tokenizer = _Tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.max_context = int(model.config.max_position_embeddings)
+        # Sampling happens per request in VoltSampler; the manager only takes the
+        # argmax of the one-hot rows it returns.
         generation_config = GenerationConfig(
-            do_sample=True,
-            temperature=1.0,
+            do_sample=False,
             max_new_tokens=256,
             eos_token_id=self.tokenizer.eos_id,
             pad_token_id=model.config.pad_token_id,
@@ -150,7 +187,11 @@ class TransformersBackend:
                 num_blocks=64, max_batch_tokens=512
             ),
         )
+        self.sampler = install(self._manager)
         self._manager.start()
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         return self.tokenizer.encode_chat(messages)
@@ -159,11 +200,13 @@ class TransformersBackend:
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]:
         outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self.sampler.register(request_id, params)
         self._manager.register_result_handler(request_id, outputs.put_nowait)
         self._manager.add_request(
             prompt_ids, request_id=request_id, max_new_tokens=params.max_new_tokens, streaming=True
         )
         detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stopper = StopMatcher(params.stop)
         seen = 0
         finished = False
         try:
@@ -188,8 +231,23 @@ class TransformersBackend:
                         pieces[-1] += rest
                     else:
                         pieces.append(rest)
+                logprobs = (self.sampler.take_logprobs(request_id, produced)
+                            if params.top_logprobs is not None else [])
+                stopped = False
+                for i, piece in enumerate(pieces):
+                    pieces[i], stopped = stopper.feed(piece)
+                    if stopped:
+                        del pieces[i + 1:]
+                        break
+                if stopped:
+                    finished, finish_reason = False, "stop"  # still running: cancelled below
+                    yield TokenEvent(pieces, "stop", tokens=produced, logprobs=logprobs)
+                    return
+                if finished and (held := stopper.flush()):
+                    pieces.append(held)
                 yield TokenEvent(
-                    pieces, finish_reason if finished else None, tokens=produced
+                    pieces, finish_reason if finished else None, tokens=produced,
+                    logprobs=logprobs,
                 )
         finally:
             if not finished:
@@ -200,6 +258,7 @@ class TransformersBackend:
                 router = self._manager.output_router
                 with router._lock:
                     router.result_handlers.pop(request_id, None)
+            self.sampler.forget(request_id)
 
     def kv_cache_usage(self) -> float:
         processor = self._manager.batch_processor
@@ -233,6 +292,9 @@ class InstantBackend:
     ) -> AsyncGenerator[TokenEvent, None]:
         n, pieces = params.max_new_tokens, self._pieces
         yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def kv_cache_usage(self) -> float:
         return 0.0

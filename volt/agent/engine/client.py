@@ -58,10 +58,16 @@ class _Delta(msgspec.Struct):
     content: str | None = None
 
 
+class _Logprobs(msgspec.Struct):
+    content: list[msgspec.Raw] | None = None
+    """Each token's entry kept as the engine's JSON: passed through, not rebuilt."""
+
+
 class _ChunkChoice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _ErrorDetail(msgspec.Struct):

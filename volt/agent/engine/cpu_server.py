@@ -16,7 +16,9 @@ supervises it as a child process. The socket is created 0600 by this process
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -36,6 +38,7 @@ from volt.agent.engine.backends import (
     TokenEvent,
     TransformersBackend,
 )
+from volt.agent.engine.sampling import TokenLogprob as SampledLogprob
 from volt.agent.engine.tiny_model import MODEL_ID
 from volt.asgi import (
     SSE_HEADERS,
@@ -54,8 +57,11 @@ from volt.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    TokenLogprob,
+    TopLogprob,
 )
 from volt.protocol.common import CompletionUsage, ErrorDetail, ErrorResponse, Model, ModelList
 
@@ -199,9 +205,22 @@ class EngineServer:
                 f"the prompt has {len(prompt_ids)} and {limit or 1} more were requested.",
                 "invalid_request_error", "context_length_exceeded",
             )
+        if req.response_format is not None and req.response_format.type != "text":
+            raise EngineRequestError(
+                400, f"response_format `{req.response_format.type}` is not supported by this "
+                "engine (the CPU engine cannot constrain its output); use a vLLM pod for it.",
+                "invalid_request_error", "unsupported_parameter",
+            )
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         params = SamplingParams(
             max_new_tokens=limit or min(self.default_max_tokens, room),
             temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            stop=stop,
         )
         return req, prompt_ids, params
 
@@ -234,21 +253,82 @@ class EngineServer:
             else:
                 metrics.waiting -= 1
 
-    async def _complete(
-        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
-        request_id: str, prompt_ids: list[int], params: SamplingParams,
-    ) -> None:
-        pieces: list[str] = []
-        finish_reason: str | None = None
-        generated = 0
-        try:
+    async def _choices(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+        """The events of ``n`` choices, as (index, event); each choice is its own
+        request in the batch (with seed + index when a seed is given)."""
+        if n == 1:
             async with contextlib.aclosing(
                 self._generate(request_id, prompt_ids, params)
             ) as events:
                 async for event in events:
+                    yield 0, event
+            return
+        queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
+
+        async def run(index: int) -> None:
+            seeded = params if params.seed is None else dataclasses.replace(
+                params, seed=params.seed + index
+            )
+            try:
+                async with contextlib.aclosing(
+                    self._generate(f"{request_id}-{index}", prompt_ids, seeded)
+                ) as events:
+                    async for event in events:
+                        queue.put_nowait((index, event))
+                queue.put_nowait((index, None))
+            except BaseException as exc:
+                queue.put_nowait((index, exc))
+                raise
+
+        tasks = [asyncio.create_task(run(i)) for i in range(n)]
+        try:
+            remaining = n
+            while remaining:
+                index, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _logprobs(self, entries: list[SampledLogprob]) -> ChoiceLogprobs:
+        text = self.backend.token_text
+
+        def top(token_id: int, logprob: float) -> TopLogprob:
+            piece = text(token_id)
+            return TopLogprob(token=piece, logprob=logprob, bytes=list(piece.encode()))
+
+        return ChoiceLogprobs(content=[
+            TokenLogprob(token=text(e.token_id), logprob=e.logprob,
+                         bytes=list(text(e.token_id).encode()),
+                         top_logprobs=[top(i, lp) for i, lp in e.top])
+            for e in entries
+        ])
+
+    async def _complete(
+        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
+        request_id: str, prompt_ids: list[int], params: SamplingParams,
+    ) -> None:
+        pieces: list[list[str]] = [[] for _ in range(req.n)]
+        logprobs: list[list[SampledLogprob]] = [[] for _ in range(req.n)]
+        finish: list[str | None] = [None] * req.n
+        generated = 0
+        try:
+            async with contextlib.aclosing(
+                self._choices(request_id, prompt_ids, params, req.n)
+            ) as events:
+                async for index, event in events:
                     generated += event.tokens
-                    pieces.extend(event.pieces)
-                    finish_reason = event.finish_reason or finish_reason
+                    pieces[index].extend(event.pieces)
+                    logprobs[index].extend(event.logprobs)
+                    finish[index] = event.finish_reason or finish[index]
         except EngineFailure as exc:
             guard.finish()
             await send_json(send, 500, EngineRequestError(500, str(exc), "server_error").body())
@@ -259,10 +339,13 @@ class EngineServer:
             model=req.model,
             choices=[
                 Choice(
-                    index=0,
-                    message=AssistantMessage(content="".join(pieces)),
-                    finish_reason=finish_reason,
+                    index=i,
+                    message=AssistantMessage(content="".join(pieces[i])),
+                    finish_reason=finish[i],
+                    logprobs=self._logprobs(logprobs[i]) if params.top_logprobs is not None
+                    else None,
                 )
+                for i in range(req.n)
             ],
             usage=CompletionUsage(
                 prompt_tokens=len(prompt_ids),
@@ -280,11 +363,13 @@ class EngineServer:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         created = int(time.time())
         model = req.model
-        frames = TokenFrames(request_id, created, model)
-
         options = req.stream_options
         continuous = options is not None and options.continuous_usage_stats
         prompt = len(prompt_ids)
+        with_logprobs = params.top_logprobs is not None
+        # The pre-encoded frames serve the common case: one choice, no logprobs.
+        frames = TokenFrames(request_id, created, model) if req.n == 1 and not with_logprobs \
+            else None
 
         def usage_so_far() -> CompletionUsage | None:
             if not continuous:
@@ -292,31 +377,41 @@ class EngineServer:
             return CompletionUsage(prompt_tokens=prompt, completion_tokens=generated,
                                    total_tokens=prompt + generated)
 
-        def sse(delta: Delta, finish_reason: str | None = None) -> bytes:
+        def sse(delta: Delta, index: int = 0, finish_reason: str | None = None,
+                logprobs: ChoiceLogprobs | None = None, usage: bool = True) -> bytes:
             chunk = ChatCompletionChunk(
                 id=request_id, created=created, model=model,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-                usage=usage_so_far(),
+                choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason,
+                                     logprobs=logprobs)],
+                usage=usage_so_far() if usage else None,
             )
             return b"data: " + _json.encode(chunk) + b"\n\n"
 
         generated = 0
-        out = [sse(Delta(role="assistant", content=""))]
+        out = [sse(Delta(role="assistant", content=""), index=i) for i in range(req.n)]
+        unfinished = req.n
         try:
             async with contextlib.aclosing(
-                self._generate(request_id, prompt_ids, params)
+                self._choices(request_id, prompt_ids, params, req.n)
             ) as events:
-                async for event in events:
+                async for index, event in events:
                     generated += event.tokens
                     pieces = [piece for piece in event.pieces if piece]
-                    if pieces:
+                    if frames is not None and pieces:
                         # With continuous usage, the last frame of what was produced
                         # together carries the count so far.
                         out.extend(frames.token(piece) for piece in pieces[:-1])
                         out.append(frames.token(pieces[-1], usage_so_far()))
+                    elif pieces or event.logprobs:
+                        out.append(sse(
+                            Delta(content="".join(pieces)), index,
+                            logprobs=self._logprobs(event.logprobs) if with_logprobs else None,
+                        ))
                     if event.finish_reason is not None:
-                        out.append(sse(Delta(), event.finish_reason))
-                        break  # the rest goes out with usage and [DONE], in the same write
+                        out.append(sse(Delta(), index, event.finish_reason, usage=False))
+                        unfinished -= 1
+                        if not unfinished:
+                            break  # the rest goes out with usage and [DONE], in one write
                     # One write for everything produced together: fewer syscalls.
                     await send({"type": "http.response.body", "body": b"".join(out),
                                 "more_body": True})
