@@ -138,6 +138,11 @@ class TokenFrames:
         return (self._prefix + _json.encode(piece) + self._suffix_before_usage
                 + _json.encode(usage) + b"}\n\n")
 
+    def tokens(self, pieces: list[str]) -> bytes:
+        """Frames for many pieces at once: the hot loop, without a call per token."""
+        prefix, suffix, encode = self._prefix, self._suffix, _json.encode
+        return b"".join([prefix + encode(piece) + suffix for piece in pieces])
+
 
 class EngineServer:
     def __init__(self, backend: Backend, *, default_max_tokens: int = 256) -> None:
@@ -253,18 +258,25 @@ class EngineServer:
             else:
                 metrics.waiting -= 1
 
-    async def _choices(
+    def _choices(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, n: int
     ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
         """The events of ``n`` choices, as (index, event); each choice is its own
         request in the batch (with seed + index when a seed is given)."""
-        if n == 1:
-            async with contextlib.aclosing(
-                self._generate(request_id, prompt_ids, params)
-            ) as events:
-                async for event in events:
-                    yield 0, event
-            return
+        if n == 1:  # no fan-out layer for the common case
+            return self._one_choice(request_id, prompt_ids, params)
+        return self._fan_out(request_id, prompt_ids, params, n)
+
+    async def _one_choice(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+        async with contextlib.aclosing(self._generate(request_id, prompt_ids, params)) as events:
+            async for event in events:
+                yield 0, event
+
+    async def _fan_out(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
         queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
         async def run(index: int) -> None:
@@ -400,7 +412,7 @@ class EngineServer:
                     if frames is not None and pieces:
                         # With continuous usage, the last frame of what was produced
                         # together carries the count so far.
-                        out.extend(frames.token(piece) for piece in pieces[:-1])
+                        out.append(frames.tokens(pieces[:-1]))
                         out.append(frames.token(pieces[-1], usage_so_far()))
                     elif pieces or event.logprobs:
                         out.append(sse(
