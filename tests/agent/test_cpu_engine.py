@@ -186,18 +186,18 @@ async def test_a_finished_stream_leaves_its_connection_for_reuse(engine: EngineC
     ids=["fast", "general"],
 )
 def test_stream_events_parse_alike_on_both_paths(raw: bytes) -> None:
-    from volt.agent.engine.client import _parse_events
+    from volt.agent.engine.client import parse_block
 
-    chunks, done = _parse_events(raw.split(b"\n\n")[:-1])
+    chunks, done = parse_block(raw.rstrip(b"\n"))
     assert done
     assert [c.choices[0].delta.content for c in chunks if c.choices[0].delta] == ["a", "b"]
 
 
 def test_an_error_event_mid_stream_is_an_engine_rejection() -> None:
-    from volt.agent.engine.client import _parse_events
+    from volt.agent.engine.client import parse_block
 
     raw = (b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
-           b'data: {"error":{"message":"boom","type":"server_error"}}\n\n')
+           b'data: {"error":{"message":"boom","type":"server_error"}}')
     with pytest.raises(EngineRejected) as info:
-        _parse_events(raw.split(b"\n\n")[:-1])
+        parse_block(raw)
     assert info.value.message == "boom"

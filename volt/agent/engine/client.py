@@ -207,10 +207,11 @@ class EngineClient:
                 buffer = b""
                 async for data in response.chunks():
                     buffer += data
-                    if b"\n\n" not in buffer:
+                    end = buffer.rfind(b"\n\n")
+                    if end < 0:
                         continue
-                    *events, buffer = buffer.split(b"\n\n")
-                    chunks, done = _parse_events(events)
+                    block, buffer = buffer[:end], buffer[end + 2:]
+                    chunks, done = parse_block(block)
                     if done:
                         # Read to the end of the response (the chunked-encoding
                         # terminator) so the connection goes back to the pool
@@ -229,27 +230,27 @@ _DONE_EVENT = b"data: [DONE]"
 _NEXT_EVENT = b"\n\ndata: "
 
 
-def _parse_events(events: list[bytes]) -> tuple[list[EngineChunk], bool]:
-    """The chunks of complete SSE events, and whether ``[DONE]`` was among them.
+def parse_block(block: bytes) -> tuple[list[EngineChunk], bool]:
+    """The chunks of a block of complete SSE events (separated by blank lines),
+    and whether ``[DONE]`` was among them.
 
-    All payloads from one read are decoded as one JSON array: one msgspec call
+    All payloads in the block are decoded as one JSON array: one msgspec call
     instead of one per token, which matters when a fast engine sends dozens of
     events at once. When every event is a single ``data: `` line (vLLM's and
     Volt's engines always send that), the array is built without a Python
     loop; anything else takes the general path.
     """
-    joined = b"\n\n".join(events)
     done = False
-    if _DONE_EVENT in joined:
-        joined, _, _ = joined.partition(_DONE_EVENT)
-        joined = joined.rstrip(b"\n")
+    if _DONE_EVENT in block:
+        block, _, _ = block.partition(_DONE_EVENT)
+        block = block.rstrip(b"\n")
         done = True
-    if not joined:
+    if not block:
         return [], done
-    if joined.startswith(b"data: ") and b"\n" not in joined.replace(_NEXT_EVENT, b""):
-        array = b"[" + joined[6:].replace(_NEXT_EVENT, b",") + b"]"
+    if block.startswith(b"data: ") and block.count(b"\n") == 2 * block.count(_NEXT_EVENT):
+        array = b"[" + block[6:].replace(_NEXT_EVENT, b",") + b"]"
     else:
-        array = b"[" + b",".join(_payloads(joined.split(b"\n\n"))) + b"]"
+        array = b"[" + b",".join(_payloads(block.split(b"\n\n"))) + b"]"
         if array == b"[]":
             return [], done
     try:
