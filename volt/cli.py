@@ -96,6 +96,31 @@ def _keys_create(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _tenants_set(args: argparse.Namespace) -> None:
+    from volt.store import ApiKeys, Catalog, Database
+
+    def limit(text: str | None) -> frozenset[str] | None:
+        if text is None or text == "*":
+            return None
+        return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+    config = _config(args)
+    catalog = Catalog(models=limit(args.models), metros=limit(args.metros),
+                      tiers=limit(args.tiers))
+
+    async def main() -> None:
+        db = Database(config.store_url())
+        try:
+            await db.check_current()
+            await ApiKeys(db).set_catalog(args.name, catalog)
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+    print(f"{args.name}: {catalog.to_json() or 'may use every model, metro and tier'}")
+    print("API replicas pick this up within api.auth_cache_s.", file=sys.stderr)
+
+
 def _model_build(args: argparse.Namespace) -> None:
     from volt.agent.engine.tiny_model import build
 
@@ -135,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", default="cli")
     create.set_defaults(func=_keys_create)
+
+    tenants = commands.add_parser("tenants", help="tenants").add_subparsers(
+        dest="tenants", required=True
+    )
+    catalog = tenants.add_parser(
+        "set", parents=[common],
+        help="set what a tenant may use (comma-separated lists; '*' or omitted: everything)",
+    )
+    catalog.add_argument("name")
+    catalog.add_argument("--models")
+    catalog.add_argument("--metros")
+    catalog.add_argument("--tiers")
+    catalog.set_defaults(func=_tenants_set)
 
     model = commands.add_parser("model", help="the tiny CPU model").add_subparsers(
         dest="model", required=True

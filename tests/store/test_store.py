@@ -87,3 +87,24 @@ async def test_catalog_and_inventory(db: Database) -> None:
                       gpus=[GpuInfo(index=0, name="H100", uuid="GPU-1", memory_total_mib=81559)])
     await inventory.record_node(hello)
     await inventory.record_node(hello)  # a rejoin updates, never duplicates
+
+
+async def test_a_tenants_catalog_travels_with_its_keys(db: Database) -> None:
+    from volt.store import EVERYTHING, Catalog
+
+    keys = ApiKeys(db)
+    issued = await keys.create("sovereign-gmbh", "k")
+    principal = await keys.verify(issued.key)
+    assert principal is not None
+    assert principal.catalog == EVERYTHING
+    limited = Catalog(models=frozenset({"volt-tiny"}), metros=frozenset({"fra"}))
+    await keys.set_catalog("sovereign-gmbh", limited)
+    principal = await keys.verify(issued.key)
+    assert principal is not None
+    assert principal.catalog == limited
+    assert principal.catalog.allows_model("volt-tiny")
+    assert not principal.catalog.allows_model("other")
+    await keys.set_catalog("sovereign-gmbh", EVERYTHING)
+    principal = await keys.verify(issued.key)
+    assert principal is not None
+    assert principal.catalog == EVERYTHING

@@ -149,5 +149,6 @@ class Admission:
         for query, queue in list(self._queues.items()):
             if (query.model in node.models
                     and (query.metros is None or node.metro in query.metros)
-                    and (query.tier is None or node.tier == query.tier)):
+                    and (query.tier is None or node.tier == query.tier)
+                    and (query.tiers is None or node.tier in query.tiers)):
                 queue.wake_next()

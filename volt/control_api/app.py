@@ -28,6 +28,7 @@ from volt.control_api.chat import ChatCompletions
 from volt.control_api.errors import (
     ApiError,
     MethodNotAllowed,
+    ModelNotFound,
     NotFound,
     NotImplementedYet,
     PayloadTooLarge,
@@ -153,13 +154,16 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        await services.auth.authenticate(request.headers.get("Authorization"))
-        cards = services.router.catalog.values()
+        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        allowed = principal.catalog.allows_model
+        cards = [card for card in services.router.catalog.values() if allowed(card.id)]
         return _json(ModelList(data=[_model(card) for card in cards]))
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        await services.auth.authenticate(request.headers.get("Authorization"))
+        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        if not principal.catalog.allows_model(model_id):
+            raise ModelNotFound(model_id)
         return _json(_model(services.router.model(model_id)))
 
     # Volt's reference spells it fine-tuning; OpenAI's clients call fine_tuning.

@@ -32,6 +32,8 @@ from volt.control_api.errors import (
     ApiError,
     DeadlineExceeded,
     InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
     ServiceUnavailable,
     UpstreamError,
     error_event,
@@ -50,7 +52,7 @@ from volt.protocol.chat import (
     StreamOptions,
     TokenLogprob,
 )
-from volt.protocol.common import CompletionUsage, VoltBlock, VoltTiming
+from volt.protocol.common import CompletionUsage, VoltBlock, VoltOptions, VoltTiming
 from volt.scheduler.placement import PlacementQuery
 from volt.store import Principal
 from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
@@ -96,6 +98,34 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
 
 
 _ENGINE_STREAM = StreamOptions(include_usage=True, continuous_usage_stats=True)
+
+
+def placement_query(model: str, options: VoltOptions | None, principal: Principal,
+                    router: Router) -> PlacementQuery:
+    """Where a request may run: what it asked for, within its tenant's catalog.
+
+    A model outside the catalog does not exist for the tenant (404); pinning a
+    metro or tier outside it is refused (403), never silently widened; with no
+    pin, the catalog's metros and tiers are the limit.
+    """
+    catalog = principal.catalog
+    if not catalog.allows_model(model):
+        raise ModelNotFound(model)
+    router.model(model)
+    pinned = options.metros() if options is not None else None
+    tier = options.tier if options is not None else None
+    metros: frozenset[str] | None = frozenset(pinned) if pinned is not None else None
+    if catalog.metros is not None:
+        if metros is None:
+            metros = catalog.metros
+        elif not metros <= catalog.metros:
+            outside = ", ".join(sorted(metros - catalog.metros))
+            raise PermissionDenied(f"Your organization may not use metro {outside}.",
+                                   param="volt.metro", code="metro_not_allowed")
+    if tier is not None and catalog.tiers is not None and tier not in catalog.tiers:
+        raise PermissionDenied(f"Your organization may not use tier {tier}.",
+                               param="volt.tier", code="tier_not_allowed")
+    return PlacementQuery(model=model, metros=metros, tier=tier, tiers=catalog.tiers)
 
 
 def _engine_body(req: ChatCompletionRequest) -> bytes:
@@ -155,14 +185,7 @@ class ChatCompletions:
     ) -> JsonReply | StreamReply:
         """Serve one request that arrived at ``arrived`` (``perf_counter``)."""
         req = decode_request(body)
-        self.router.model(req.model)
-        options = req.volt
-        metros = options.metros() if options is not None else None
-        query = PlacementQuery(
-            model=req.model,
-            metros=frozenset(metros) if metros is not None else None,
-            tier=options.tier if options is not None else None,
-        )
+        query = placement_query(req.model, req.volt, principal, self.router)
         call = await self._dispatch(query, req, _engine_body(req), arrived, principal)
         if req.stream:
             return StreamReply(self._events(call, req))

@@ -5,6 +5,7 @@
     ApiError
     ├── InvalidRequest       400 invalid_request_error   (bad JSON, bad field)
     ├── Unauthenticated      401 authentication_error    (missing or bad key)
+    ├── PermissionDenied     403 permission_error        (outside the tenant's catalog)
     ├── NotFound             404 invalid_request_error   (unknown model, route)
     ├── MethodNotAllowed     405 invalid_request_error
     ├── PayloadTooLarge      413 invalid_request_error
@@ -61,6 +62,11 @@ class Unauthenticated(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="volt"'}
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    type = "permission_error"
 
 
 class NotFound(ApiError):

@@ -20,6 +20,7 @@ from volt.protocol.usage import UsageReport
 _ERROR_TEXT = {
     400: "Invalid request (bad JSON or field)",
     401: "Missing or invalid API key",
+    403: "Outside the tenant's catalog (a metro or tier it may not use)",
     404: "Unknown model or route",
     413: "Request body too large",
     429: "Too many requests waiting; see Retry-After and x-ratelimit-* headers",
@@ -49,7 +50,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/chat/completions", "createChatCompletion", "Create a chat completion",
         request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk,
-        errors=(400, 401, 404, 413, 429, 503, 504),
+        errors=(400, 401, 403, 404, 413, 429, 503, 504),
     ),
     Operation("get", "/v1/models", "listModels", "List available models",
               response=ModelList, errors=(401,)),

@@ -31,8 +31,11 @@ from volt.wire import NodeView
 class PlacementQuery:
     model: str
     metros: frozenset[str] | None = None
-    """Serve only in these metros (None: anywhere the tenant may use)."""
+    """Serve only in these metros (None: anywhere)."""
     tier: str | None = None
+    """The tier the request asked for (None: any)."""
+    tiers: frozenset[str] | None = None
+    """The tiers the tenant may use (None: any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ in_metro = Filter(
 )
 in_tier = Filter(
     "in_tier",
-    lambda q, n: q.tier is None or n.tier == q.tier,
+    lambda q, n: (q.tier is None or n.tier == q.tier) and (q.tiers is None or n.tier in q.tiers),
     lambda q, n: f"tier {n.tier}",
 )
 healthy = Filter(

@@ -1,12 +1,15 @@
 """The state store: SQLAlchemy 2 async over SQLite or PostgreSQL, Alembic migrations."""
 
 from volt.store.api_keys import ApiKeys, IssuedKey, Principal
+from volt.store.catalog import EVERYTHING, Catalog
 from volt.store.database import Database, SchemaOutdated, StoreError
 from volt.store.inventory import Inventory
 from volt.store.usage import UsageBucket, UsageLedger
 
 __all__ = [
+    "EVERYTHING",
     "ApiKeys",
+    "Catalog",
     "Database",
     "Inventory",
     "IssuedKey",

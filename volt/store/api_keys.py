@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from volt.store.catalog import EVERYTHING, Catalog
 from volt.store.database import Database
 from volt.store.schema import ApiKey, Tenant
 
@@ -49,6 +50,7 @@ class Principal:
     tenant_name: str
     spiffe_id: str
     key_id: str
+    catalog: Catalog = EVERYTHING
 
 
 class ApiKeys:
@@ -84,13 +86,22 @@ class ApiKeys:
     async def verify(self, key: str) -> Principal | None:
         async with self.db.session() as session:
             row = (await session.execute(
-                select(ApiKey.id, Tenant.id, Tenant.name, Tenant.spiffe_id)
+                select(ApiKey.id, Tenant.id, Tenant.name, Tenant.spiffe_id, Tenant.catalog)
                 .join(Tenant, Tenant.id == ApiKey.tenant_id)
                 .where(ApiKey.digest == digest(key), ApiKey.revoked_at.is_(None))
             )).first()
         if row is None:
             return None
-        key_id, tenant_id, tenant_name, spiffe_id = row
+        key_id, tenant_id, tenant_name, spiffe_id, catalog = row
         return Principal(
-            tenant_id=tenant_id, tenant_name=tenant_name, spiffe_id=spiffe_id, key_id=key_id
+            tenant_id=tenant_id, tenant_name=tenant_name, spiffe_id=spiffe_id, key_id=key_id,
+            catalog=Catalog.from_json(catalog),
         )
+
+    async def set_catalog(self, tenant_name: str, catalog: Catalog) -> None:
+        """Limit (or, with ``EVERYTHING``, free) what a tenant may use; created if new."""
+        tenant = await self.ensure_tenant(tenant_name)
+        async with self.db.session() as session, session.begin():
+            row = await session.get(Tenant, tenant.id)
+            assert row is not None
+            row.catalog = catalog.to_json()

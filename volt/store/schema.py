@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, func
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -25,6 +25,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     spiffe_id: Mapped[str] = mapped_column(String(300), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    catalog: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: the models, metros and tiers it may use (``volt/store/catalog.py``); NULL: all."""
 
 
 class ApiKey(Base):

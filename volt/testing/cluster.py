@@ -30,7 +30,7 @@ from types import TracebackType
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.config import load_config
 from volt.processes import _die_with_parent
-from volt.store import ApiKeys, Database
+from volt.store import ApiKeys, Catalog, Database
 from volt.up.bootstrap import ensure_dev_key
 from volt.up.nats_server import NatsServer, free_port
 
@@ -202,6 +202,18 @@ class Cluster:
                 await db.close()
 
         return asyncio.run(issue())
+
+    def set_catalog(self, tenant: str, catalog: Catalog) -> None:
+        """Limit what ``tenant`` may use (before its key is first used)."""
+
+        async def store() -> None:
+            db = Database(self.store_url)
+            try:
+                await ApiKeys(db).set_catalog(tenant, catalog)
+            finally:
+                await db.close()
+
+        asyncio.run(store())
 
     def api_port_of(self, name: str) -> int:
         return int(self.services[name].env["VOLT_API_PORT"])
