@@ -21,7 +21,8 @@ def fleet(seed: int) -> list[NodeView]:
         NodeView(node_id=f"n{i}", metro=rng.choice(METROS), tier=rng.choice(["std", "pro"]),
                  models=rng.sample(["a", "b", "c"], rng.randint(1, 2)),
                  state=rng.choice(["ready", "ready", "ready", "lost", "not_ready"]),
-                 load=EngineLoad(running=rng.randint(0, 3)))
+                 load=EngineLoad(running=(busy := rng.randint(0, 3))),
+                 inflight_by_replica={"other": busy} if busy else {})
         for i in range(40)
     ]
 

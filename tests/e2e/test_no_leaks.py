@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from pathlib import Path
 
 import nats
@@ -55,6 +56,11 @@ def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
                     ))
                 else:
                     completions.append(reply.choices[0].message.content or "")  # type: ignore[union-attr]
+        # Heartbeats carry the per-replica counts of these requests; wait for
+        # at least one, so the check below is never vacuous.
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         listener.join(10)

@@ -9,8 +9,10 @@ from volt.wire import EngineLoad, NodeView
 
 def node(node_id: str, *, metro: str = "fra", tier: str = "standard", state: str = "ready",
          models: tuple[str, ...] = ("m",), running: int = 0, kv: float = 0.0) -> NodeView:
+    """A node with ``running`` requests from other API replicas."""
     return NodeView(node_id=node_id, metro=metro, tier=tier, models=list(models), state=state,
-                    load=EngineLoad(running=running, kv_cache_usage=kv))
+                    load=EngineLoad(running=running, kv_cache_usage=kv),
+                    inflight_by_replica={"another-api": running} if running else {})
 
 
 def test_every_rejection_has_a_named_reason() -> None:
@@ -87,7 +89,7 @@ def test_a_routers_own_share_of_the_reported_load_is_replaced_by_its_live_count(
                              state="ready", load=EngineLoad(running=1),
                              inflight_by_replica={"api-1": 1})
     others_busy = NodeView(node_id="b", metro="fra", tier="standard", models=["m"],
-                           state="ready", load=EngineLoad(running=1),
+                           state="ready", load=EngineLoad(running=0),  # metrics may lag
                            inflight_by_replica={"api-2": 1})
     me = LocalLoad(replica_id="api-1")
     decision = DEFAULT_POLICY.place(query, [mine_finished, others_busy], default=me)

@@ -20,6 +20,7 @@ A client that disconnects cancels the handler (Quart cancels it), and the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import msgspec
 
 from volt.control_api.admission import Admission
+from volt.control_api.affinity import AffinityIndex, prefix_blocks
 from volt.control_api.errors import (
     ApiError,
     DeadlineExceeded,
@@ -159,6 +161,7 @@ class ChatCompletions:
         self.inference = inference
         self.timeout_s = timeout_s
         self.admission = admission or Admission(queue_limit=1024, per_tenant_limit=256)
+        self.affinity = AffinityIndex()
 
     def _release(self, node: NodeView) -> None:
         """The request on ``node`` is over: free its slot for the next in turn."""
@@ -186,7 +189,17 @@ class ChatCompletions:
         """Serve one request that arrived at ``arrived`` (``perf_counter``)."""
         req = decode_request(body)
         query = placement_query(req.model, req.volt, principal, self.router)
+        blocks = prefix_blocks("".join(f"{m.role}\n{m.text()}\n" for m in req.messages))
+        session = (req.volt.session if req.volt is not None else None) or req.user
+        if session:
+            session = f"{principal.tenant_id}:{session}"  # one tenant's session names are its own
+        affinity = self.affinity.matches(blocks)
+        if (pinned := self.affinity.session_node(session)) is not None:
+            affinity[pinned] = 1.0
+        if affinity:
+            query = dataclasses.replace(query, affinity=affinity)
         call = await self._dispatch(query, req, _engine_body(req), arrived, principal)
+        self.affinity.served(blocks, call.node.node_id, session)
         if req.stream:
             return StreamReply(self._events(call, req))
         return await self._complete(call, req)

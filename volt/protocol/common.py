@@ -41,6 +41,9 @@ class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Serve only in this metro (or one of these metros)."""
     tier: Slug | None = None
     """Serve only on this tier."""
+    session: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    """Prefer the pod that served this session before (its context is likely
+    cached there); OpenAI's ``user`` field is used when this is absent."""
 
     def __post_init__(self) -> None:
         # The pattern's `$` also matches before a final newline; be exact.

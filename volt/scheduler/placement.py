@@ -36,6 +36,9 @@ class PlacementQuery:
     """The tier the request asked for (None: any)."""
     tiers: frozenset[str] | None = None
     """The tiers the tenant may use (None: any)."""
+    affinity: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+    """Node id -> how much of this request's context it probably holds, 0 to 1
+    (prompt prefix, session); not part of the query's identity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,14 @@ healthy = Filter(
 
 
 def _least_load(query: PlacementQuery, node: NodeView, local: LocalLoad) -> float:
-    # The view's load is up to a heartbeat old. The other replicas' share of it
-    # is the best there is; this router's own share is known exactly, now.
-    # (Using the reported total as is, one heartbeat that caught a node busy
-    # sent every short request elsewhere until the next one.)
-    mine_then = node.inflight_by_replica.get(local.replica_id, 0)
-    others = max(0, node.load.running + node.load.waiting - mine_then)
+    # The view is up to a heartbeat old. The other replicas' share of a node's
+    # requests is the best there is; this router's own share is known exactly,
+    # now. The shares come from the agent's own count, one snapshot: the
+    # engine's running/waiting metrics are read over HTTP at another instant,
+    # and the gap left phantom "busy" nodes that drew short requests elsewhere
+    # for a whole heartbeat.
+    by_replica = node.inflight_by_replica
+    others = sum(by_replica.values()) - by_replica.get(local.replica_id, 0)
     queued = others + local.inflight
     # KV-cache use only counts once it is pressure: below half, engines hold
     # reusable prefix blocks that say nothing about capacity, and letting small
@@ -115,6 +120,18 @@ def _least_load(query: PlacementQuery, node: NodeView, local: LocalLoad) -> floa
 
 
 least_load = Scorer("least_load", 1.0, _least_load)
+
+
+def _prefix_affinity(query: PlacementQuery, node: NodeView, local: LocalLoad) -> float:
+    # Scaled by the node's own load score, so with the weight below a node's
+    # total is load * (1 + 3 * match): holding the whole context is worth
+    # about three queued requests, and past that the work spills over (llm-d
+    # weighs its prefix-cache and load scorers against each other the same way).
+    match = query.affinity.get(node.node_id, 0.0)
+    return match * _least_load(query, node, local) if match else 0.0
+
+
+prefix_affinity = Scorer("prefix_affinity", 3.0, _prefix_affinity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +179,10 @@ class Policy:
         return decision
 
 
-DEFAULT_POLICY = Policy(filters=(serves_model, in_metro, in_tier, healthy), scorers=(least_load,))
+DEFAULT_POLICY = Policy(
+    filters=(serves_model, in_metro, in_tier, healthy),
+    scorers=(least_load, prefix_affinity),
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -177,5 +197,6 @@ __all__ = [
     "in_metro",
     "in_tier",
     "least_load",
+    "prefix_affinity",
     "serves_model",
 ]
