@@ -129,19 +129,28 @@ def test_load_is_read_from_vllm_metric_names() -> None:
 
 
 def test_pre_encoded_token_frames_equal_whole_chunks() -> None:
-    from volt.agent.engine.cpu_server import TokenFrames, _json
+    from volt.agent.engine.shapes import ChatShape, TextShape, _json
     from volt.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
     from volt.protocol.common import CompletionUsage
+    from volt.protocol.completions import Completion, CompletionChoice
 
-    frames = TokenFrames("chatcmpl-1", 1700000000, 'model "quoted"')
+    model = 'model "quoted"'
     usage = CompletionUsage(prompt_tokens=12, completion_tokens=3, total_tokens=15)
+    chat_frames = ChatShape("chatcmpl-1", 1700000000, model, str).frames()
+    text_frames = TextShape("cmpl-1", 1700000000, model, str, None, 1).frames()
     for piece in ["hello", " ", '"quotes" and \\ backslash', "ünï ✓", "\x00\n\t", "</script>"]:
         for with_usage in (None, usage):
-            whole = _json.encode(ChatCompletionChunk(
-                id="chatcmpl-1", created=1700000000, model='model "quoted"',
+            chat = _json.encode(ChatCompletionChunk(
+                id="chatcmpl-1", created=1700000000, model=model,
                 choices=[ChunkChoice(index=0, delta=Delta(content=piece))], usage=with_usage,
             ))
-            assert frames.token(piece, with_usage) == b"data: " + whole + b"\n\n"
+            assert chat_frames.token(piece, with_usage) == b"data: " + chat + b"\n\n"
+            text = _json.encode(Completion(
+                id="cmpl-1", created=1700000000, model=model,
+                choices=[CompletionChoice(index=0, text=piece, finish_reason=None)],
+                usage=with_usage,
+            ))
+            assert text_frames.token(piece, with_usage) == b"data: " + text + b"\n\n"
 
 
 async def test_usage_counts_tokens_not_text_pieces(tiny_model: Path) -> None:

@@ -39,3 +39,15 @@ def client(two_metros: Cluster, api_port: int) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1",
                        api_key=two_metros.api_key, max_retries=0, timeout=60) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="module")
+def sdk(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[openai.OpenAI]:
+    """The official client on a cluster of one pod (fra-1) running the real tiny model."""
+    with Cluster(tmp_path_factory.mktemp("one-pod"), model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key,
+                           max_retries=0) as client:
+            yield client

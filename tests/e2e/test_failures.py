@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import openai
@@ -127,8 +128,12 @@ async def _tokens_generated(engine: EngineClient) -> float:
     return float(total.rsplit(" ", 1)[1])
 
 
+@pytest.mark.parametrize(("path", "request_body"), [
+    ("/v1/chat/completions", BODY),
+    ("/v1/completions", {"model": "volt-tiny", "prompt": "Once upon a time"}),
+])
 def test_a_client_that_disconnects_stops_generation_on_the_pod(
-    two_metros: Cluster, api_port: int
+    two_metros: Cluster, api_port: int, path: str, request_body: dict[str, Any],
 ) -> None:
     socket = two_metros.engine_socket("fra-1")
 
@@ -137,9 +142,9 @@ def test_a_client_that_disconnects_stops_generation_on_the_pod(
         try:
             http = Http1Client(port=api_port,
                                headers={"Authorization": f"Bearer {two_metros.api_key}"})
-            body = json.dumps({**BODY, "max_tokens": 4000, "stream": True,
+            body = json.dumps({**request_body, "max_tokens": 4000, "stream": True,
                                "volt": {"metro": "fra"}}).encode()
-            response = await http.request("POST", "/v1/chat/completions", body)
+            response = await http.request("POST", path, body)
             assert response.status == 200
             async for _ in response.chunks():
                 break  # one chunk of tokens, then the client goes away

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ def test_a_pinned_metro_is_the_only_one_used(client: openai.OpenAI) -> None:
 
 
 def test_unpinned_requests_use_both_metros(client: openai.OpenAI) -> None:
+    # The routing view counts other API replicas' requests (the other server's
+    # tests) until the next heartbeat reaches the next view: one stale busy
+    # pod would rightly draw all 30 quick requests to the other.
+    time.sleep(1.5)
     pods = {
         client.chat.completions.create(
             model="volt-tiny", messages=MESSAGES, max_tokens=1

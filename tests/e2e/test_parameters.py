@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from volt.testing import Cluster
-
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about metros and tiers."}]
-
-
-@pytest.fixture(scope="module")
-def sdk(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[openai.OpenAI]:
-    with Cluster(tmp_path_factory.mktemp("params"), model_cache=tiny_model) as cluster:
-        cluster.add_agent("fra-1", metro="fra")
-        cluster.start_api()
-        cluster.wait_routable()
-        with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key,
-                           max_retries=0) as client:
-            yield client
 
 
 def complete(sdk: openai.OpenAI, **params: Any) -> Any:

@@ -48,7 +48,7 @@ from volt.wire import (
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions"}
+_ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
 @dataclass(slots=True)
@@ -302,14 +302,12 @@ def _merge(chunks: list[EngineChunk]) -> list[ChoiceDelta]:
     logprobs: dict[int, list[bytes]] = {}
     for chunk in chunks:
         for choice in chunk.choices:
-            if choice.delta is not None and choice.delta.content:
-                text.setdefault(choice.index, []).append(choice.delta.content)
+            if piece := choice.new_text():
+                text.setdefault(choice.index, []).append(piece)
             if choice.finish_reason is not None:
                 finish[choice.index] = choice.finish_reason
-            if choice.logprobs is not None and choice.logprobs.content:
-                logprobs.setdefault(choice.index, []).extend(
-                    bytes(entry) for entry in choice.logprobs.content
-                )
+            if choice.logprobs is not None and (entries := choice.logprobs.entries()):
+                logprobs.setdefault(choice.index, []).extend(entries)
     return [
         ChoiceDelta(
             index=index, content="".join(text.get(index, ())), finish_reason=finish.get(index),

@@ -25,6 +25,7 @@ from volt.config import VoltConfig
 from volt.control_api.admission import Admission
 from volt.control_api.auth import Authenticator
 from volt.control_api.chat import ChatCompletions
+from volt.control_api.completions import TextCompletions
 from volt.control_api.errors import (
     ApiError,
     MethodNotAllowed,
@@ -34,10 +35,11 @@ from volt.control_api.errors import (
     PayloadTooLarge,
     error_json,
 )
-from volt.control_api.hot_path import HotPath
+from volt.control_api.hot_path import Endpoint, HotPath
 from volt.control_api.inference import InferenceClient
 from volt.control_api.openapi import render_yaml
 from volt.control_api.routing import Router
+from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
 from volt.protocol.common import Model, ModelList
 from volt.store import ApiKeys, Database, UsageLedger
@@ -73,7 +75,8 @@ class ApiServices:
         self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod,
                              replica_id=replica_id)
         self.nc: Client | None = None
-        self.chat: ChatCompletions | None = None
+        self.endpoints: dict[str, Endpoint] = {}
+        """Path -> the inference endpoint serving it (see ``hot_path``)."""
 
     async def start(self) -> None:
         await self.db.check_current()
@@ -85,11 +88,15 @@ class ApiServices:
         await inference.start()
         self.router.on_pods_lost = inference.pods_lost
         await self.router.attach(self.nc)
-        self.chat = ChatCompletions(
+        dispatcher = Dispatcher(
             self.router, inference, self.config.api.request_timeout_s,
             Admission(queue_limit=self.config.api.queue_limit,
                       per_tenant_limit=self.config.api.tenant_queue_limit),
         )
+        self.endpoints = {
+            "/v1/chat/completions": ChatCompletions(dispatcher),
+            "/v1/completions": TextCompletions(dispatcher),
+        }
 
     async def stop(self) -> None:
         if self.nc is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from volt.asgi import (
     SSE_HEADERS,
@@ -29,7 +29,6 @@ from volt.asgi import (
     read_body,
     send_json,
 )
-from volt.control_api.chat import JsonReply
 from volt.control_api.errors import (
     ApiError,
     InvalidRequest,
@@ -37,15 +36,26 @@ from volt.control_api.errors import (
     PayloadTooLarge,
     error_json,
 )
+from volt.control_api.serving import JsonReply, StreamReply
 from volt.store import Principal
 
 log = logging.getLogger(__name__)
 
 
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+"""The paths served here (all POST); ``services.endpoints`` has one endpoint each."""
+
+
+class Endpoint(Protocol):
+    async def create(
+        self, body: bytes, arrived: float, principal: Principal
+    ) -> JsonReply | StreamReply: ...
+
+
 class HotPath:
     """ASGI app: the inference routes here, everything else to ``app``."""
 
-    ROUTES = frozenset({("post", "/v1/chat/completions")})
+    ROUTES = frozenset(("post", path) for path in INFERENCE_PATHS)
 
     def __init__(self, app: ASGIApp, services: Any, *, max_body_bytes: int) -> None:
         self.app = app
@@ -53,9 +63,10 @@ class HotPath:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+        if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
+        endpoint = self.services.endpoints[scope["path"]]
         arrived = time.perf_counter()
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
         try:
@@ -82,13 +93,13 @@ class HotPath:
         except ApiError as error:
             await _send_error(send, error)
             return
-        await self._serve(body, arrived, principal, receive, send)
+        await self._serve(endpoint, body, arrived, principal, receive, send)
 
-    async def _serve(self, body: bytes, arrived: float, principal: Principal,
-                     receive: Receive, send: Send) -> None:
+    async def _serve(self, endpoint: Endpoint, body: bytes, arrived: float,
+                     principal: Principal, receive: Receive, send: Send) -> None:
         async with CancelOnDisconnect(receive) as guard:
             try:
-                reply = await self.services.chat.create(body, arrived, principal)
+                reply = await endpoint.create(body, arrived, principal)
                 if isinstance(reply, JsonReply):
                     guard.finish()
                     await send_json(send, reply.status, reply.body)

@@ -15,6 +15,7 @@ import yaml
 
 from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from volt.protocol.common import ErrorResponse, Model, ModelList
+from volt.protocol.completions import Completion, CompletionRequest
 from volt.protocol.usage import UsageReport
 
 _ERROR_TEXT = {
@@ -50,6 +51,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/chat/completions", "createChatCompletion", "Create a chat completion",
         request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk,
+        errors=(400, 401, 403, 404, 413, 429, 503, 504),
+    ),
+    Operation(
+        "post", "/v1/completions", "createCompletion", "Create a text completion",
+        request=CompletionRequest, response=Completion, stream=Completion,
         errors=(400, 401, 403, 404, 413, 429, 503, 504),
     ),
     Operation("get", "/v1/models", "listModels", "List available models",

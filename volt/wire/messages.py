@@ -134,7 +134,7 @@ SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer
 
 class InferenceRequest(WireMessage, frozen=True, kw_only=True, tag="infer.request"):
     request_id: str
-    endpoint: Literal["chat.completions"] = "chat.completions"
+    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
     model: str
     stream: bool
     body: bytes

@@ -56,6 +56,12 @@ class Backend(Protocol):
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]: ...
 
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def vocab_size(self) -> int: ...
+
     def token_text(self, token_id: int) -> str: ...
 
     def generate(
@@ -90,6 +96,10 @@ class _Tokenizer:
     def decode(self, ids: list[int]) -> str:
         text: str = self._tok.decode(ids, skip_special_tokens=True)
         return text
+
+    def vocab_size(self) -> int:
+        size: int = self._tok.get_vocab_size()
+        return size
 
 
 class IncrementalDetokenizer:
@@ -196,6 +206,15 @@ class TransformersBackend:
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         return self.tokenizer.encode_chat(messages)
 
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size()
+
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]:
@@ -286,6 +305,15 @@ class InstantBackend:
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         return self.tokenizer.encode_chat(messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size()
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams

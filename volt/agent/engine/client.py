@@ -60,14 +60,50 @@ class _Delta(msgspec.Struct):
 
 class _Logprobs(msgspec.Struct):
     content: list[msgspec.Raw] | None = None
-    """Each token's entry kept as the engine's JSON: passed through, not rebuilt."""
+    """Chat: each token's entry kept as the engine's JSON, passed through."""
+    # Text completions: parallel lists, turned into chat's entries by ``entries``.
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+    def entries(self) -> list[bytes]:
+        """Each token's entry as JSON in chat's shape, whichever endpoint answered:
+        one shape travels to the API, which writes it back as its endpoint's."""
+        if self.content is not None:
+            return [bytes(entry) for entry in self.content]
+        tokens = self.tokens or []
+        chosen = self.token_logprobs or [None] * len(tokens)
+        tops = self.top_logprobs or [None] * len(tokens)
+        return [_entry.encode(_TokenEntry(
+            token=token, logprob=logprob if logprob is not None else -9999.0,  # vLLM's -inf
+            top_logprobs=[_TopEntry(token=t, logprob=lp) for t, lp in (top or {}).items()],
+        )) for token, logprob, top in zip(tokens, chosen, tops, strict=False)]
+
+
+class _TopEntry(msgspec.Struct):
+    token: str
+    logprob: float
+
+
+class _TokenEntry(msgspec.Struct):
+    token: str
+    logprob: float
+    top_logprobs: list[_TopEntry]
+
+
+_entry = msgspec.json.Encoder()
 
 
 class _ChunkChoice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
+    text: str | None = None
+    """Set instead of ``delta`` by ``/v1/completions``."""
     finish_reason: str | None = None
     logprobs: _Logprobs | None = None
+
+    def new_text(self) -> str | None:
+        return self.delta.content if self.delta is not None else self.text
 
 
 class _ErrorDetail(msgspec.Struct):

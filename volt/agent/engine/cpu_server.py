@@ -1,7 +1,7 @@
 """The CPU engine: an OpenAI-compatible HTTP server on a Unix socket.
 
 It speaks the same protocol as ``vllm serve`` (the subset the agent uses:
-``/v1/chat/completions`` streaming and not, ``/v1/models``, ``/health``,
+``/v1/chat/completions`` and ``/v1/completions``, streaming and not, ``/v1/models``, ``/health``,
 ``/metrics`` with vLLM's metric names), so one agent-side client drives either
 engine, and it serves the way vLLM does: an ASGI app on uvicorn. The app is
 plain ASGI because the agent calls it for every request (a framework would
@@ -24,8 +24,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -39,6 +41,7 @@ from volt.agent.engine.backends import (
     TransformersBackend,
 )
 from volt.agent.engine.sampling import TokenLogprob as SampledLogprob
+from volt.agent.engine.shapes import ChatShape, Shape, TextShape
 from volt.agent.engine.tiny_model import MODEL_ID
 from volt.asgi import (
     SSE_HEADERS,
@@ -51,24 +54,15 @@ from volt.asgi import (
     read_body,
     send_json,
 )
-from volt.protocol.chat import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChoiceLogprobs,
-    ChunkChoice,
-    Delta,
-    TokenLogprob,
-    TopLogprob,
-)
+from volt.protocol.chat import ChatCompletionRequest, StreamOptions
 from volt.protocol.common import CompletionUsage, ErrorDetail, ErrorResponse, Model, ModelList
+from volt.protocol.completions import CompletionRequest
 
 log = logging.getLogger(__name__)
 
 _json = msgspec.json.Encoder()
-_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_text_decoder = msgspec.json.Decoder(CompletionRequest)
 _DONE = b"data: [DONE]\n\n"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -112,36 +106,30 @@ class EngineMetrics:
         ).labels(**labels)
 
 
-class TokenFrames:
-    """Pre-encoded SSE frames for one stream: per token only the text is encoded.
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One request, whichever endpoint it came from: what to generate and how
+    to write it. Choice ``i`` continues prompt ``i // n``."""
 
-    Equal, byte for byte, to encoding a ``ChatCompletionChunk`` per token
-    (``tests/agent/test_cpu_engine.py`` checks it); 64 tokens cost one encode
-    each instead of a whole chunk each.
-    """
+    shape: Shape
+    prompts: list[list[int]]
+    n: int
+    params: SamplingParams
+    stream: bool
+    stream_options: StreamOptions | None
 
-    def __init__(self, request_id: str, created: int, model: str) -> None:
-        head = _json.encode(ChatCompletionChunk(
-            id=request_id, created=created, model=model,
-            choices=[ChunkChoice(index=0, delta=Delta(content="\x00"))],
-        ))
-        marker = b'"content":"\\u0000"'
-        before, _, after = head.partition(marker)
-        self._prefix = b"data: " + before + b'"content":'
-        self._suffix = after + b"\n\n"
-        # The same frame with usage: the chunk's closing brace moves after it.
-        self._suffix_before_usage = after[:-1] + b',"usage":'
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.n
 
-    def token(self, piece: str, usage: CompletionUsage | None = None) -> bytes:
-        if usage is None:
-            return self._prefix + _json.encode(piece) + self._suffix
-        return (self._prefix + _json.encode(piece) + self._suffix_before_usage
-                + _json.encode(usage) + b"}\n\n")
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
 
-    def tokens(self, pieces: list[str]) -> bytes:
-        """Frames for many pieces at once: the hot loop, without a call per token."""
-        prefix, suffix, encode = self._prefix, self._suffix, _json.encode
-        return b"".join([prefix + encode(piece) + suffix for piece in pieces])
+    def usage(self, generated: int) -> CompletionUsage:
+        prompt = self.prompt_tokens
+        return CompletionUsage(prompt_tokens=prompt, completion_tokens=generated,
+                               total_tokens=prompt + generated)
 
 
 class EngineServer:
@@ -155,7 +143,9 @@ class EngineServer:
             return
         route = (scope["method"], scope["path"])
         if route == ("POST", "/v1/chat/completions"):
-            await self.chat_completions(receive, send)
+            await self.generate(receive, send, self._prepare_chat)
+        elif route == ("POST", "/v1/completions"):
+            await self.generate(receive, send, self._prepare_text)
         elif route == ("GET", "/health"):
             await _send_text(send, 200, b"ok")
         elif route == ("GET", "/metrics"):
@@ -167,10 +157,12 @@ class EngineServer:
             error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")
             await send_json(send, 404, error.body())
 
-    async def chat_completions(self, receive: Receive, send: Send) -> None:
+    async def generate(
+        self, receive: Receive, send: Send, prepare: Callable[[bytes], Generation]
+    ) -> None:
         try:
             body = await read_body(receive, MAX_BODY_BYTES)
-            req, prompt_ids, params = self._prepare(body)
+            job = prepare(body)
         except Disconnected:
             return
         except BodyTooLarge:
@@ -180,17 +172,16 @@ class EngineServer:
         except EngineRequestError as error:
             await send_json(send, error.status, error.body())
             return
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.metrics.prompt_tokens.inc(len(prompt_ids))
+        self.metrics.prompt_tokens.inc(job.prompt_tokens)
         async with CancelOnDisconnect(receive) as guard:
-            if req.stream:
-                await self._stream(send, guard, req, request_id, prompt_ids, params)
+            if job.stream:
+                await self._stream(send, guard, job)
             else:
-                await self._complete(send, guard, req, request_id, prompt_ids, params)
+                await self._complete(send, guard, job)
 
-    def _prepare(self, body: bytes) -> tuple[ChatCompletionRequest, list[int], SamplingParams]:
+    def _decode(self, decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         try:
-            req = _request_decoder.decode(body)
+            req = decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise EngineRequestError(
                 400, f"Invalid request: {exc}", "invalid_request_error"
@@ -200,34 +191,70 @@ class EngineServer:
                 404, f"The model `{req.model}` does not exist.", "invalid_request_error",
                 "model_not_found",
             )
-        prompt_ids = self.backend.encode_chat([(m.role, m.text()) for m in req.messages])
-        room = self.backend.max_context - len(prompt_ids)
-        limit = req.token_limit()
-        if room <= 0 or (limit is not None and limit > room):
-            raise EngineRequestError(
-                400,
-                f"This model's maximum context length is {self.backend.max_context} tokens; "
-                f"the prompt has {len(prompt_ids)} and {limit or 1} more were requested.",
-                "invalid_request_error", "context_length_exceeded",
-            )
+        return req
+
+    def _prepare_chat(self, body: bytes) -> Generation:
+        req: ChatCompletionRequest = self._decode(_chat_decoder, body)
         if req.response_format is not None and req.response_format.type != "text":
             raise EngineRequestError(
                 400, f"response_format `{req.response_format.type}` is not supported by this "
                 "engine (the CPU engine cannot constrain its output); use a vLLM pod for it.",
                 "invalid_request_error", "unsupported_parameter",
             )
+        prompt_ids = self.backend.encode_chat([(m.role, m.text()) for m in req.messages])
+        params = self._sampling(req, [prompt_ids], req.token_limit(),
+                                (req.top_logprobs or 0) if req.logprobs else None)
+        shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
+                          self.backend.token_text)
+        return Generation(shape, [prompt_ids], req.n, params, req.stream, req.stream_options)
+
+    def _prepare_text(self, body: bytes) -> Generation:
+        req: CompletionRequest = self._decode(_text_decoder, body)
+        vocab = self.backend.vocab_size()
+        prompts: list[list[int]] = []
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                prompts.append(self.backend.encode_text(prompt))
+            elif max(prompt) >= vocab:
+                raise EngineRequestError(
+                    400, f"Token id {max(prompt)} is outside the vocabulary (size {vocab}).",
+                    "invalid_request_error",
+                )
+            else:
+                prompts.append(list(prompt))
+        if not all(prompts):
+            raise EngineRequestError(400, "The prompt is empty.", "invalid_request_error")
+        params = self._sampling(req, prompts, req.token_limit(), req.logprobs)
+        echo = None
+        if req.echo:
+            echo = [p if isinstance(p, str) else self.backend.decode(p) for p in req.prompts()]
+        shape = TextShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
+                          self.backend.token_text, echo, req.n)
+        return Generation(shape, prompts, req.n, params, req.stream, req.stream_options)
+
+    def _sampling(self, req: ChatCompletionRequest | CompletionRequest,
+                  prompts: list[list[int]], limit: int | None,
+                  top_logprobs: int | None) -> SamplingParams:
+        longest = max(len(p) for p in prompts)
+        room = self.backend.max_context - longest
+        if room <= 0 or (limit is not None and limit > room):
+            raise EngineRequestError(
+                400,
+                f"This model's maximum context length is {self.backend.max_context} tokens; "
+                f"the prompt has {longest} and {limit or 1} more were requested.",
+                "invalid_request_error", "context_length_exceeded",
+            )
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        params = SamplingParams(
+        return SamplingParams(
             max_new_tokens=limit or min(self.default_max_tokens, room),
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
-            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            top_logprobs=top_logprobs,
             stop=stop,
         )
-        return req, prompt_ids, params
 
     async def _generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -259,13 +286,14 @@ class EngineServer:
                 metrics.waiting -= 1
 
     def _choices(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, n: int
+        self, request_id: str, job: Generation
     ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
-        """The events of ``n`` choices, as (index, event); each choice is its own
-        request in the batch (with seed + index when a seed is given)."""
-        if n == 1:  # no fan-out layer for the common case
-            return self._one_choice(request_id, prompt_ids, params)
-        return self._fan_out(request_id, prompt_ids, params, n)
+        """The events of every choice, as (index, event); each choice is its own
+        request in the batch (with seed + its number among its prompt's
+        choices, when a seed is given)."""
+        if job.choices == 1:  # no fan-out layer for the common case
+            return self._one_choice(request_id, job.prompts[0], job.params)
+        return self._fan_out(request_id, job)
 
     async def _one_choice(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -275,17 +303,18 @@ class EngineServer:
                 yield 0, event
 
     async def _fan_out(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, n: int
+        self, request_id: str, job: Generation
     ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+        params, n = job.params, job.n
         queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
         async def run(index: int) -> None:
             seeded = params if params.seed is None else dataclasses.replace(
-                params, seed=params.seed + index
+                params, seed=params.seed + index % n
             )
             try:
                 async with contextlib.aclosing(
-                    self._generate(f"{request_id}-{index}", prompt_ids, seeded)
+                    self._generate(f"{request_id}-{index}", job.prompts[index // n], seeded)
                 ) as events:
                     async for event in events:
                         queue.put_nowait((index, event))
@@ -294,9 +323,9 @@ class EngineServer:
                 queue.put_nowait((index, exc))
                 raise
 
-        tasks = [asyncio.create_task(run(i)) for i in range(n)]
+        tasks = [asyncio.create_task(run(i)) for i in range(job.choices)]
         try:
-            remaining = n
+            remaining = job.choices
             while remaining:
                 index, item = await queue.get()
                 if item is None:
@@ -310,32 +339,14 @@ class EngineServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _logprobs(self, entries: list[SampledLogprob]) -> ChoiceLogprobs:
-        text = self.backend.token_text
-
-        def top(token_id: int, logprob: float) -> TopLogprob:
-            piece = text(token_id)
-            return TopLogprob(token=piece, logprob=logprob, bytes=list(piece.encode()))
-
-        return ChoiceLogprobs(content=[
-            TokenLogprob(token=text(e.token_id), logprob=e.logprob,
-                         bytes=list(text(e.token_id).encode()),
-                         top_logprobs=[top(i, lp) for i, lp in e.top])
-            for e in entries
-        ])
-
-    async def _complete(
-        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
-        request_id: str, prompt_ids: list[int], params: SamplingParams,
-    ) -> None:
-        pieces: list[list[str]] = [[] for _ in range(req.n)]
-        logprobs: list[list[SampledLogprob]] = [[] for _ in range(req.n)]
-        finish: list[str | None] = [None] * req.n
+    async def _complete(self, send: Send, guard: CancelOnDisconnect, job: Generation) -> None:
+        count = job.choices
+        pieces: list[list[str]] = [[] for _ in range(count)]
+        logprobs: list[list[SampledLogprob]] = [[] for _ in range(count)]
+        finish: list[str | None] = [None] * count
         generated = 0
         try:
-            async with contextlib.aclosing(
-                self._choices(request_id, prompt_ids, params, req.n)
-            ) as events:
+            async with contextlib.aclosing(self._choices(job.shape.request_id, job)) as events:
                 async for index, event in events:
                     generated += event.tokens
                     pieces[index].extend(event.pieces)
@@ -345,67 +356,31 @@ class EngineServer:
             guard.finish()
             await send_json(send, 500, EngineRequestError(500, str(exc), "server_error").body())
             return
-        completion = ChatCompletion(
-            id=request_id,
-            created=int(time.time()),
-            model=req.model,
-            choices=[
-                Choice(
-                    index=i,
-                    message=AssistantMessage(content="".join(pieces[i])),
-                    finish_reason=finish[i],
-                    logprobs=self._logprobs(logprobs[i]) if params.top_logprobs is not None
-                    else None,
-                )
-                for i in range(req.n)
-            ],
-            usage=CompletionUsage(
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=generated,
-                total_tokens=len(prompt_ids) + generated,
-            ),
+        body = job.shape.completion(
+            ["".join(p) for p in pieces], finish,
+            logprobs if job.params.top_logprobs is not None else None,
+            job.usage(generated),
         )
         guard.finish()
-        await send_json(send, 200, _json.encode(completion))
+        await send_json(send, 200, body)
 
-    async def _stream(
-        self, send: Send, guard: CancelOnDisconnect, req: ChatCompletionRequest,
-        request_id: str, prompt_ids: list[int], params: SamplingParams,
-    ) -> None:
+    async def _stream(self, send: Send, guard: CancelOnDisconnect, job: Generation) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        created = int(time.time())
-        model = req.model
-        options = req.stream_options
+        shape = job.shape
+        options = job.stream_options
         continuous = options is not None and options.continuous_usage_stats
-        prompt = len(prompt_ids)
-        with_logprobs = params.top_logprobs is not None
+        with_logprobs = job.params.top_logprobs is not None
         # The pre-encoded frames serve the common case: one choice, no logprobs.
-        frames = TokenFrames(request_id, created, model) if req.n == 1 and not with_logprobs \
-            else None
+        frames = shape.frames() if job.choices == 1 and not with_logprobs else None
+        generated = 0
 
         def usage_so_far() -> CompletionUsage | None:
-            if not continuous:
-                return None
-            return CompletionUsage(prompt_tokens=prompt, completion_tokens=generated,
-                                   total_tokens=prompt + generated)
+            return job.usage(generated) if continuous else None
 
-        def sse(delta: Delta, index: int = 0, finish_reason: str | None = None,
-                logprobs: ChoiceLogprobs | None = None, usage: bool = True) -> bytes:
-            chunk = ChatCompletionChunk(
-                id=request_id, created=created, model=model,
-                choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason,
-                                     logprobs=logprobs)],
-                usage=usage_so_far() if usage else None,
-            )
-            return b"data: " + _json.encode(chunk) + b"\n\n"
-
-        generated = 0
-        out = [sse(Delta(role="assistant", content=""), index=i) for i in range(req.n)]
-        unfinished = req.n
+        out = shape.opening(job.choices)
+        unfinished = job.choices
         try:
-            async with contextlib.aclosing(
-                self._choices(request_id, prompt_ids, params, req.n)
-            ) as events:
+            async with contextlib.aclosing(self._choices(shape.request_id, job)) as events:
                 async for index, event in events:
                     generated += event.tokens
                     pieces = [piece for piece in event.pieces if piece]
@@ -415,12 +390,13 @@ class EngineServer:
                         out.append(frames.tokens(pieces[:-1]))
                         out.append(frames.token(pieces[-1], usage_so_far()))
                     elif pieces or event.logprobs:
-                        out.append(sse(
-                            Delta(content="".join(pieces)), index,
-                            logprobs=self._logprobs(event.logprobs) if with_logprobs else None,
+                        out.append(shape.chunk(
+                            index, "".join(pieces),
+                            logprobs=event.logprobs if with_logprobs else None,
+                            usage=usage_so_far(),
                         ))
                     if event.finish_reason is not None:
-                        out.append(sse(Delta(), index, event.finish_reason, usage=False))
+                        out.append(shape.chunk(index, None, event.finish_reason))
                         unfinished -= 1
                         if not unfinished:
                             break  # the rest goes out with usage and [DONE], in one write
@@ -435,14 +411,7 @@ class EngineServer:
                         "body": b"data: " + error.body() + b"\n\n" + _DONE})
             return
         if options is not None and options.include_usage:
-            usage = ChatCompletionChunk(
-                id=request_id, created=created, model=model, choices=[],
-                usage=CompletionUsage(
-                    prompt_tokens=len(prompt_ids), completion_tokens=generated,
-                    total_tokens=len(prompt_ids) + generated,
-                ),
-            )
-            out.append(b"data: " + _json.encode(usage) + b"\n\n")
+            out.append(shape.usage_chunk(job.usage(generated)))
         out.append(_DONE)
         guard.finish()
         await send({"type": "http.response.body", "body": b"".join(out)})
