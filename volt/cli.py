@@ -27,6 +27,10 @@ def _up(args: argparse.Namespace) -> None:
         overrides["api"] = {"port": args.api_port}
     if args.nats_port is not None:
         overrides["nats"] = {"port": args.nats_port}
+    if not args.no_embeddings:
+        from volt.agent.engine.embedding_server import EMBEDDING_MODEL_ID
+
+        overrides["agent"] = {"embedding_model": EMBEDDING_MODEL_ID}
     config = _config(args, overrides)
     failure: list[str] = []
 
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", parents=[common], help="run a whole Volt on this machine")
     up.add_argument("--api-port", type=int, help="API port (0: a free port); default 8080")
     up.add_argument("--nats-port", type=int, help="embedded NATS port (default: a free port)")
+    up.add_argument("--no-embeddings", action="store_true",
+                    help="do not serve the embedding model (all-minilm-l6-v2)")
     up.set_defaults(func=_up)
 
     for name, text in (("api", "run the API"), ("scheduler", "run the scheduler"),

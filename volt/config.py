@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import socket
 import tempfile
 import tomllib
@@ -98,9 +99,16 @@ class AgentSettings(_Section):
     """Empty: a private runtime folder (Unix socket paths must stay short)."""
     max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
     engine_startup_timeout_s: PositiveFloat = 300.0
+    embedding_model: SubjectToken | Literal[""] = ""
+    """Also serve this embedding model (``all-minilm-l6-v2``) from its own engine."""
+    vllm_python: str = ""
+    """``engine = vllm``: the Python of vLLM's own virtual environment (empty:
+    this one). vLLM's dependencies pin their own torch; they stay out of Volt's."""
+    vllm_args: list[str] = []
+    """Extra ``vllm serve`` arguments (``--max-model-len``, ``--gpu-memory-utilization``...)."""
 
     def __post_init__(self) -> None:
-        _check_tokens(self, ("node_id", "metro", "tier", "model"))
+        _check_tokens(self, ("node_id", "metro", "tier", "model", "embedding_model"))
 
 
 def _check_tokens(settings: msgspec.Struct, names: tuple[str, ...]) -> None:
@@ -148,11 +156,16 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
         return Path(runtime) / f"volt-{os.getuid()}-{digest}" / "engine.sock"
 
+    def embedding_socket(self) -> Path:
+        """Beside the main engine's socket, in the same private folder."""
+        return self.engine_socket().with_name("embedding.sock")
+
     def model_dir(self, model: str | None = None) -> Path:
         return self.data_path / "models" / (model or self.agent.model)
 
 
 _SECTIONS = ("nats", "store", "api", "scheduler", "agent")
+_LIST_FIELDS = {("agent", "vllm_args")}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -174,8 +187,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         for section in _SECTIONS:
             prefix = section + "_"
-            if name.startswith(prefix) and name[len(prefix):] in fields[section]:
-                out.setdefault(section, {})[name[len(prefix):]] = value
+            field = name[len(prefix):]
+            if name.startswith(prefix) and field in fields[section]:
+                # A list setting is written as a shell would split it.
+                as_list = (section, field) in _LIST_FIELDS
+                out.setdefault(section, {})[field] = shlex.split(value) if as_list else value
                 break
     return out
 

@@ -76,6 +76,10 @@ def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> 
                 model=MODEL_ID, messages=[{"role": "user", "content": "hello"}], max_tokens=4
             )
             assert reply.model_extra["volt"]["pod"]  # type: ignore[index]
+            # The embedding model is served beside the chat model.
+            assert "all-minilm-l6-v2" in banner
+            vectors = sdk.embeddings.create(model="all-minilm-l6-v2", input=["a", "b"])
+            assert [len(item.embedding) for item in vectors.data] == [384, 384]
 
         # A second volt up on the same data folder refuses, clearly.
         second = volt("up", "--data-dir", str(data), "--api-port", str(free_port()))
@@ -87,7 +91,7 @@ def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> 
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for expected in ("nats-server", "volt scheduler", "volt agent", "volt api",
-                         "cpu_server"):
+                         "cpu_server", "embedding_server"):
             assert expected in names, names
 
         up.send_signal(signal.SIGINT)

@@ -23,7 +23,7 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
         wire.SCHEDULER, (wire.PlacementView, wire.ViewQuery, wire.PlaceQuery, wire.PlaceAnswer)
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
-    "reply": (wire.REPLY, (wire.StreamChunk, wire.Final, wire.InferenceError)),
+    "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
     "usage": (wire.USAGE, (wire.UsageBatch,)),
 }
 

@@ -1,15 +1,21 @@
-"""``volt agent``: the node agent process (engine supervisor + NATS agent)."""
+"""``volt agent``: the node agent process (engine supervisors + NATS agent)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
-from volt.agent.engine import cpu_engine_command
+from volt.agent.engine import (
+    VLLM_ENV,
+    cpu_engine_command,
+    embedding_engine_command,
+    vllm_engine_command,
+)
 from volt.agent.engine.client import EngineClient
 from volt.agent.engine.supervisor import EngineSupervisor
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
-from volt.agent.service import Agent
+from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
 from volt.config import ConfigError, VoltConfig
 from volt.wire import bus
@@ -17,31 +23,51 @@ from volt.wire import bus
 log = logging.getLogger(__name__)
 
 
+def _supervisors(config: VoltConfig) -> list[tuple[str, EngineSupervisor]]:
+    """(model, supervisor) for each engine this agent runs."""
+    timeout = config.agent.engine_startup_timeout_s
+    socket = config.engine_socket()
+    # The sockets' folder is private (0700): only this user reaches the engines.
+    socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if config.agent.engine == "vllm":
+        main = EngineSupervisor(vllm_engine_command(config), EngineClient(socket),
+                                startup_timeout_s=timeout, env={**os.environ, **VLLM_ENV})
+    else:
+        main = EngineSupervisor(cpu_engine_command(config), EngineClient(socket),
+                                startup_timeout_s=timeout)
+    engines = [(config.agent.model, main)]
+    if config.agent.embedding_model:
+        if config.agent.embedding_model == config.agent.model:
+            raise ConfigError("agent.embedding_model: must differ from agent.model")
+        engines.append((config.agent.embedding_model, EngineSupervisor(
+            embedding_engine_command(config), EngineClient(config.embedding_socket()),
+            startup_timeout_s=timeout,
+        )))
+    return engines
+
+
 async def run_agent(config: VoltConfig) -> None:
     if not config.nats.url:
         raise ConfigError("nats.url: the agent needs a NATS URL (VOLT_NATS_URL)")
-    if config.agent.engine != "cpu":
-        raise ConfigError("agent.engine: only the `cpu` engine is available in this build")
     if config.agent.model == MODEL_ID:
         await asyncio.to_thread(ensure_built, config.model_dir())
     node_id = config.node_id()
-    client = EngineClient(config.engine_socket())
-    supervisor = EngineSupervisor(
-        cpu_engine_command(config), client,
-        startup_timeout_s=config.agent.engine_startup_timeout_s,
-    )
+    supervisors = _supervisors(config)
     agent = Agent(
         node_id=node_id, metro=config.agent.metro, tier=config.agent.tier,
-        models=[config.agent.model], engine=client, engine_ready=supervisor.ready,
+        engines=[EngineHandle(model, sup.client, sup.ready) for model, sup in supervisors],
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}")
-    log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro})
+    log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,
+                                     "models": [model for model, _ in supervisors]})
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(supervisor.run())
+            for _, supervisor in supervisors:
+                tasks.create_task(supervisor.run())
             tasks.create_task(agent.run(nc))
     finally:
-        await client.close()
+        for _, supervisor in supervisors:
+            await supervisor.client.close()
         await bus.close(nc)

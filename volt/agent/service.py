@@ -1,8 +1,9 @@
 """The node agent: one per host, dialling out to NATS (it opens no port).
 
-It announces itself, heartbeats its engine's load and its GPUs, and serves
-inference requests addressed to its node by calling its engine and streaming
-the result to the requester's reply subject. A requester's ``Cancel`` stops
+It announces itself, heartbeats its engines' load and its GPUs, and serves
+inference requests addressed to its node by calling the engine that serves the
+request's model (one engine per model, as vLLM serves one model per process)
+and streaming the result to the requester's reply subject. A requester's ``Cancel`` stops
 the engine within milliseconds: the request's task is cancelled, which closes
 the HTTP connection to the engine, which cancels generation there.
 """
@@ -32,6 +33,7 @@ from volt.wire import (
     AgentTiming,
     Cancel,
     ChoiceDelta,
+    EmbeddingChunk,
     EngineLoad,
     Final,
     Heartbeat,
@@ -48,7 +50,22 @@ from volt.wire import (
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
+_ENDPOINT_PATHS = {
+    "chat.completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+EMBEDDINGS_PER_MESSAGE = 256
+"""384 float32s each: 384 KiB per message, well under NATS's 1 MiB default."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHandle:
+    """One engine child: the model it serves, how to reach it, whether it is up."""
+
+    model: str
+    client: EngineClient
+    ready: asyncio.Event
 
 
 @dataclass(slots=True)
@@ -69,9 +86,7 @@ class Agent:
         node_id: str,
         metro: str,
         tier: str,
-        models: list[str],
-        engine: EngineClient,
-        engine_ready: asyncio.Event,
+        engines: list[EngineHandle],
         telemetry: GpuTelemetry,
         heartbeat_interval_s: float = 2.0,
         max_inflight: int = 512,
@@ -81,9 +96,7 @@ class Agent:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
         self.tier = tier
-        self.models = models
-        self.engine = engine
-        self.engine_ready = engine_ready
+        self.engines = {handle.model: handle for handle in engines}
         self.telemetry = telemetry
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_inflight = max_inflight
@@ -125,17 +138,22 @@ class Agent:
     async def _publish_hello(self) -> None:
         assert self._nc is not None
         hello = NodeHello(
-            node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
+            node_id=self.node_id, metro=self.metro, tier=self.tier, models=list(self.engines),
             gpus=self.telemetry.read(), engine=self.engine_kind,
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
         await self._nc.publish(subjects.NODE_HELLO, encode(hello))
 
+    def ready_models(self) -> list[str]:
+        return [model for model, handle in self.engines.items() if handle.ready.is_set()]
+
     def heartbeat(self) -> Heartbeat:
+        # Only the models whose engine is up: placement skips the others here.
         self._seq += 1
+        models = self.ready_models()
         return Heartbeat(
-            node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
-            gpus=self.telemetry.read(), load=self._load, engine_ready=self.engine_ready.is_set(),
+            node_id=self.node_id, metro=self.metro, tier=self.tier, models=models,
+            gpus=self.telemetry.read(), load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
             inflight_by_replica=dict(self._by_replica),
         )
@@ -144,11 +162,7 @@ class Agent:
         assert self._nc is not None
         while True:
             started = time.monotonic()
-            if self.engine_ready.is_set():
-                try:
-                    self._load = await self.engine.load(timeout_s=self.heartbeat_interval_s / 2)
-                except EngineUnavailable:
-                    log.warning("engine load unavailable")
+            self._load = await self._read_load()
             # Publishing while NATS is down buffers in the client (bounded);
             # nats-py flushes it after reconnecting.
             with contextlib.suppress(Exception):
@@ -156,14 +170,33 @@ class Agent:
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.heartbeat_interval_s - elapsed))
 
+    async def _read_load(self) -> EngineLoad:
+        """The node's load: its engines' requests added up, the fullest KV cache."""
+        loads = []
+        for handle in self.engines.values():
+            if handle.ready.is_set():
+                try:
+                    loads.append(await handle.client.load(timeout_s=self.heartbeat_interval_s / 2))
+                except EngineUnavailable:
+                    log.warning("engine load unavailable", extra={"model": handle.model})
+        if not loads:
+            return self._load
+        return EngineLoad(
+            running=sum(load.running for load in loads),
+            waiting=sum(load.waiting for load in loads),
+            kv_cache_usage=max(load.kv_cache_usage for load in loads),
+        )
+
     # -- requests --------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
         request = INFERENCE.decode_or_drop(msg.data)
         if not isinstance(request, InferenceRequest) or not msg.reply:
             return
-        if len(self._inflight) >= self.max_inflight or not self.engine_ready.is_set():
-            reason = "overloaded" if self.engine_ready.is_set() else "engine_unavailable"
+        handle = self.engines.get(request.model)
+        ready = handle is not None and handle.ready.is_set()
+        if len(self._inflight) >= self.max_inflight or not ready:
+            reason = "overloaded" if ready else "engine_unavailable"
             await self._reply(msg.reply, InferenceError(
                 request_id=request.request_id, code=reason, status=503, retryable=True,
                 message="the pod cannot take this request now",
@@ -190,7 +223,9 @@ class Agent:
         if isinstance(cancel, Cancel) and (task := self._inflight.get(cancel.request_id)):
             task.cancel()
 
-    async def _reply(self, subject: str, message: StreamChunk | Final | InferenceError) -> None:
+    async def _reply(
+        self, subject: str, message: StreamChunk | EmbeddingChunk | Final | InferenceError
+    ) -> None:
         assert self._nc is not None
         await self._nc.publish(subject, encode(message))
 
@@ -204,8 +239,12 @@ class Agent:
             remaining = request.deadline_unix - time.time()
             if remaining <= 0:
                 raise TimeoutError
+            engine = self.engines[request.model].client
             async with asyncio.timeout(remaining):
-                await self._relay(request, reply, path, received, progress)
+                if request.endpoint == "embeddings":
+                    await self._embed(engine, request, reply, received, progress)
+                else:
+                    await self._relay(engine, request, reply, path, received, progress)
             status = "completed"
         except asyncio.CancelledError:
             status = "cancelled"  # the requester went away: nobody is listening any more
@@ -238,9 +277,32 @@ class Agent:
                 started_unix=started_unix, ended_unix=time.time(),
             ))
 
-    async def _relay(
-        self, request: InferenceRequest, reply: str, path: str, received: float,
+    async def _embed(
+        self, engine: EngineClient, request: InferenceRequest, reply: str, received: float,
         progress: _Progress,
+    ) -> None:
+        """One call, one answer: vectors in parts small enough for NATS, then the end."""
+        dispatched = time.perf_counter()
+        result = await engine.embed(request.body)
+        done = time.perf_counter()
+        progress.prompt_tokens = result.prompt_tokens
+        vectors = result.vectors
+        for seq, start in enumerate(range(0, len(vectors), EMBEDDINGS_PER_MESSAGE)):
+            await self._reply(reply, EmbeddingChunk(
+                request_id=request.request_id, seq=seq, first_index=start,
+                vectors=vectors[start: start + EMBEDDINGS_PER_MESSAGE],
+            ))
+        await self._reply(reply, Final(
+            request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
+            usage=Usage(prompt_tokens=result.prompt_tokens),
+            timing=AgentTiming(queue_ms=(dispatched - received) * 1000,
+                               engine_ttft_ms=(done - dispatched) * 1000,
+                               engine_total_ms=(done - dispatched) * 1000),
+        ))
+
+    async def _relay(
+        self, engine: EngineClient, request: InferenceRequest, reply: str, path: str,
+        received: float, progress: _Progress,
     ) -> None:
         """Stream from the engine; relay chunks (or gather them into one reply).
 
@@ -253,7 +315,7 @@ class Agent:
         seq = 0
         last: list[ChoiceDelta] = []
         gathered: list[EngineChunk] = []
-        async for batch in self.engine.stream(path, request.body):
+        async for batch in engine.stream(path, request.body):
             for chunk in batch.chunks:
                 if chunk.usage is not None:
                     progress.prompt_tokens = chunk.usage.prompt_tokens

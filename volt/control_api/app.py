@@ -26,6 +26,7 @@ from volt.control_api.admission import Admission
 from volt.control_api.auth import Authenticator
 from volt.control_api.chat import ChatCompletions
 from volt.control_api.completions import TextCompletions
+from volt.control_api.embeddings import Embeddings
 from volt.control_api.errors import (
     ApiError,
     MethodNotAllowed,
@@ -96,6 +97,7 @@ class ApiServices:
         self.endpoints = {
             "/v1/chat/completions": ChatCompletions(dispatcher),
             "/v1/completions": TextCompletions(dispatcher),
+            "/v1/embeddings": Embeddings(dispatcher),
         }
 
     async def stop(self) -> None:

@@ -42,7 +42,7 @@ from volt.store import Principal
 log = logging.getLogger(__name__)
 
 
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 """The paths served here (all POST); ``services.endpoints`` has one endpoint each."""
 
 

@@ -16,6 +16,7 @@ import yaml
 from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from volt.protocol.common import ErrorResponse, Model, ModelList
 from volt.protocol.completions import Completion, CompletionRequest
+from volt.protocol.embeddings import EmbeddingList, EmbeddingRequest
 from volt.protocol.usage import UsageReport
 
 _ERROR_TEXT = {
@@ -56,6 +57,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/v1/completions", "createCompletion", "Create a text completion",
         request=CompletionRequest, response=Completion, stream=Completion,
+        errors=(400, 401, 403, 404, 413, 429, 503, 504),
+    ),
+    Operation(
+        "post", "/v1/embeddings", "createEmbedding", "Create embeddings",
+        request=EmbeddingRequest, response=EmbeddingList,
         errors=(400, 401, 403, 404, 413, 429, 503, 504),
     ),
     Operation("get", "/v1/models", "listModels", "List available models",

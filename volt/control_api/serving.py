@@ -246,8 +246,9 @@ class Dispatcher:
             ),
         )
 
-    async def finish(self, call: PodCall) -> Final:
-        """Wait for the pod's whole answer (a client that wants one reply)."""
+    async def finish(self, call: PodCall, parts: list[Reply] | None = None) -> Final:
+        """Wait for the pod's whole answer (a client that wants one reply);
+        the messages before the end go to ``parts`` when it is given."""
         try:
             reply = call.first
             while not isinstance(reply, Final):
@@ -255,6 +256,8 @@ class Dispatcher:
                     raise UpstreamError(reply.status, reply.code, reply.message)
                 if isinstance(reply, PodGone):
                     raise ServiceUnavailable("The pod serving this request went away; retry.")
+                if parts is not None:
+                    parts.append(reply)
                 reply = await call.replies.get(call.deadline)
             return reply
         except TimeoutError as exc:

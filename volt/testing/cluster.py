@@ -245,12 +245,16 @@ class Cluster:
             return exc.code, dict(exc.headers), exc.read()
 
     def wait_routable(self, *, metro: str | None = None, timeout_s: float = 120.0,
-                      port: int | None = None) -> None:
-        """Until a real chat completion (pinned to ``metro``) succeeds."""
+                      port: int | None = None, embedding_model: str | None = None) -> None:
+        """Until a real chat completion (pinned to ``metro``) succeeds, or with
+        ``embedding_model``, a real embedding."""
+        path = "/v1/chat/completions"
         body: dict[str, object] = {
             "model": MODEL_ID, "max_tokens": 1,
             "messages": [{"role": "user", "content": "ping"}],
         }
+        if embedding_model is not None:
+            path, body = "/v1/embeddings", {"model": embedding_model, "input": "ping"}
         if metro is not None:
             body["volt"] = {"metro": metro}
         deadline = time.monotonic() + timeout_s
@@ -260,8 +264,7 @@ class Cluster:
                 if not service.alive():
                     raise ClusterError(f"{service.name} exited:\n{service.log_text()[-4000:]}")
             with contextlib.suppress(OSError):
-                status, _, _ = self.request("/v1/chat/completions", body, timeout_s=10,
-                                            port=port)
+                status, _, _ = self.request(path, body, timeout_s=10, port=port)
                 if status == 200:
                     return
             time.sleep(0.1)

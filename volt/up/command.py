@@ -71,28 +71,43 @@ def data_dir_lock(data: Path) -> Iterator[Path]:
         handle.close()
 
 
+def _probes(config: VoltConfig) -> list[tuple[str, bytes]]:
+    """One real request per model: (path, body)."""
+    probes = [("/v1/chat/completions", json.dumps({
+        "model": config.agent.model, "messages": [{"role": "user", "content": "ping"}],
+        "max_tokens": 1,
+    }).encode())]
+    if config.agent.embedding_model:
+        probes.append(("/v1/embeddings", json.dumps({
+            "model": config.agent.embedding_model, "input": "ping",
+        }).encode()))
+    return probes
+
+
 async def _wait_ready(port: int, key: str, children: dict[str, asyncio.subprocess.Process],
-                      out: TextIO) -> None:
-    """Ready means a real chat completion went through end to end."""
+                      probes: list[tuple[str, bytes]], out: TextIO) -> None:
+    """Ready means a real request to every model went through end to end."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    body = json.dumps({
-        "model": MODEL_ID, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
-    }).encode()
     http = Http1Client(port=port, headers={"Authorization": f"Bearer {key}"})
     last_note = 0.0
+    waiting = list(probes)
     try:
         while time.monotonic() < deadline:
             for name, child in children.items():
                 if child.returncode is not None:
                     raise StartFailed(f"the {name} exited with status {child.returncode}")
+            path, body = waiting[0]
             with contextlib.suppress(HttpError, TimeoutError):
                 async with asyncio.timeout(10):
-                    async with await http.request("POST", "/v1/chat/completions", body) as resp:
+                    async with await http.request("POST", path, body) as resp:
                         await resp.read()
                         if resp.status == 200:
-                            return
+                            waiting.pop(0)
+                            if not waiting:
+                                return
+                            continue
             if time.monotonic() - last_note > 5:
-                out.write("  waiting for the engine to come up…\n")
+                out.write("  waiting for the engines to come up…\n")
                 out.flush()
                 last_note = time.monotonic()
             await asyncio.sleep(0.2)
@@ -101,13 +116,14 @@ async def _wait_ready(port: int, key: str, children: dict[str, asyncio.subproces
     raise StartFailed(f"Volt was not ready within {READY_TIMEOUT_S:.0f}s")
 
 
-def _banner(base_url: str, key: str, data: Path) -> str:
+def _banner(base_url: str, key: str, data: Path, embedding_model: str) -> str:
+    models = f"{MODEL_ID}, {embedding_model} (embeddings)" if embedding_model else MODEL_ID
     return f"""
 Volt is up.
 
   Base URL     {base_url}
   API key      {key}
-  Model        {MODEL_ID}
+  Models       {models}
   Data folder  {data}   (logs in {data / 'logs'})
 
 Try it with curl:
@@ -160,6 +176,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
             "VOLT_STORE_URL": config.store_url(),
             "VOLT_API_HOST": config.api.host,
             "VOLT_API_PORT": str(api_port),
+            "VOLT_AGENT_EMBEDDING_MODEL": config.agent.embedding_model,
             "PYTHONUNBUFFERED": "1",
         }
         if config_path is not None:
@@ -177,9 +194,9 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 children[name] = await spawn(
                     python_command("volt", name), env=env, stdout=handle, stderr=handle
                 )
-            await _wait_ready(api_port, key, children, out)
+            await _wait_ready(api_port, key, children, _probes(config), out)
             state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))
-            out.write(_banner(base_url, key, data))
+            out.write(_banner(base_url, key, data, config.agent.embedding_model))
             out.flush()
             waits = {asyncio.ensure_future(child.wait()): name for name, child in children.items()}
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

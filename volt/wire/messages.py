@@ -6,8 +6,8 @@ them apart, and carry a schema version ``v``. Rules for evolving them
 never removed or retyped, and a change receivers cannot ignore bumps ``v``.
 Receivers drop messages whose ``v`` they do not know (see ``codec``).
 
-Payload-carrying messages (``InferenceRequest``, ``StreamChunk``, ``Final``)
-only ever travel on metro-local subjects.
+Payload-carrying messages (``InferenceRequest``, ``StreamChunk``, ``EmbeddingChunk``,
+``Final``) only ever travel on metro-local subjects.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer
 
 class InferenceRequest(WireMessage, frozen=True, kw_only=True, tag="infer.request"):
     request_id: str
-    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
+    endpoint: Literal["chat.completions", "completions", "embeddings"] = "chat.completions"
     model: str
     stream: bool
     body: bytes
@@ -165,6 +165,17 @@ class StreamChunk(WireMessage, frozen=True, kw_only=True, tag="infer.chunk"):
     request_id: str
     seq: int
     choices: list[ChoiceDelta]
+
+
+class EmbeddingChunk(WireMessage, frozen=True, kw_only=True, tag="infer.embeddings"):
+    """Some of an embeddings request's vectors, in input order from ``first_index``;
+    ``Final`` (with the token count) follows the last part."""
+
+    request_id: str
+    seq: int
+    first_index: int
+    vectors: list[bytes]
+    """Each vector as little-endian float32s (OpenAI's base64 payload, unencoded)."""
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,7 +219,7 @@ class InferenceError(WireMessage, frozen=True, kw_only=True, tag="infer.error"):
 
 
 InferenceMessage = InferenceRequest | Cancel
-ReplyMessage = StreamChunk | Final | InferenceError
+ReplyMessage = StreamChunk | EmbeddingChunk | Final | InferenceError
 
 
 # --- usage family: agent -> JetStream -> scheduler (global, counts only) --------

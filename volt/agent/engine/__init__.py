@@ -1,6 +1,8 @@
-"""The inference engine behind an agent, reached over OpenAI HTTP on a Unix socket."""
+"""The inference engines behind an agent, reached over OpenAI HTTP on Unix sockets."""
 
 from __future__ import annotations
+
+import sys
 
 from volt.config import VoltConfig
 from volt.processes import python_command
@@ -14,5 +16,39 @@ def cpu_engine_command(config: VoltConfig) -> list[str]:
         "--model-dir", str(config.model_dir()),
         "--model-id", config.agent.model,
         "--mode", config.agent.engine_mode,
+        "--threads", str(config.agent.engine_threads),
+    )
+
+
+def vllm_engine_command(config: VoltConfig) -> list[str]:
+    """``vllm serve`` for this agent's model, on its Unix socket, from vLLM's own
+    virtual environment (``agent.vllm_python``)."""
+    python = config.agent.vllm_python or sys.executable
+    model_dir = config.model_dir()
+    return [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir) if model_dir.exists() else config.agent.model,
+        "--served-model-name", config.agent.model,
+        "--uds", str(config.engine_socket()),
+        "--disable-uvicorn-access-log",
+        *config.agent.vllm_args,
+    ]
+
+
+VLLM_ENV = {
+    # Zero egress: no model downloads, no usage reports, no telemetry.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def embedding_engine_command(config: VoltConfig) -> list[str]:
+    """The command that starts the embedding engine (``agent.embedding_model``)."""
+    return python_command(
+        "volt.agent.engine.embedding_server",
+        "--socket", str(config.embedding_socket()),
+        "--model-id", config.agent.embedding_model,
         "--threads", str(config.agent.engine_threads),
     )

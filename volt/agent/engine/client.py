@@ -14,6 +14,8 @@ first token still goes out the moment it arrives.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -149,7 +151,23 @@ class _ErrorBody(msgspec.Struct):
     code: str | int | None = None
 
 
+class _Embedding(msgspec.Struct):
+    index: int
+    embedding: str
+
+
+class _EmbeddingList(msgspec.Struct):
+    data: list[_Embedding]
+    usage: EngineUsage = msgspec.field(default_factory=EngineUsage)
+
+
+class Embedded(msgspec.Struct):
+    vectors: list[bytes]
+    prompt_tokens: int
+
+
 _completion = msgspec.json.Decoder(EngineCompletion)
+_embeddings = msgspec.json.Decoder(_EmbeddingList)
 _chunks = msgspec.json.Decoder(list[EngineChunk])
 _error_body = msgspec.json.Decoder(_ErrorBody)
 
@@ -217,7 +235,7 @@ class EngineClient:
     async def load(self, timeout_s: float = 2.0) -> EngineLoad:
         return parse_load(await self.metrics(timeout_s))
 
-    async def complete(self, path: str, body: bytes) -> EngineCompletion:
+    async def _post(self, path: str, body: bytes) -> bytes:
         try:
             async with await self._http.request("POST", path, body) as response:
                 data = await response.read()
@@ -225,10 +243,26 @@ class EngineClient:
             raise EngineUnavailable("engine connection failed") from exc
         if response.status != 200:
             raise _rejection(response.status, data)
+        return data
+
+    async def complete(self, path: str, body: bytes) -> EngineCompletion:
+        data = await self._post(path, body)
         try:
             return _completion.decode(data)
         except msgspec.MsgspecError as exc:
             raise EngineError("engine sent an unreadable completion") from exc
+
+    async def embed(self, body: bytes) -> Embedded:
+        """``/v1/embeddings``, asked for base64 (``body`` says so): the vectors'
+        float32 bytes, in input order."""
+        data = await self._post("/v1/embeddings", body)
+        try:
+            reply = _embeddings.decode(data)
+            ordered = sorted(reply.data, key=lambda item: item.index)
+            vectors = [base64.b64decode(item.embedding, validate=True) for item in ordered]
+        except (msgspec.MsgspecError, binascii.Error) as exc:
+            raise EngineError("engine sent unreadable embeddings") from exc
+        return Embedded(vectors=vectors, prompt_tokens=reply.usage.prompt_tokens)
 
     async def stream(self, path: str, body: bytes) -> AsyncIterator[StreamBatch]:
         """Yield the chunks of an SSE completion, grouped by arrival.

@@ -147,9 +147,9 @@ class EngineServer:
         elif route == ("POST", "/v1/completions"):
             await self.generate(receive, send, self._prepare_text)
         elif route == ("GET", "/health"):
-            await _send_text(send, 200, b"ok")
+            await send_text(send, 200, b"ok")
         elif route == ("GET", "/metrics"):
-            await _send_text(send, 200, generate_latest(self.metrics.registry))
+            await send_text(send, 200, generate_latest(self.metrics.registry))
         elif route == ("GET", "/v1/models"):
             listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt")])
             await send_json(send, 200, _json.encode(listing))
@@ -417,7 +417,7 @@ class EngineServer:
         await send({"type": "http.response.body", "body": b"".join(out)})
 
 
-async def _send_text(send: Send, status: int, body: bytes) -> None:
+async def send_text(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
@@ -440,17 +440,28 @@ def bind_private_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def serve(server: EngineServer, socket_path: Path) -> None:
+def bind_loopback_port(port: int) -> socket.socket:
+    """A TCP socket on 127.0.0.1: only for benchmarks that put another gateway
+    (which cannot dial a Unix socket) in front of this engine."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    return sock
+
+
+async def serve(server: EngineServer, socket_path: Path | None, port: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn handles them), then release the model."""
     import uvicorn
 
-    sock = bind_private_socket(socket_path)
+    sock = bind_private_socket(socket_path) if socket_path is not None \
+        else bind_loopback_port(port or 0)
     config = uvicorn.Config(
         server, http="httptools", lifespan="off", access_log=False, log_config=None,
         log_level="warning", timeout_keep_alive=300,
     )
     log.info("engine listening", extra={
-        "socket": str(socket_path), "model": server.backend.model_id,
+        "socket": str(socket_path or sock.getsockname()), "model": server.backend.model_id,
     })
     try:
         await uvicorn.Server(config).serve(sockets=[sock])
@@ -461,7 +472,9 @@ async def serve(server: EngineServer, socket_path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="volt-cpu-engine", description=__doc__)
-    parser.add_argument("--socket", type=Path, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", type=Path)
+    where.add_argument("--port", type=int, help="127.0.0.1 TCP instead (benchmarks only)")
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--model-id", default=MODEL_ID)
     parser.add_argument("--mode", choices=["model", "instant"], default="model")
@@ -481,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvloop
 
-    uvloop.run(serve(server, args.socket))
+    uvloop.run(serve(server, args.socket, args.port))
 
 
 if __name__ == "__main__":

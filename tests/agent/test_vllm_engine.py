@@ -1,0 +1,114 @@
+"""The vLLM adapter for real: ``vllm serve`` (the CPU build) as the agent's engine.
+
+Slow: the first run creates vLLM's virtual environment (minutes), and vLLM
+takes tens of seconds to start. It still runs in CI, like every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from volt.agent.engine.client import EngineClient
+from volt.testing import Cluster
+from volt.testing.vllm_env import ensure_vllm_python
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+MESSAGES = [{"role": "user", "content": "Say something about metros."}]
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    return ensure_vllm_python(REPO / ".venv-vllm", REPO / ".venv-vllm.log")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
+            vllm_python: Path) -> Iterator[Cluster]:
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the agent passes it on to vLLM
+    with Cluster(tmp_path_factory.mktemp("vllm"), model_cache=tiny_model,
+                 heartbeat_interval_s=0.5) as cluster:
+        cluster.add_agent(
+            "gpu-1", metro="fra", engine="vllm", vllm_python=str(vllm_python),
+            vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8",
+            engine_startup_timeout_s="400",
+        )
+        cluster.start_api()
+        cluster.wait_routable(timeout_s=420)
+        yield cluster
+
+
+def vllm_process(cluster: Cluster) -> psutil.Process:
+    agent = psutil.Process(cluster.services["gpu-1"].pid)
+    return next(p for p in agent.children(recursive=True)
+                if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
+
+
+def test_vllm_runs_from_its_own_environment_on_a_private_socket(
+    cluster: Cluster, vllm_python: Path
+) -> None:
+    command = vllm_process(cluster).cmdline()
+    assert command[0] == str(vllm_python)
+    socket = cluster.engine_socket("gpu-1")
+    assert command[command.index("--uds") + 1] == str(socket)
+    assert stat.S_IMODE(socket.parent.stat().st_mode) == 0o700
+
+
+def test_chat_and_text_completions_stream_through_vllm(cluster: Cluster) -> None:
+    with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key,
+                       max_retries=0) as sdk:
+        reply = sdk.chat.completions.create(model="volt-tiny", messages=MESSAGES,  # type: ignore[arg-type]
+                                            max_tokens=8, temperature=0)
+        assert reply.model_extra["volt"]["pod"] == "gpu-1"  # type: ignore[index]
+        assert 1 <= reply.usage.completion_tokens <= 8  # type: ignore[union-attr]
+        chunks = list(sdk.chat.completions.create(
+            model="volt-tiny", messages=MESSAGES, max_tokens=8, temperature=0,  # type: ignore[arg-type]
+            stream=True, stream_options={"include_usage": True},
+        ))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == reply.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens  # type: ignore[union-attr]
+
+        completion = sdk.completions.create(model="volt-tiny", prompt="Metros:", max_tokens=6,
+                                            temperature=0, logprobs=2)
+        assert completion.choices[0].text
+        logprobs = completion.choices[0].logprobs
+        assert logprobs is not None
+        assert logprobs.tokens
+        assert len(logprobs.tokens) == completion.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_load_is_read_from_vllm_metrics(cluster: Cluster) -> None:
+    async def scenario() -> int:
+        engine = EngineClient(cluster.engine_socket("gpu-1"))
+        try:
+            body = (b'{"model": "volt-tiny", "prompt": "count", "max_tokens": 900,'
+                    b' "ignore_eos": true, "stream": true}')
+            async for _ in engine.stream("/v1/completions", body):
+                return (await engine.load()).running  # mid-stream; leaving cancels it
+            return -1
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_crashed_vllm_is_restarted_and_serves_again(cluster: Cluster) -> None:
+    first = vllm_process(cluster)
+    first.kill()
+    first.wait(30)
+    started = time.monotonic()
+    cluster.wait_routable(timeout_s=300)
+    second = vllm_process(cluster)
+    assert second.pid != first.pid
+    assert time.monotonic() - started < 300
