@@ -9,6 +9,7 @@ restarts it with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,11 @@ class EngineSupervisor:
         """Run until cancelled; the engine child never outlives this task."""
         backoff = 0.5
         while True:
+            # A crashed engine leaves its socket file behind, and vLLM refuses
+            # to bind over one ("address already in use"). The folder is
+            # private to this agent, so the file is certainly stale.
+            with contextlib.suppress(FileNotFoundError):
+                self.client.socket_path.unlink()
             process = await spawn(self.command, env=self.env)
             self.pid = process.pid
             try:
