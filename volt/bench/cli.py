@@ -18,6 +18,64 @@ def _concurrencies(text: str) -> list[int]:
     return values
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("a comma-separated list of numbers") from exc
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError("rates are positive numbers (requests per second)")
+    return values
+
+
+def _lengths(text: str) -> Any:
+    from volt.bench.serve import LengthError, Lengths
+
+    try:
+        return Lengths.parse(text)
+    except LengthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, *, requests: int,
+                       concurrency: list[int] | None) -> None:
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=_rates,
+                      help="Poisson arrivals: comma-separated requests/s, one point each")
+    load.add_argument("--concurrency", type=_concurrencies, default=concurrency,
+                      help="clients back to back: comma-separated, one point each"
+                      + (f" (default {','.join(map(str, concurrency))})" if concurrency else ""))
+    parser.add_argument("--model", default="volt-tiny")
+    parser.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    parser.add_argument("--requests", type=int, default=requests,
+                        help=f"requests per point (default {requests}; with --concurrency at "
+                        "least 4 per client)")
+    parser.add_argument("--prompt-tokens", type=_lengths, default="64",
+                        help="N, uniform:LO:HI or normal:MEAN:SD (default 64)")
+    parser.add_argument("--output-tokens", type=_lengths, default="64",
+                        help="max_tokens per request, same forms (default 64)")
+    parser.add_argument("--slo-ttft-ms", type=float)
+    parser.add_argument("--slo-tpot-ms", type=float)
+    parser.add_argument("--slo-e2e-ms", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot here")
+
+
+def _sweep(args: argparse.Namespace) -> Any:
+    from volt.bench.serve import Slo, Sweep
+
+    slos = (args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms)
+    if args.rate is None and not args.concurrency:
+        raise SystemExit("volt bench: give --rate or --concurrency")
+    return Sweep(
+        model=args.model, endpoint=args.endpoint, rates=tuple(args.rate or ()),
+        concurrencies=tuple(args.concurrency or ()) if args.rate is None else (),
+        requests=args.requests, prompt=args.prompt_tokens, output=args.output_tokens,
+        slo=Slo(*slos) if any(v is not None for v in slos) else None, seed=args.seed,
+    )
+
+
 def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -> None:
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench", required=True, metavar="BENCH"
@@ -46,6 +104,23 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     placement.add_argument("--json", type=Path, help="also write the figures here")
     placement.set_defaults(func=run)
 
+    serve = bench.add_parser(
+        "serve", help="OpenAI-compatible serving benchmark against any base URL",
+    )
+    serve.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8080/v1")
+    serve.add_argument("--api-key", help="bearer key (default: $OPENAI_API_KEY, if set)")
+    serve.add_argument("--unix-socket", type=Path, help="reach the server over this socket")
+    serve.add_argument("--name", default="target", help="the target's name in the results")
+    _add_sweep_options(serve, requests=200, concurrency=None)
+    serve.set_defaults(func=run)
+
+    compare = bench.add_parser(
+        "compare", help="the engine vs Volt vs LiteLLM's proxy, one sweep, one run",
+    )
+    _add_sweep_options(compare, requests=1500, concurrency=[1, 16, 64])
+    compare.add_argument("--no-litellm", action="store_true", help="engine and Volt only")
+    compare.set_defaults(func=run)
+
 
 def run_bench(args: argparse.Namespace) -> None:
     if args.bench == "overhead":
@@ -60,3 +135,17 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_placement(nodes=args.nodes, decisions=args.decisions,
                       concurrency=args.concurrency, json_path=args.json)
+    elif args.bench == "serve":
+        import os
+
+        from volt.bench.loadgen import Target
+        from volt.bench.serve import run_serve
+
+        key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        target = Target(args.name, args.base_url, api_key=key, unix_socket=args.unix_socket)
+        run_serve([target], _sweep(args), json_path=args.json, plot_path=args.plot)
+    elif args.bench == "compare":
+        from volt.bench.compare import run_compare
+
+        run_compare(_sweep(args), json_path=args.json, plot_path=args.plot,
+                    with_litellm=not args.no_litellm)
