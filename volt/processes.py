@@ -3,7 +3,11 @@
 Children get ``PR_SET_PDEATHSIG`` (Linux): if their parent dies, even by
 SIGKILL, the kernel sends them SIGTERM. They also start in their own session,
 so a Ctrl-C in the terminal reaches only the parent, which then stops its
-children in order.
+children in order. A child's session is also its process group, which holds
+what the child started in turn (vLLM's engine-core and worker processes):
+once the child is gone, whatever is left of its group is killed, so a child
+that died by SIGKILL leaves nothing behind (a leftover vLLM worker would keep
+its GPU memory).
 """
 
 from __future__ import annotations
@@ -59,5 +63,12 @@ async def terminate(process: asyncio.subprocess.Process, timeout_s: float = 10.0
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+    kill_group(process.pid)
     assert process.returncode is not None
     return process.returncode
+
+
+def kill_group(leader: int) -> None:
+    """SIGKILL every process left in the group ``leader`` started (see above)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)

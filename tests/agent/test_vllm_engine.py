@@ -7,6 +7,7 @@ takes tens of seconds to start. It still runs in CI, like every test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import time
@@ -88,6 +89,29 @@ def test_chat_and_text_completions_stream_through_vllm(cluster: Cluster) -> None
         assert len(logprobs.tokens) == completion.usage.completion_tokens  # type: ignore[union-attr]
 
 
+def test_cached_prompt_tokens_are_reported_and_metered(cluster: Cluster) -> None:
+    prompt = [{"role": "user", "content": "metro tier pod " * 40}]  # several KV blocks
+    with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key,
+                       max_retries=0) as sdk:
+        replies = [sdk.chat.completions.create(model="volt-tiny", messages=prompt,  # type: ignore[arg-type]
+                                               max_tokens=2) for _ in range(2)]
+    details = [r.usage.prompt_tokens_details for r in replies]  # type: ignore[union-attr]
+    assert details[0] is not None
+    assert details[1] is not None
+    assert details[1].cached_tokens > 0  # vLLM's prefix cache held the first one's blocks
+    assert details[1].cached_tokens <= replies[1].usage.prompt_tokens  # type: ignore[union-attr]
+    # And the pod's usage record carries them into the tenant's usage.
+    deadline = time.monotonic() + 15
+    while True:
+        status, _, body = cluster.request("/v1/usage")
+        assert status == 200
+        cached = sum(entry["cached_tokens"] for entry in json.loads(body)["data"])
+        if cached >= details[1].cached_tokens or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert cached >= details[1].cached_tokens
+
+
 def test_load_is_read_from_vllm_metrics(cluster: Cluster) -> None:
     async def scenario() -> int:
         engine = EngineClient(cluster.engine_socket("gpu-1"))
@@ -105,6 +129,11 @@ def test_load_is_read_from_vllm_metrics(cluster: Cluster) -> None:
 
 def test_a_crashed_vllm_is_restarted_and_serves_again(cluster: Cluster) -> None:
     first = vllm_process(cluster)
+    # vLLM's engine-core and worker processes: SIGKILL gives its server no
+    # chance to stop them, so the supervisor must (a leftover worker keeps
+    # its GPU memory, and the next vLLM could not start).
+    helpers = first.children(recursive=True)
+    assert helpers
     first.kill()
     first.wait(30)
     started = time.monotonic()
@@ -112,3 +141,5 @@ def test_a_crashed_vllm_is_restarted_and_serves_again(cluster: Cluster) -> None:
     second = vllm_process(cluster)
     assert second.pid != first.pid
     assert time.monotonic() - started < 300
+    _, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, [p.pid for p in alive]

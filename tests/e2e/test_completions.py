@@ -116,6 +116,17 @@ def test_logprobs_list_tokens_with_their_alternatives(sdk: openai.OpenAI, stream
     assert "".join(tokens) == text
 
 
+def test_sampling_parameters_are_honoured(sdk: openai.OpenAI) -> None:
+    greedy = complete(sdk, temperature=0, max_tokens=12).choices[0].text
+    # top_p near 0 keeps only the likeliest token: greedy too.
+    assert complete(sdk, temperature=1, top_p=1e-6, max_tokens=12).choices[0].text == greedy
+    penalized = complete(sdk, temperature=0, max_tokens=12, presence_penalty=2.0,
+                         frequency_penalty=2.0, user="tenant-user-7")
+    assert penalized.usage.completion_tokens <= 12
+    with pytest.raises(openai.BadRequestError):
+        complete(sdk, temperature=3.5)
+
+
 def test_same_seed_same_text(sdk: openai.OpenAI) -> None:
     runs = [complete(sdk, seed=7, temperature=1.0, max_tokens=16).choices[0].text
             for _ in range(2)]

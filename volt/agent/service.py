@@ -348,6 +348,7 @@ class Agent:
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
             choices=last,
             usage=Usage(prompt_tokens=progress.prompt_tokens,
+                        cached_tokens=progress.cached_tokens,
                         completion_tokens=progress.completion_tokens),
             timing=AgentTiming(
                 queue_ms=(dispatched - received) * 1000,

@@ -39,10 +39,9 @@ def _lengths(text: str) -> Any:
 
 def _add_sweep_options(parser: argparse.ArgumentParser, *, requests: int,
                        concurrency: list[int] | None) -> None:
-    load = parser.add_mutually_exclusive_group()
-    load.add_argument("--rate", type=_rates,
-                      help="Poisson arrivals: comma-separated requests/s, one point each")
-    load.add_argument("--concurrency", type=_concurrencies, default=concurrency,
+    parser.add_argument("--rate", type=_rates,
+                        help="Poisson arrivals: comma-separated requests/s, one point each")
+    parser.add_argument("--concurrency", type=_concurrencies, default=concurrency,
                       help="clients back to back: comma-separated, one point each"
                       + (f" (default {','.join(map(str, concurrency))})" if concurrency else ""))
     parser.add_argument("--model", default="volt-tiny")
@@ -70,7 +69,7 @@ def _sweep(args: argparse.Namespace) -> Any:
         raise SystemExit("volt bench: give --rate or --concurrency")
     return Sweep(
         model=args.model, endpoint=args.endpoint, rates=tuple(args.rate or ()),
-        concurrencies=tuple(args.concurrency or ()) if args.rate is None else (),
+        concurrencies=tuple(args.concurrency or ()),
         requests=args.requests, prompt=args.prompt_tokens, output=args.output_tokens,
         slo=Slo(*slos) if any(v is not None for v in slos) else None, seed=args.seed,
     )

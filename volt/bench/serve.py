@@ -387,28 +387,31 @@ def render(points: list[Point]) -> str:
 
 
 def plot(points: list[Point], path: Path, title: str) -> None:
-    """Throughput and latency against load, one line per target."""
+    """Throughput and latency against load, one line per target; one row of
+    panels per kind of load (request rate, concurrency)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen here
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    modes = list(dict.fromkeys(p.mode for p in points))
+    fig, grid = plt.subplots(len(modes), 3, figsize=(15, 4.5 * len(modes)), squeeze=False)
     panels: list[tuple[str, Callable[[Point], float]]] = [
         ("requests/s (log)", lambda p: p.request_throughput),
         ("TTFT p50 ms (log)", lambda p: p.ttft_ms["p50"]),
         ("end-to-end p99 ms (log)", lambda p: p.e2e_ms["p99"]),
     ]
-    for axis, (label, value) in zip(axes, panels, strict=True):
-        for target in dict.fromkeys(p.target for p in points):
-            mine = [p for p in points if p.target == target]
-            axis.plot([p.load for p in mine], [value(p) for p in mine], marker="o", label=target)
-        axis.set_xlabel("request rate /s" if points[0].mode == "rate" else "concurrency")
-        axis.set_ylabel(label)
-        if "log" in label:
+    for axes, mode in zip(grid, modes, strict=True):
+        for axis, (label, value) in zip(axes, panels, strict=True):
+            for target in dict.fromkeys(p.target for p in points):
+                mine = [p for p in points if p.target == target and p.mode == mode]
+                axis.plot([p.load for p in mine], [value(p) for p in mine], marker="o",
+                          label=target)
+            axis.set_xlabel("request rate /s (Poisson)" if mode == "rate" else "concurrency")
+            axis.set_ylabel(label)
             axis.set_yscale("log")
-        axis.grid(True, alpha=0.3)
-    axes[0].legend()
+            axis.grid(True, alpha=0.3)
+        axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

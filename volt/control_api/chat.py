@@ -36,7 +36,7 @@ from volt.protocol.chat import (
     Delta,
     TokenLogprob,
 )
-from volt.protocol.common import CompletionUsage
+from volt.protocol.common import CompletionUsage, PromptTokensDetails
 from volt.store import Principal
 from volt.wire import ChoiceDelta, Final, StreamChunk
 
@@ -53,7 +53,9 @@ def usage_of(final: Final) -> CompletionUsage:
     usage = final.usage
     return CompletionUsage(prompt_tokens=usage.prompt_tokens,
                            completion_tokens=usage.completion_tokens,
-                           total_tokens=usage.total_tokens)
+                           total_tokens=usage.total_tokens,
+                           prompt_tokens_details=PromptTokensDetails(
+                               cached_tokens=usage.cached_tokens))
 
 
 class ChatCompletions:

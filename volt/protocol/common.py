@@ -10,10 +10,16 @@ import msgspec
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache the engine reused (as the engine reports them)."""
+
+
 class CompletionUsage(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class VoltTiming(msgspec.Struct, kw_only=True):

@@ -181,6 +181,7 @@ class EmbeddingChunk(WireMessage, frozen=True, kw_only=True, tag="infer.embeddin
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -31,6 +31,8 @@ def vllm_engine_command(config: VoltConfig) -> list[str]:
         "--served-model-name", config.agent.model,
         "--uds", str(config.engine_socket()),
         "--disable-uvicorn-access-log",
+        # Cached prompt tokens in usage, so metering records them.
+        "--enable-prompt-tokens-details",
         *config.agent.vllm_args,
     ]
 
