@@ -14,9 +14,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from volt.control_api.inference import Reply
 from volt.control_api.serving import (
-    DONE,
     Dispatcher,
     Job,
     JsonReply,
@@ -24,6 +22,8 @@ from volt.control_api.serving import (
     StreamReply,
     decode_request,
     engine_body,
+    stream_events,
+    usage_of,
 )
 from volt.protocol.chat import (
     AssistantMessage,
@@ -36,9 +36,9 @@ from volt.protocol.chat import (
     Delta,
     TokenLogprob,
 )
-from volt.protocol.common import CompletionUsage, PromptTokensDetails
+from volt.protocol.common import CompletionUsage, VoltBlock
 from volt.store import Principal
-from volt.wire import ChoiceDelta, Final, StreamChunk
+from volt.wire import ChoiceDelta
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -49,13 +49,29 @@ def _choice_logprobs(delta: ChoiceDelta) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=_logprobs.decode(delta.logprobs)) if delta.logprobs else None
 
 
-def usage_of(final: Final) -> CompletionUsage:
-    usage = final.usage
-    return CompletionUsage(prompt_tokens=usage.prompt_tokens,
-                           completion_tokens=usage.completion_tokens,
-                           total_tokens=usage.total_tokens,
-                           prompt_tokens_details=PromptTokensDetails(
-                               cached_tokens=usage.cached_tokens))
+class _ChatChunks:
+    """``chat.completion.chunk`` events; a choice's first delta names the role."""
+
+    def __init__(self, chunk_id: str, model: str) -> None:
+        self.chunk_id, self.model, self.created = chunk_id, model, int(time.time())
+        self.started: set[int] = set()
+
+    def chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None,
+              volt: VoltBlock | None = None) -> bytes:
+        return b"data: " + _encoder.encode(ChatCompletionChunk(
+            id=self.chunk_id, created=self.created, model=self.model, choices=choices,
+            usage=usage, volt=volt,
+        )) + b"\n\n"
+
+    def choice(self, delta: ChoiceDelta) -> ChunkChoice:
+        first = delta.index not in self.started
+        self.started.add(delta.index)
+        return ChunkChoice(index=delta.index, delta=Delta(role="assistant" if first else None,
+                                                          content=delta.content),
+                           logprobs=_choice_logprobs(delta))
+
+    def closing(self, index: int, finish_reason: str) -> ChunkChoice:
+        return ChunkChoice(index=index, delta=Delta(), finish_reason=finish_reason)
 
 
 class ChatCompletions:
@@ -98,53 +114,6 @@ class ChatCompletions:
     def _events(
         self, call: PodCall, req: ChatCompletionRequest
     ) -> AsyncIterator[tuple[bytes, bool]]:
-        chunk_id = "chatcmpl-" + call.request_id
-        created = int(time.time())
-        model = req.model
         include_usage = req.stream_options is not None and req.stream_options.include_usage
-        finish: dict[int, str] = {}
-        started: set[int] = set()  # choices whose first delta (with the role) went out
-        first_token: float | None = None
-
-        def chunk(choices: list[ChunkChoice], **extra: object) -> bytes:
-            event = ChatCompletionChunk(
-                id=chunk_id, created=created, model=model, choices=choices, **extra  # type: ignore[arg-type]
-            )
-            return b"data: " + _encoder.encode(event) + b"\n\n"
-
-        def render_deltas(deltas: list[ChoiceDelta], out: list[bytes]) -> None:
-            nonlocal first_token
-            choices = []
-            for delta in deltas:
-                if delta.finish_reason is not None:
-                    finish[delta.index] = delta.finish_reason
-                if delta.content or delta.logprobs:
-                    choices.append(ChunkChoice(index=delta.index, delta=Delta(
-                        role=None if delta.index in started else "assistant",
-                        content=delta.content,
-                    ), logprobs=_choice_logprobs(delta)))
-                    started.add(delta.index)
-            if choices:
-                first_token = first_token or time.perf_counter()
-                out.append(chunk(choices))
-
-        def render(reply: Reply, out: list[bytes]) -> bool:
-            if isinstance(reply, StreamChunk):
-                render_deltas(reply.choices, out)
-                return False
-            assert isinstance(reply, Final)
-            render_deltas(reply.choices, out)
-            volt = self.dispatcher.volt_block(call, reply, first_token)
-            closing = [
-                ChunkChoice(index=i, delta=Delta(), finish_reason=reason)
-                for i, reason in sorted(finish.items())
-            ] or [ChunkChoice(index=0, delta=Delta(), finish_reason="stop")]
-            if include_usage:
-                out.append(chunk(closing))
-                out.append(chunk([], usage=usage_of(reply), volt=volt))
-            else:
-                out.append(chunk(closing, volt=volt))
-            out.append(DONE)
-            return True
-
-        return self.dispatcher.relay(call, render)
+        return stream_events(self.dispatcher, call,
+                             _ChatChunks("chatcmpl-" + call.request_id, req.model), include_usage)

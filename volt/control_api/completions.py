@@ -13,10 +13,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from volt.control_api.chat import usage_of
-from volt.control_api.inference import Reply
 from volt.control_api.serving import (
-    DONE,
     Dispatcher,
     Job,
     JsonReply,
@@ -24,7 +21,10 @@ from volt.control_api.serving import (
     StreamReply,
     decode_request,
     engine_body,
+    stream_events,
+    usage_of,
 )
+from volt.protocol.common import CompletionUsage, VoltBlock
 from volt.protocol.completions import (
     Completion,
     CompletionChoice,
@@ -32,7 +32,7 @@ from volt.protocol.completions import (
     CompletionRequest,
 )
 from volt.store import Principal
-from volt.wire import ChoiceDelta, Final, StreamChunk
+from volt.wire import ChoiceDelta
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CompletionRequest)
@@ -74,6 +74,28 @@ class _Offsets:
             top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
             text_offset=offsets,
         )
+
+
+class _TextChunks:
+    """``text_completion`` events (OpenAI streams the same object as the reply)."""
+
+    def __init__(self, chunk_id: str, model: str) -> None:
+        self.chunk_id, self.model, self.created = chunk_id, model, int(time.time())
+        self.offsets = _Offsets()
+
+    def chunk(self, choices: list[CompletionChoice], usage: CompletionUsage | None = None,
+              volt: VoltBlock | None = None) -> bytes:
+        return b"data: " + _encoder.encode(Completion(
+            id=self.chunk_id, created=self.created, model=self.model, choices=choices,
+            usage=usage, volt=volt,
+        )) + b"\n\n"
+
+    def choice(self, delta: ChoiceDelta) -> CompletionChoice:
+        return CompletionChoice(index=delta.index, text=delta.content, finish_reason=None,
+                                logprobs=self.offsets.logprobs(delta))
+
+    def closing(self, index: int, finish_reason: str) -> CompletionChoice:
+        return CompletionChoice(index=index, text="", finish_reason=finish_reason)
 
 
 def _context(req: CompletionRequest) -> str:
@@ -119,50 +141,6 @@ class TextCompletions:
         return JsonReply(_encoder.encode(completion))
 
     def _events(self, call: PodCall, req: CompletionRequest) -> AsyncIterator[tuple[bytes, bool]]:
-        chunk_id = "cmpl-" + call.request_id
-        created = int(time.time())
         include_usage = req.stream_options is not None and req.stream_options.include_usage
-        offsets = _Offsets()
-        finish: dict[int, str] = {}
-        first_token: float | None = None
-
-        def chunk(choices: list[CompletionChoice], **extra: object) -> bytes:
-            event = Completion(id=chunk_id, created=created, model=req.model, choices=choices,
-                               **extra)  # type: ignore[arg-type]
-            return b"data: " + _encoder.encode(event) + b"\n\n"
-
-        def render_deltas(deltas: list[ChoiceDelta], out: list[bytes]) -> None:
-            nonlocal first_token
-            choices = []
-            for delta in deltas:
-                if delta.finish_reason is not None:
-                    finish[delta.index] = delta.finish_reason
-                if delta.content or delta.logprobs:
-                    choices.append(CompletionChoice(
-                        index=delta.index, text=delta.content, finish_reason=None,
-                        logprobs=offsets.logprobs(delta),
-                    ))
-            if choices:
-                first_token = first_token or time.perf_counter()
-                out.append(chunk(choices))
-
-        def render(reply: Reply, out: list[bytes]) -> bool:
-            if isinstance(reply, StreamChunk):
-                render_deltas(reply.choices, out)
-                return False
-            assert isinstance(reply, Final)
-            render_deltas(reply.choices, out)
-            volt = self.dispatcher.volt_block(call, reply, first_token)
-            closing = [
-                CompletionChoice(index=i, text="", finish_reason=reason)
-                for i, reason in sorted(finish.items())
-            ] or [CompletionChoice(index=0, text="", finish_reason="stop")]
-            if include_usage:
-                out.append(chunk(closing))
-                out.append(chunk([], usage=usage_of(reply), volt=volt))
-            else:
-                out.append(chunk(closing, volt=volt))
-            out.append(DONE)
-            return True
-
-        return self.dispatcher.relay(call, render)
+        return stream_events(self.dispatcher, call,
+                             _TextChunks("cmpl-" + call.request_id, req.model), include_usage)

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -42,10 +42,16 @@ from volt.control_api.errors import (
 from volt.control_api.inference import InferenceClient, PodGone, Reply, ReplyChannel
 from volt.control_api.routing import AtCapacity, Router
 from volt.protocol.chat import StreamOptions
-from volt.protocol.common import VoltBlock, VoltOptions, VoltTiming
+from volt.protocol.common import (
+    CompletionUsage,
+    PromptTokensDetails,
+    VoltBlock,
+    VoltOptions,
+    VoltTiming,
+)
 from volt.scheduler.placement import PlacementQuery
 from volt.store import Principal
-from volt.wire import Final, InferenceError, InferenceRequest, NodeView
+from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
 
 DONE = b"data: [DONE]\n\n"
 MAX_ATTEMPTS = 3
@@ -310,6 +316,72 @@ class Dispatcher:
             else:
                 await self.inference.cancel(call.node, call.request_id)
             self._release(call.node)
+
+
+class ChunkFormat(Protocol):
+    """How one endpoint writes a stream's events (chat chunks, text chunks)."""
+
+    def chunk(self, choices: list[Any], usage: CompletionUsage | None = None,
+              volt: VoltBlock | None = None) -> bytes:
+        """One SSE event: ``data: {...}``."""
+        ...
+
+    def choice(self, delta: ChoiceDelta) -> Any:
+        """The choice for a delta that carries text or log-probabilities."""
+        ...
+
+    def closing(self, index: int, finish_reason: str) -> Any:
+        """The choice that ends choice ``index``."""
+        ...
+
+
+def usage_of(final: Final) -> CompletionUsage:
+    usage = final.usage
+    return CompletionUsage(prompt_tokens=usage.prompt_tokens,
+                           completion_tokens=usage.completion_tokens,
+                           total_tokens=usage.total_tokens,
+                           prompt_tokens_details=PromptTokensDetails(
+                               cached_tokens=usage.cached_tokens))
+
+
+def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
+                  include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
+    """A stream's SSE writes: token chunks as they come, then the closing
+    choices, the usage chunk if asked for, and ``[DONE]``. The last chunk before
+    ``[DONE]`` carries the ``volt`` block."""
+    finish: dict[int, str] = {}
+    first_token: float | None = None
+
+    def render_deltas(deltas: list[ChoiceDelta], out: list[bytes]) -> None:
+        nonlocal first_token
+        choices = []
+        for delta in deltas:
+            if delta.finish_reason is not None:
+                finish[delta.index] = delta.finish_reason
+            if delta.content or delta.logprobs:
+                choices.append(fmt.choice(delta))
+        if choices:
+            first_token = first_token or time.perf_counter()
+            out.append(fmt.chunk(choices))
+
+    def render(reply: Reply, out: list[bytes]) -> bool:
+        if isinstance(reply, StreamChunk):
+            render_deltas(reply.choices, out)
+            return False
+        assert isinstance(reply, Final)
+        render_deltas(reply.choices, out)
+        volt = dispatcher.volt_block(call, reply, first_token)
+        closing = [fmt.closing(i, reason) for i, reason in sorted(finish.items())] \
+            or [fmt.closing(0, "stop")]
+        if include_usage:
+            out.append(fmt.chunk(closing))
+            out.append(fmt.chunk([], usage=usage_of(reply), volt=volt))
+        else:
+            out.append(fmt.chunk(closing, volt=volt))
+        out.append(DONE)
+        return True
+
+    return dispatcher.relay(call, render)
 
 
 def engine_body(encoder: msgspec.json.Encoder, req: Any) -> bytes:

@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -40,6 +38,7 @@ from volt.agent.engine.backends import (
     TokenEvent,
     TransformersBackend,
 )
+from volt.agent.engine.http_server import EngineRequestError, send_text, serve_engine
 from volt.agent.engine.sampling import TokenLogprob as SampledLogprob
 from volt.agent.engine.shapes import ChatShape, Shape, TextShape
 from volt.agent.engine.tiny_model import MODEL_ID
@@ -55,7 +54,7 @@ from volt.asgi import (
     send_json,
 )
 from volt.protocol.chat import ChatCompletionRequest, StreamOptions
-from volt.protocol.common import CompletionUsage, ErrorDetail, ErrorResponse, Model, ModelList
+from volt.protocol.common import CompletionUsage, Model, ModelList
 from volt.protocol.completions import CompletionRequest
 
 log = logging.getLogger(__name__)
@@ -65,17 +64,6 @@ _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _text_decoder = msgspec.json.Decoder(CompletionRequest)
 _DONE = b"data: [DONE]\n\n"
 MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-class EngineRequestError(Exception):
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-    def body(self) -> bytes:
-        return _json.encode(ErrorResponse(error=ErrorDetail(
-            message=self.message, type=self.type, param=None, code=self.code
-        )))
 
 
 class EngineMetrics:
@@ -417,56 +405,11 @@ class EngineServer:
         await send({"type": "http.response.body", "body": b"".join(out)})
 
 
-async def send_text(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-    ]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def bind_private_socket(path: Path) -> socket.socket:
-    """A listening Unix socket only this user can connect to."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket from a crashed engine
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    sock.listen(1024)
-    return sock
-
-
-def bind_loopback_port(port: int) -> socket.socket:
-    """A TCP socket on 127.0.0.1: only for benchmarks that put another gateway
-    (which cannot dial a Unix socket) in front of this engine."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    return sock
-
-
 async def serve(server: EngineServer, socket_path: Path | None, port: int | None = None) -> None:
-    """Serve until SIGTERM or SIGINT (uvicorn handles them), then release the model."""
-    import uvicorn
-
-    sock = bind_private_socket(socket_path) if socket_path is not None \
-        else bind_loopback_port(port or 0)
-    config = uvicorn.Config(
-        server, http="httptools", lifespan="off", access_log=False, log_config=None,
-        log_level="warning", timeout_keep_alive=300,
-    )
-    log.info("engine listening", extra={
-        "socket": str(socket_path or sock.getsockname()), "model": server.backend.model_id,
-    })
+    """Serve until SIGTERM or SIGINT, then release the model."""
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await serve_engine(server, socket_path, port, server.backend.model_id)
     finally:
-        sock.close()
         server.backend.close()
 
 

@@ -23,12 +23,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from volt.agent.engine.cpu_server import EngineRequestError, bind_private_socket, send_text
+from volt.agent.engine.http_server import EngineRequestError, send_text, serve_engine
 from volt.asgi import (
     BodyTooLarge,
     Disconnected,
@@ -39,12 +39,12 @@ from volt.asgi import (
     send_json,
 )
 from volt.protocol.common import Model, ModelList
+from volt.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 DIMENSIONS = 384
-MAX_INPUTS = 2048
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 64
 """Inputs per forward pass: larger batches pad more and gain little on a CPU."""
@@ -52,30 +52,7 @@ MAX_BATCH = 64
 _json = msgspec.json.Encoder()
 
 
-class EngineEmbeddingRequest(msgspec.Struct, kw_only=True):
-    model: str
-    input: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-
-
-class EmbeddingData(msgspec.Struct, kw_only=True, tag_field="object", tag="embedding"):
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(msgspec.Struct, kw_only=True):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EngineEmbeddingResponse(msgspec.Struct, kw_only=True, tag_field="object", tag="list"):
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
-
-
-_decoder = msgspec.json.Decoder(EngineEmbeddingRequest)
+_decoder = msgspec.json.Decoder(EmbeddingRequest)
 
 
 def model_path() -> Path:
@@ -190,7 +167,7 @@ class EmbeddingServer:
             error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")
             await send_json(send, 404, error.body())
 
-    def _validate(self, body: bytes) -> tuple[EngineEmbeddingRequest, list[str], list[int]]:
+    def _validate(self, body: bytes) -> tuple[EmbeddingRequest, list[str], list[int]]:
         try:
             req = _decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -205,7 +182,7 @@ class EmbeddingServer:
                 f"shorten them to {req.dimensions}.", "invalid_request_error",
                 "unsupported_parameter",
             )
-        texts = [req.input] if isinstance(req.input, str) else req.input
+        texts = req.texts()
         if any(not text for text in texts):
             raise EngineRequestError(400, "An input is empty.", "invalid_request_error")
         counts = self.encoder.count_tokens(texts)
@@ -240,31 +217,17 @@ class EmbeddingServer:
         tokens = sum(counts)
         self.prompt_tokens.inc(tokens)
         data = [
-            EmbeddingData(index=i, embedding=(
+            Embedding(index=i, embedding=(
                 base64.b64encode(vector.astype("<f4").tobytes()).decode()
                 if req.encoding_format == "base64" else vector.tolist()
             ))
             for i, vector in enumerate(vectors)
         ]
-        reply = EngineEmbeddingResponse(
+        reply = EmbeddingList(
             data=data, model=self.model_id,
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
         )
         await send_json(send, 200, _json.encode(reply))
-
-
-async def serve(server: EmbeddingServer, socket_path: Path) -> None:
-    import uvicorn
-
-    sock = bind_private_socket(socket_path)
-    config = uvicorn.Config(server, http="httptools", lifespan="off", access_log=False,
-                            log_config=None, log_level="warning", timeout_keep_alive=300)
-    log.info("embedding engine listening", extra={"socket": str(socket_path),
-                                                  "model": server.model_id})
-    try:
-        await uvicorn.Server(config).serve(sockets=[sock])
-    finally:
-        sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvloop
 
-    uvloop.run(serve(EmbeddingServer(encoder, args.model_id), args.socket))
+    uvloop.run(serve_engine(EmbeddingServer(encoder, args.model_id), args.socket, None,
+                            args.model_id))
 
 
 if __name__ == "__main__":
