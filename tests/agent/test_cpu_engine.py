@@ -210,3 +210,23 @@ def test_an_error_event_mid_stream_is_an_engine_rejection() -> None:
     with pytest.raises(EngineRejected) as info:
         parse_block(raw)
     assert info.value.message == "boom"
+
+
+async def test_a_repeated_prompt_reports_its_cached_tokens(engine: EngineClient) -> None:
+    """transformers' continuous batching reuses cached prefix blocks; the engine
+    reports them as vLLM does (``prompt_tokens_details.cached_tokens``)."""
+    body = chat("metro tier pod " * 40, max_tokens=2)
+    first = await engine.complete("/v1/chat/completions", body)
+    second = await engine.complete("/v1/chat/completions", body)
+    assert first.usage is not None
+    assert second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None
+    assert 0 < details.cached_tokens < second.usage.prompt_tokens
+    streamed = [batch.chunks async for batch in engine.stream("/v1/chat/completions", chat(
+        "metro tier pod " * 40, max_tokens=2, stream=True,
+        stream_options={"include_usage": True},
+    ))]
+    usage = [c.usage for group in streamed for c in group if c.usage is not None][-1]
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == details.cached_tokens

@@ -168,3 +168,11 @@ def test_bad_requests_get_clear_errors(
 def test_unknown_parameters_are_ignored(sdk: openai.OpenAI) -> None:
     reply = complete(sdk, max_tokens=2, extra_body={"some_future_option": {"x": 1}})
     assert reply.choices
+
+
+def test_cached_prompt_tokens_are_reported(sdk: openai.OpenAI) -> None:
+    prompt = "Frankfurt metro tier pod rack " * 30
+    first, second = (complete(sdk, prompt=prompt, max_tokens=2) for _ in range(2))
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < second.usage.prompt_tokens

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class TokenEvent:
     tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """One per token, when the request asked for log-probabilities."""
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused (set on a request's first event)."""
 
 
 class Backend(Protocol):
@@ -167,6 +170,44 @@ class StopMatcher:
         return pending
 
 
+class PrefixHits:
+    """How many prompt tokens each request found in the KV cache.
+
+    transformers' continuous batching shares cached prefix blocks between
+    requests (``allow_block_sharing``) but does not report the match. Its cache
+    computes it in ``search_prefix_match``; this wraps that method to record
+    the result per request. It reaches into transformers' internals (as the
+    sampler does), observing only: the wrapped method's result is returned
+    unchanged. The generation thread writes, the event loop reads: a lock.
+    """
+
+    def __init__(self) -> None:
+        self._hits: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        from transformers.generation.continuous_batching.cache import PagedAttentionCache
+
+        original = PagedAttentionCache.search_prefix_match
+        if getattr(original, "_volt_observed", False):
+            return
+        hits = self
+
+        def search_prefix_match(cache: Any, request_id: str, prompt_ids: list[int]) -> int:
+            matched: int = original(cache, request_id, prompt_ids)
+            if matched:
+                with hits._lock:
+                    hits._hits[request_id] = matched
+            return matched
+
+        search_prefix_match._volt_observed = True  # type: ignore[attr-defined]
+        PagedAttentionCache.search_prefix_match = search_prefix_match  # type: ignore[method-assign,assignment]
+
+    def take(self, request_id: str) -> int:
+        with self._lock:
+            return self._hits.pop(request_id, 0)
+
+
 class TransformersBackend:
     def __init__(self, model_dir: Path, model_id: str, *, threads: int = 1) -> None:
         import torch
@@ -198,6 +239,8 @@ class TransformersBackend:
             ),
         )
         self.sampler = install(self._manager)
+        self.prefix_hits = PrefixHits()
+        self.prefix_hits.install()
         self._manager.start()
 
     def token_text(self, token_id: int) -> str:
@@ -228,9 +271,12 @@ class TransformersBackend:
         stopper = StopMatcher(params.stop)
         seen = 0
         finished = False
+        cached: int | None = None
         try:
             while not finished:
                 output = await outputs.get()
+                if cached is None:  # the prefix was matched before the first token
+                    cached = self.prefix_hits.take(request_id)
                 if output.error is not None:
                     finished = True
                     raise EngineFailure("generation failed")
@@ -260,14 +306,16 @@ class TransformersBackend:
                         break
                 if stopped:
                     finished, finish_reason = False, "stop"  # still running: cancelled below
-                    yield TokenEvent(pieces, "stop", tokens=produced, logprobs=logprobs)
+                    yield TokenEvent(pieces, "stop", tokens=produced, logprobs=logprobs,
+                                     cached_tokens=cached)
                     return
                 if finished and (held := stopper.flush()):
                     pieces.append(held)
                 yield TokenEvent(
                     pieces, finish_reason if finished else None, tokens=produced,
-                    logprobs=logprobs,
+                    logprobs=logprobs, cached_tokens=cached,
                 )
+                cached = 0  # reported once
         finally:
             if not finished:
                 # The consumer went away (client disconnect): stop generating now.
@@ -278,6 +326,7 @@ class TransformersBackend:
                 with router._lock:
                     router.result_handlers.pop(request_id, None)
             self.sampler.forget(request_id)
+            self.prefix_hits.take(request_id)
 
     def kv_cache_usage(self) -> float:
         processor = self._manager.batch_processor

@@ -54,7 +54,7 @@ from volt.asgi import (
     send_json,
 )
 from volt.protocol.chat import ChatCompletionRequest, StreamOptions
-from volt.protocol.common import CompletionUsage, Model, ModelList
+from volt.protocol.common import CompletionUsage, Model, ModelList, PromptTokensDetails
 from volt.protocol.completions import CompletionRequest
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,13 @@ class Generation:
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
-    def usage(self, generated: int) -> CompletionUsage:
+    def usage(self, generated: int, cached: int = 0) -> CompletionUsage:
         prompt = self.prompt_tokens
-        return CompletionUsage(prompt_tokens=prompt, completion_tokens=generated,
-                               total_tokens=prompt + generated)
+        return CompletionUsage(
+            prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated,
+            # As vLLM with --enable-prompt-tokens-details: the details only when known.
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if cached else None,
+        )
 
 
 class EngineServer:
@@ -332,11 +335,12 @@ class EngineServer:
         pieces: list[list[str]] = [[] for _ in range(count)]
         logprobs: list[list[SampledLogprob]] = [[] for _ in range(count)]
         finish: list[str | None] = [None] * count
-        generated = 0
+        generated = cached = 0
         try:
             async with contextlib.aclosing(self._choices(job.shape.request_id, job)) as events:
                 async for index, event in events:
                     generated += event.tokens
+                    cached = max(cached, event.cached_tokens)
                     pieces[index].extend(event.pieces)
                     logprobs[index].extend(event.logprobs)
                     finish[index] = event.finish_reason or finish[index]
@@ -347,7 +351,7 @@ class EngineServer:
         body = job.shape.completion(
             ["".join(p) for p in pieces], finish,
             logprobs if job.params.top_logprobs is not None else None,
-            job.usage(generated),
+            job.usage(generated, cached),
         )
         guard.finish()
         await send_json(send, 200, body)
@@ -360,10 +364,10 @@ class EngineServer:
         with_logprobs = job.params.top_logprobs is not None
         # The pre-encoded frames serve the common case: one choice, no logprobs.
         frames = shape.frames() if job.choices == 1 and not with_logprobs else None
-        generated = 0
+        generated = cached = 0
 
         def usage_so_far() -> CompletionUsage | None:
-            return job.usage(generated) if continuous else None
+            return job.usage(generated, cached) if continuous else None
 
         out = shape.opening(job.choices)
         unfinished = job.choices
@@ -371,6 +375,7 @@ class EngineServer:
             async with contextlib.aclosing(self._choices(shape.request_id, job)) as events:
                 async for index, event in events:
                     generated += event.tokens
+                    cached = max(cached, event.cached_tokens)
                     pieces = [piece for piece in event.pieces if piece]
                     if frames is not None and pieces:
                         # With continuous usage, the last frame of what was produced
@@ -399,7 +404,7 @@ class EngineServer:
                         "body": b"data: " + error.body() + b"\n\n" + _DONE})
             return
         if options is not None and options.include_usage:
-            out.append(shape.usage_chunk(job.usage(generated)))
+            out.append(shape.usage_chunk(job.usage(generated, cached)))
         out.append(_DONE)
         guard.finish()
         await send({"type": "http.response.body", "body": b"".join(out)})
