@@ -115,6 +115,8 @@ def test_many_inputs_come_back_whole_and_in_order(sdk: openai.OpenAI, reference:
     ({"dimensions": 128}, 400, "384"),
     ({"encoding_format": "int8"}, 400, "encoding_format"),
     ({"model": "text-embedding-3-small"}, 404, "does not exist"),
+    ({"input": [[101, 2000]]}, 400, "token-id"),
+    ({"input": [101, 2000]}, 400, "token-id"),
 ])
 def test_bad_requests_get_clear_errors(
     cluster: Cluster, params: dict[str, Any], status: int, fragment: str
@@ -124,7 +126,13 @@ def test_bad_requests_get_clear_errors(
     assert fragment in body["error"]["message"]
 
 
-def test_a_chat_model_is_not_an_embedding_model(cluster: Cluster) -> None:
+def test_a_model_used_on_the_wrong_endpoint_is_named(cluster: Cluster) -> None:
     status, body = call(cluster, {"model": "volt-tiny", "input": "x"})
-    assert 400 <= status < 500
-    assert body["error"]["message"]
+    assert status == 404
+    assert "`volt-tiny` does not support /v1/embeddings" in body["error"]["message"]
+    status, _, data = cluster.request("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}],
+    })
+    assert status == 404
+    message = json.loads(data)["error"]["message"]
+    assert f"`{MODEL}` does not support /v1/chat/completions" in message

@@ -254,9 +254,13 @@ class Agent:
                 message="the request ran past its deadline",
             ))
         except EngineRejected as exc:
+            message = exc.message
+            if exc.status == 404 and exc.code == "not_found":  # the engine has no such route
+                message = (f"The model `{request.model}` does not support {path}; "
+                           "GET /v1/models lists the models.")
             await self._reply(reply, InferenceError(
                 request_id=request.request_id, code=exc.code, status=exc.status,
-                message=exc.message,
+                message=message,
             ))
         except EngineError as exc:
             log.warning("engine failed a request", extra={

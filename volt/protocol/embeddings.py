@@ -14,14 +14,21 @@ MAX_INPUTS = 2048
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
-    input: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
+    # Token ids (a list of ints, or of lists) decode too, so that they get a
+    # clear refusal below rather than msgspec's "expected str".
+    input: str | Annotated[list[str | int | list[int]],
+                           msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
     user: str | None = None
     volt: VoltOptions | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.input, str) and not all(isinstance(i, str) for i in self.input):
+            raise ValueError("`input` must be text: token-id inputs are not supported")
+
     def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else self.input
+        return [self.input] if isinstance(self.input, str) else self.input  # type: ignore[return-value]
 
 
 class Embedding(msgspec.Struct, kw_only=True, tag_field="object", tag="embedding"):
