@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,21 @@ def test_a_model_used_on_the_wrong_endpoint_is_named(cluster: Cluster) -> None:
     assert status == 404
     message = json.loads(data)["error"]["message"]
     assert f"`{MODEL}` does not support /v1/chat/completions" in message
+
+
+def test_embeddings_are_metered_to_the_token(cluster: Cluster, reference: Any) -> None:
+    key = cluster.add_key("embedding-meter")  # a tenant of its own: nothing else counts here
+    texts = ["one metro", "two tiers and a pod"]
+    status, _, _ = cluster.request("/v1/embeddings", {"model": MODEL, "input": texts}, key=key)
+    assert status == 200
+    tokens = sum(len(ids) for ids in reference.tokenizer(texts)["input_ids"])
+    deadline = time.monotonic() + 15
+    while True:
+        status, _, data = cluster.request("/v1/usage?group_by=model", key=key)
+        assert status == 200
+        rows = json.loads(data)["data"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == [{"model": MODEL, "requests": 1, "prompt_tokens": tokens,
+                     "completion_tokens": 0, "cached_tokens": 0, "total_tokens": tokens}]
