@@ -192,8 +192,13 @@ async def send_one(http: Http1Client, path: str, body: bytes) -> Result:
             ended = time.perf_counter()
     except (HttpError, OSError, msgspec.MsgspecError) as exc:
         return Result(False, time.perf_counter() - started, error=type(exc).__name__)
-    if not done or not arrivals:
-        return Result(False, ended - started, error="stream ended without tokens or [DONE]")
+    if not done:
+        return Result(False, ended - started, error="stream ended before [DONE]")
+    if not arrivals:
+        # A whole stream with no text: the model's first token was its end
+        # token (a sampled tiny model does that now and then). A valid,
+        # empty completion; its "first token" is the end.
+        arrivals = [ended]
     output = usage.completion_tokens if usage is not None else len(arrivals)
     ttft = arrivals[0] - started
     tpot = (arrivals[-1] - arrivals[0]) / (output - 1) if output > 1 else 0.0
