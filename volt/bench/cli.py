@@ -118,6 +118,14 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     )
     _add_sweep_options(compare, requests=1500, concurrency=[1, 16, 64])
     compare.add_argument("--no-litellm", action="store_true", help="engine and Volt only")
+    compare.add_argument("--engine", choices=["instant", "vllm"], default="instant",
+                         help="instant: the CPU engine without a model, behind engine, Volt "
+                         "and LiteLLM (default); vllm: vllm serve with the real model, "
+                         "directly and behind Volt")
+    compare.add_argument("--vllm-python", type=Path, default=Path(".venv-vllm/bin/python"),
+                         help="with --engine vllm: the Python of vLLM's virtual environment")
+    compare.add_argument("--vllm-args", default="--dtype float32 --max-model-len 1024",
+                         help="with --engine vllm: extra vllm serve arguments")
     compare.set_defaults(func=run)
 
 
@@ -143,6 +151,15 @@ def run_bench(args: argparse.Namespace) -> None:
         key = args.api_key or os.environ.get("OPENAI_API_KEY")
         target = Target(args.name, args.base_url, api_key=key, unix_socket=args.unix_socket)
         run_serve([target], _sweep(args), json_path=args.json, plot_path=args.plot)
+    elif args.bench == "compare" and args.engine == "vllm":
+        from volt.bench.compare import run_vllm_compare
+
+        if not args.vllm_python.exists():
+            raise SystemExit(f"volt bench compare: {args.vllm_python} does not exist "
+                             "(./dev test creates .venv-vllm; or pass --vllm-python)")
+        # absolute(), not resolve(): a venv's python is a symlink out of the venv.
+        run_vllm_compare(_sweep(args), vllm_python=args.vllm_python.absolute(),
+                         vllm_args=args.vllm_args, json_path=args.json, plot_path=args.plot)
     elif args.bench == "compare":
         from volt.bench.compare import run_compare
 

@@ -159,7 +159,52 @@ def _tree(pid: int, without: str = "") -> list[Any]:
 
     root = psutil.Process(pid)
     every = [root, *root.children(recursive=True)]
-    return [p for p in every if not without or without not in " ".join(p.cmdline())]
+    # Case-blind: vLLM renames its processes "VLLM::EngineCore", "VLLM::Worker".
+    return [p for p in every
+            if not without or without.lower() not in " ".join(p.cmdline()).lower()]
+
+
+def run_vllm_compare(sweep: Sweep, *, vllm_python: Path, vllm_args: str,
+                     json_path: Path | None, plot_path: Path | None) -> list[Point]:
+    """The engine (``vllm serve`` with the real model, over its Unix socket) vs
+    Volt in front of it: what Volt adds when a model does the work.
+
+    LiteLLM is left out here: it cannot dial the Unix socket vLLM serves on
+    under the agent, and a second vLLM on a port would halve the CPU each gets.
+    """
+    import os
+
+    import uvloop
+
+    from volt.testing import Cluster
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, for the CPU build
+    with tempfile.TemporaryDirectory(prefix="volt-compare-") as tmp, \
+            Cluster(Path(tmp), heartbeat_interval_s=1.0) as cluster:
+        print("starting Volt with vLLM (this takes a minute)…", file=sys.stderr, flush=True)
+        cluster.add_agent("bench-1", metro="bench", engine="vllm",
+                          vllm_python=str(vllm_python), vllm_args=vllm_args,
+                          engine_startup_timeout_s="600")
+        cluster.start_api()
+        cluster.wait_routable(timeout_s=600)
+        agent = cluster.services["bench-1"].pid
+        engine_tree = [p for p in _tree(agent) if p.pid != agent]
+        targets = [
+            Target("vllm", "http://engine/v1", unix_socket=cluster.engine_socket("bench-1")),
+            Target("volt", cluster.base_url, api_key=cluster.api_key),
+        ]
+        points = uvloop.run(run_sweep(targets, sweep, {
+            "vllm": engine_tree,
+            "volt": [*_tree(cluster.services["api"].pid),
+                     *_tree(cluster.services["scheduler"].pid),
+                     *_tree(agent, without="vllm"),
+                     *([] if cluster.nats.pid is None else _tree(cluster.nats.pid))],
+        }))
+    extra: dict[str, Any] = {"compare": {"engine": f"vllm serve ({vllm_args})",
+                                         "targets": ["vllm", "volt"]}}
+    write_outputs(points, report(points, sweep, extra), json_path, plot_path,
+                  f"vLLM vs Volt on vLLM ({sweep.model}, {sweep.endpoint})")
+    return points
 
 
 def _litellm_version() -> str | None:
