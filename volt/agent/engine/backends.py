@@ -170,6 +170,27 @@ class StopMatcher:
         return pending
 
 
+class _TokenizedBackend:
+    """The tokenizer side of the ``Backend`` interface, the same for every backend."""
+
+    tokenizer: _Tokenizer
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        return self.tokenizer.encode_chat(messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size()
+
+
 class PrefixHits:
     """How many prompt tokens each request found in the KV cache.
 
@@ -208,7 +229,7 @@ class PrefixHits:
             return self._hits.pop(request_id, 0)
 
 
-class TransformersBackend:
+class TransformersBackend(_TokenizedBackend):
     def __init__(self, model_dir: Path, model_id: str, *, threads: int = 1) -> None:
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
@@ -242,21 +263,6 @@ class TransformersBackend:
         self.prefix_hits = PrefixHits()
         self.prefix_hits.install()
         self._manager.start()
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
-        return self.tokenizer.encode_chat(messages)
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size()
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -342,7 +348,7 @@ class TransformersBackend:
 INSTANT_TEXT = "Volt serves tokens from sovereign metros. "
 
 
-class InstantBackend:
+class InstantBackend(_TokenizedBackend):
     """Fixed tokens, produced instantly: measures everything but the model."""
 
     def __init__(self, model_dir: Path, model_id: str) -> None:
@@ -352,26 +358,11 @@ class InstantBackend:
         ids = self.tokenizer.encode(INSTANT_TEXT)
         self._pieces = [self.tokenizer.decode([i]) for i in ids]
 
-    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
-        return self.tokenizer.encode_chat(messages)
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size()
-
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]:
         n, pieces = params.max_new_tokens, self._pieces
         yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
 
     def kv_cache_usage(self) -> float:
         return 0.0
