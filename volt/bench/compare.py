@@ -172,8 +172,6 @@ def run_vllm_compare(sweep: Sweep, *, vllm_python: Path, vllm_args: str,
     LiteLLM is left out here: it cannot dial the Unix socket vLLM serves on
     under the agent, and a second vLLM on a port would halve the CPU each gets.
     """
-    import os
-
     import uvloop
 
     from volt.testing import Cluster

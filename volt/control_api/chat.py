@@ -114,6 +114,6 @@ class ChatCompletions:
     def _events(
         self, call: PodCall, req: ChatCompletionRequest
     ) -> AsyncIterator[tuple[bytes, bool]]:
-        include_usage = req.stream_options is not None and req.stream_options.include_usage
         return stream_events(self.dispatcher, call,
-                             _ChatChunks("chatcmpl-" + call.request_id, req.model), include_usage)
+                             _ChatChunks("chatcmpl-" + call.request_id, req.model),
+                             req.stream_options)

@@ -141,6 +141,6 @@ class TextCompletions:
         return JsonReply(_encoder.encode(completion))
 
     def _events(self, call: PodCall, req: CompletionRequest) -> AsyncIterator[tuple[bytes, bool]]:
-        include_usage = req.stream_options is not None and req.stream_options.include_usage
         return stream_events(self.dispatcher, call,
-                             _TextChunks("cmpl-" + call.request_id, req.model), include_usage)
+                             _TextChunks("cmpl-" + call.request_id, req.model),
+                             req.stream_options)

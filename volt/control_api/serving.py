@@ -345,10 +345,11 @@ def usage_of(final: Final) -> CompletionUsage:
 
 
 def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
-                  include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
+                  options: StreamOptions | None) -> AsyncIterator[tuple[bytes, bool]]:
     """A stream's SSE writes: token chunks as they come, then the closing
     choices, the usage chunk if asked for, and ``[DONE]``. The last chunk before
     ``[DONE]`` carries the ``volt`` block."""
+    include_usage = options is not None and options.include_usage
     finish: dict[int, str] = {}
     first_token: float | None = None
 
