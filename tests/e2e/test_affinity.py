@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,14 @@ def test_prefixes_and_sessions_find_their_pod_and_sessions_move_on(
         cluster.start_api()
         cluster.wait_routable()
         with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key) as sdk:
+            # wait_routable returns once one pod answers; the other's engine may still be
+            # starting. Wait until both have served, then check the spread afresh.
+            deadline = time.monotonic() + 120
+            while {pod(sdk, [{"role": "user", "content": "ready?"}]) for _ in range(10)} \
+                    != {"fra-1", "fra-2"}:
+                assert time.monotonic() < deadline, "the second pod never became routable"
+                time.sleep(0.3)
+            time.sleep(1.5)  # the view forgets the readiness requests' load
             # Without shared context, both pods take work.
             spread = {pod(sdk, [{"role": "user", "content": f"q{i}"}]) for i in range(30)}
             assert spread == {"fra-1", "fra-2"}
