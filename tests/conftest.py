@@ -5,11 +5,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.up.nats_server import NatsServer
+
+if TYPE_CHECKING:
+    from support.kube import KubeControlPlane
 
 # One torch thread: two threads swing wildly on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -62,3 +66,27 @@ def postgres_url() -> Iterator[str]:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def require(reason: str) -> None:
+    """Skip for a part this machine lacks, saying why; in CI, fail instead:
+    CI installs everything, so a missing part there is a broken set-up."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
+    """A real Kubernetes control plane (etcd, kube-apiserver,
+    kube-controller-manager, kube-scheduler), once per test session."""
+    import shutil
+
+    from support.kube import KubeControlPlane, etcd_binary
+
+    if shutil.which("go") is None:
+        require("Go is not installed: the Kubernetes binaries are built from source")
+    if etcd_binary() is None:
+        require("etcd is not installed (Debian package etcd-server)")
+    with KubeControlPlane(tmp_path_factory.mktemp("kube")) as control_plane:
+        yield control_plane
