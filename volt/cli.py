@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from volt.config import ConfigError, VoltConfig, load_config
+
+if TYPE_CHECKING:
+    from volt.store import Database
+
+T = TypeVar("T")
 
 
 def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> VoltConfig:
@@ -80,47 +86,65 @@ def _db_upgrade(args: argparse.Namespace) -> None:
     print("store is at the newest migration")
 
 
-def _keys_create(args: argparse.Namespace) -> None:
-    from volt.store import ApiKeys, Database
+def _store(args: argparse.Namespace, work: Callable[[VoltConfig, Database], Awaitable[T]]) -> T:
+    """Run ``work`` on the store of this machine's configuration (operator commands)."""
+    from volt.store import Database
 
     config = _config(args)
 
-    async def main() -> str:
+    async def main() -> T:
         db = Database(config.store_url())
         try:
             await db.check_current()
-            issued = await ApiKeys(db).create(args.tenant, args.name)
+            return await work(config, db)
         finally:
             await db.close()
+
+    return asyncio.run(main())
+
+
+def _orgs_create(args: argparse.Namespace) -> None:
+    from volt.identity.orgs import Orgs
+
+    async def work(config: VoltConfig, db: Database) -> str:
+        return (await Orgs(db).ensure(args.name)).id
+
+    print(_store(args, work))
+
+
+def _admin_keys_create(args: argparse.Namespace) -> None:
+    from volt.identity.orgs import Orgs
+    from volt.identity.principal import Role
+    from volt.up.bootstrap import api_keys
+
+    async def work(config: VoltConfig, db: Database) -> str:
+        org = await Orgs(db).ensure(args.org)
+        issued = await api_keys(config, db).create(
+            org.id, args.name, mode=args.mode, role=Role(args.role),
+            created_by="operator (volt admin keys create)")
         return issued.key
 
-    key = asyncio.run(main())
-    print(key)
-    print("Store this key now: Volt keeps only its digest and cannot show it again.",
+    print(_store(args, work))
+    print("Store this key now: Volt keeps only a keyed hash of it and cannot show it again.",
           file=sys.stderr)
 
 
-def _tenants_set(args: argparse.Namespace) -> None:
-    from volt.store import ApiKeys, Catalog, Database
+def _orgs_set_catalog(args: argparse.Namespace) -> None:
+    from volt.identity.orgs import Orgs
+    from volt.store import Catalog
 
     def limit(text: str | None) -> frozenset[str] | None:
         if text is None or text == "*":
             return None
         return frozenset(part.strip() for part in text.split(",") if part.strip())
 
-    config = _config(args)
     catalog = Catalog(models=limit(args.models), metros=limit(args.metros),
                       tiers=limit(args.tiers))
 
-    async def main() -> None:
-        db = Database(config.store_url())
-        try:
-            await db.check_current()
-            await ApiKeys(db).set_catalog(args.name, catalog)
-        finally:
-            await db.close()
+    async def work(config: VoltConfig, db: Database) -> None:
+        await Orgs(db).set_catalog(args.name, catalog)
 
-    asyncio.run(main())
+    _store(args, work)
     print(f"{args.name}: {catalog.to_json() or 'may use every model, metro and tier'}")
     print("API replicas pick this up within api.auth_cache_s.", file=sys.stderr)
 
@@ -161,24 +185,37 @@ def build_parser() -> argparse.ArgumentParser:
         func=_db_upgrade
     )
 
-    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
-    create = keys.add_parser("create", parents=[common], help="issue an API key")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--name", default="cli")
-    create.set_defaults(func=_keys_create)
-
-    tenants = commands.add_parser("tenants", help="tenants").add_subparsers(
-        dest="tenants", required=True
-    )
-    catalog = tenants.add_parser(
-        "set", parents=[common],
-        help="set what a tenant may use (comma-separated lists; '*' or omitted: everything)",
+    admin = commands.add_parser(
+        "admin", help="operator commands on this machine's store (orgs, first keys)"
+    ).add_subparsers(dest="admin", required=True)
+    orgs = admin.add_parser("orgs", help="organizations").add_subparsers(
+        dest="orgs", required=True)
+    org_create = orgs.add_parser("create", parents=[common], help="create an org; prints its id")
+    org_create.add_argument("name")
+    org_create.set_defaults(func=_orgs_create)
+    catalog = orgs.add_parser(
+        "set-catalog", parents=[common],
+        help="set what an org may use (comma-separated lists; '*' or omitted: everything)",
     )
     catalog.add_argument("name")
     catalog.add_argument("--models")
     catalog.add_argument("--metros")
     catalog.add_argument("--tiers")
-    catalog.set_defaults(func=_tenants_set)
+    catalog.set_defaults(func=_orgs_set_catalog)
+    admin_keys = admin.add_parser("keys", help="API keys").add_subparsers(
+        dest="admin_keys", required=True)
+    admin_create = admin_keys.add_parser(
+        "create", parents=[common], help="issue a key for an org (created if new); prints it")
+    admin_create.add_argument("--org", required=True)
+    admin_create.add_argument("--name", default="operator")
+    admin_create.add_argument("--role", choices=("viewer", "member", "admin", "owner"),
+                              default="owner")
+    admin_create.add_argument("--mode", choices=("live", "test"), default="live")
+    admin_create.set_defaults(func=_admin_keys_create)
+
+    from volt.sdk.cli import add_client_commands
+
+    add_client_commands(commands, common)
 
     model = commands.add_parser("model", help="the tiny CPU model").add_subparsers(
         dest="model", required=True

@@ -84,11 +84,70 @@ class SchedulerSettings(_Section):
     sweep_interval_s: PositiveFloat = 0.1
 
 
+class OidcIssuer(_Section):
+    """An OpenID Provider console admins sign in with (``[[identity.oidc]]``)."""
+
+    name: SubjectToken
+    """Names the issuer in URLs (``/console/login?issuer=<name>``)."""
+    issuer: str
+    client_id: str
+    client_secret: str = ""
+    client_secret_file: str = ""
+    """Read the secret from this file instead (keeps it out of the config file)."""
+    preset: Literal["generic", "okta", "entra", "google"] = "generic"
+    """Provider quirks (``volt/identity/oidc_presets.py``): issuer URL shape,
+    the groups claim, scopes."""
+    groups_claim: str = ""
+    """Empty: the preset's (``groups``; ``hd`` for Google)."""
+    role_map: dict[str, str] = {}
+    """Group -> ``<org name>:<role>`` (role: owner, admin, member, viewer)."""
+
+    def __post_init__(self) -> None:
+        from volt.identity.oidc_presets import check_issuer
+
+        check_issuer(self.preset, self.issuer)
+        for group, target in self.role_map.items():
+            org, _, role = target.rpartition(":")
+            if not org or role not in {"owner", "admin", "member", "viewer"}:
+                raise ValueError(f"role_map[{group!r}] must be `<org>:<role>`, not {target!r}")
+
+
+class IdentitySettings(_Section):
+    trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9._-]{1,255}$")] = "volt.local"
+    """SPIFFE trust domain of every principal (``spiffe://<trust_domain>/org/...``)."""
+    secrets_dir: str = ""
+    """The keyring (``volt/identity/keyring.py``). Empty: ``<data>/secrets``."""
+    public_url: str = ""
+    """Where users reach the API (verification and callback URLs). Empty:
+    ``http://<api.host>:<api.port>``."""
+    access_token_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 900
+    refresh_token_ttl_s: Annotated[int, msgspec.Meta(ge=300)] = 30 * 24 * 3600
+    device_code_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 600
+    device_poll_interval_s: Annotated[int, msgspec.Meta(ge=1, le=60)] = 5
+    device_clients: list[str] = msgspec.field(default_factory=lambda: ["volt-cli"])
+    """OAuth client ids that may use the device grant (public clients)."""
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Default per-key Spark limit when a key sets none (0: no limit)."""
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    oidc: list[OidcIssuer] = []
+
+
+class AuditSettings(_Section):
+    checkpoint_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    """Sign a checkpoint after this many events..."""
+    checkpoint_interval_s: PositiveFloat = 5.0
+    """...or this long after the last one, while events arrive."""
+    flush_interval_s: PositiveFloat = 0.05
+    """How long an API replica holds events before publishing them."""
+
+
 class AgentSettings(_Section):
     node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
     """Empty: derived from the host name."""
     metro: SubjectToken = "local"
     tier: SubjectToken = "standard"
+    capacity: Literal["live", "test"] = "live"
+    """``test``: this node serves only ``volt_sk_test_`` keys (and live keys never reach it)."""
     heartbeat_interval_s: PositiveFloat = 2.0
     engine: Literal["cpu", "vllm"] = "cpu"
     engine_mode: Literal["model", "instant"] = "model"
@@ -133,6 +192,8 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
     # Derived values: computed from the settings, never stored twice.
 
@@ -163,9 +224,16 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def model_dir(self, model: str | None = None) -> Path:
         return self.data_path / "models" / (model or self.agent.model)
 
+    def secrets_path(self) -> Path:
+        return Path(self.identity.secrets_dir).expanduser() if self.identity.secrets_dir \
+            else self.data_path / "secrets"
 
-_SECTIONS = ("nats", "store", "api", "scheduler", "agent")
-_LIST_FIELDS = {("agent", "vllm_args")}
+    def public_url(self) -> str:
+        return (self.identity.public_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
+
+
+_SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit")
+_LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients")}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -174,6 +242,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         for name, typ in (
             ("nats", NatsSettings), ("store", StoreSettings), ("api", ApiSettings),
             ("scheduler", SchedulerSettings), ("agent", AgentSettings),
+            ("identity", IdentitySettings), ("audit", AuditSettings),
         )
     }
     top = {"data_dir", "log_level"}

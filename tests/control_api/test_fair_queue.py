@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from volt.control_api.admission import Admission, FairQueue, RateLimited
-from volt.control_api.errors import ServiceUnavailable
+from volt.control_api.admission import Admission, FairQueue
+from volt.control_api.errors import RateLimited, ServiceUnavailable
 from volt.scheduler.placement import PlacementQuery
 from volt.wire import NodeView
 

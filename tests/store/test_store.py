@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
-from volt.store import ApiKeys, Database, Inventory, SchemaOutdated
-from volt.store.schema import ApiKey
+from volt.store import Database, Inventory, SchemaOutdated
 from volt.wire import GpuInfo, NodeHello
 
 
@@ -44,40 +41,6 @@ async def test_an_unmigrated_store_is_refused_clearly(tmp_path: Path) -> None:
         await database.close()
 
 
-async def test_keys_are_stored_only_as_digests(db: Database) -> None:
-    keys = ApiKeys(db)
-    issued = await keys.create("acme", "ci")
-    assert issued.key.startswith("volt_sk_live_")
-    principal = await keys.verify(issued.key)
-    assert principal is not None
-    assert principal.tenant_name == "acme"
-    assert principal.spiffe_id == f"spiffe://volt.local/tenant/{principal.tenant_id}"
-    async with db.session() as session:
-        row = await session.get(ApiKey, issued.id)
-        assert row is not None
-        assert issued.key not in (row.digest, row.prefix, row.name)
-        assert len(row.prefix) < len(issued.key) // 2
-
-
-async def test_unknown_and_revoked_keys_do_not_verify(db: Database) -> None:
-    keys = ApiKeys(db)
-    issued = await keys.create("acme", "ci")
-    assert await keys.verify(issued.key + "x") is None
-    async with db.session() as session, session.begin():
-        await session.execute(
-            update(ApiKey).where(ApiKey.id == issued.id).values(revoked_at=datetime.now(UTC))
-        )
-    assert await keys.verify(issued.key) is None
-
-
-async def test_a_tenant_has_one_identity_however_many_keys(db: Database) -> None:
-    keys = ApiKeys(db)
-    first, second = await keys.create("acme", "a"), await keys.create("acme", "b")
-    assert first.tenant_id == second.tenant_id
-    with pytest.raises(ValueError, match="volt_sk_live_"):
-        await keys.create("acme", "bad", key="sk-not-ours")
-
-
 async def test_catalog_and_inventory(db: Database) -> None:
     inventory = Inventory(db)
     await inventory.add_models({"b", "a"})
@@ -89,22 +52,43 @@ async def test_catalog_and_inventory(db: Database) -> None:
     await inventory.record_node(hello)  # a rejoin updates, never duplicates
 
 
-async def test_a_tenants_catalog_travels_with_its_keys(db: Database) -> None:
-    from volt.store import EVERYTHING, Catalog
+async def test_an_older_store_upgrades_keeping_its_orgs_and_usage(tmp_path: Path) -> None:
+    """A store at the spine's schema (tenants, digest keys) upgrades in place:
+    tenants become orgs with their catalogs, usage is kept, old-format keys go."""
+    from alembic import command
+    from sqlalchemy import text
 
-    keys = ApiKeys(db)
-    issued = await keys.create("sovereign-gmbh", "k")
-    principal = await keys.verify(issued.key)
-    assert principal is not None
-    assert principal.catalog == EVERYTHING
-    limited = Catalog(models=frozenset({"volt-tiny"}), metros=frozenset({"fra"}))
-    await keys.set_catalog("sovereign-gmbh", limited)
-    principal = await keys.verify(issued.key)
-    assert principal is not None
-    assert principal.catalog == limited
-    assert principal.catalog.allows_model("volt-tiny")
-    assert not principal.catalog.allows_model("other")
-    await keys.set_catalog("sovereign-gmbh", EVERYTHING)
-    principal = await keys.verify(issued.key)
-    assert principal is not None
-    assert principal.catalog == EVERYTHING
+    from volt.store.database import _alembic_config
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    try:
+        def to_0003(connection: object) -> None:
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+
+        async with database.engine.begin() as connection:
+            await connection.run_sync(to_0003)
+            await connection.execute(text(
+                "insert into tenants (id, name, spiffe_id, catalog) values "
+                "('ten_1', 'acme', 'spiffe://volt.local/tenant/ten_1', '{\"metros\": [\"fra\"]}')"))
+            await connection.execute(text(
+                "insert into api_keys (id, tenant_id, name, prefix, digest) values "
+                "('key_1', 'ten_1', 'old', 'volt_sk_live_abc', 'deadbeef')"))
+            await connection.execute(text(
+                "insert into usage_records (request_id, tenant_id, key_id, model, endpoint, "
+                "metro, tier, pod, stream, status, prompt_tokens, completion_tokens, "
+                "cached_tokens, started_unix, ended_unix, day) values ('r1', 'ten_1', 'key_1', "
+                "'m', 'chat.completions', 'fra', 'standard', 'p', 0, 'completed', 3, 4, 0, 1, 2, "
+                "'1970-01-01')"))
+        await database.upgrade()
+        async with database.engine.connect() as connection:
+            orgs = (await connection.execute(text("select id, name, catalog from orgs"))).all()
+            usage = (await connection.execute(
+                text("select org_id, livemode, prompt_tokens from usage_records"))).all()
+            keys = (await connection.execute(text("select count(*) from api_keys"))).scalar()
+        assert orgs == [("ten_1", "acme", '{"metros": ["fra"]}')]
+        assert usage == [("ten_1", 1, 3)]
+        assert keys == 0
+    finally:
+        await database.close()

@@ -25,6 +25,7 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
     "usage": (wire.USAGE, (wire.UsageBatch,)),
+    "identity": (wire.IDENTITY, (wire.AuditBatch, wire.CredentialRevoked)),
 }
 
 text = st.text(max_size=20)

@@ -58,6 +58,7 @@ async def run_agent(config: VoltConfig) -> None:
         engines=[EngineHandle(model, sup.client, sup.ready) for model, sup in supervisors],
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,
+        capacity=config.agent.capacity,
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}")
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,

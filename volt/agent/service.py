@@ -92,10 +92,12 @@ class Agent:
         max_inflight: int = 512,
         engine_kind: str = "cpu",
         usage: UsagePublisher | None = None,
+        capacity: str = "live",
     ) -> None:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
         self.tier = tier
+        self.capacity = capacity
         self.engines = {handle.model: handle for handle in engines}
         self.telemetry = telemetry
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -140,7 +142,7 @@ class Agent:
         hello = NodeHello(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=list(self.engines),
             gpus=self.telemetry.read(), engine=self.engine_kind,
-            heartbeat_interval_s=self.heartbeat_interval_s,
+            heartbeat_interval_s=self.heartbeat_interval_s, capacity=self.capacity,
         )
         await self._nc.publish(subjects.NODE_HELLO, encode(hello))
 
@@ -155,7 +157,7 @@ class Agent:
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=models,
             gpus=self.telemetry.read(), load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
-            inflight_by_replica=dict(self._by_replica),
+            inflight_by_replica=dict(self._by_replica), capacity=self.capacity,
         )
 
     async def _heartbeat_forever(self) -> None:
@@ -279,6 +281,7 @@ class Agent:
                 completion_tokens=progress.completion_tokens,
                 cached_tokens=progress.cached_tokens,
                 started_unix=started_unix, ended_unix=time.time(),
+                spiffe_id=request.spiffe_id, livemode=request.livemode,
             ))
 
     async def _embed(

@@ -19,30 +19,11 @@ from collections import OrderedDict, deque
 
 from prometheus_client import Gauge
 
-from volt.control_api.errors import ApiError, ServiceUnavailable
-from volt.scheduler.placement import PlacementQuery
+from volt.control_api.errors import RateLimited, ServiceUnavailable
+from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
 from volt.wire import NodeView
 
 WAITING = Gauge("volt_api_waiting_requests", "Requests waiting for a free pod slot", ["model"])
-
-
-class RateLimited(ApiError):
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, limit: int, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "Retry-After": str(self.retry_after_s),
-            "x-ratelimit-limit-requests": str(self.limit),
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": f"{self.retry_after_s}s",
-        }
 
 
 class FairQueue:
@@ -147,8 +128,10 @@ class Admission:
     def released(self, node: NodeView) -> None:
         """A slot freed on ``node``: the next waiter in turn that can use it may go."""
         for query, queue in list(self._queues.items()):
-            if (query.model in node.models
-                    and (query.metros is None or node.metro in query.metros)
-                    and (query.tier is None or node.tier == query.tier)
-                    and (query.tiers is None or node.tier in query.tiers)):
+            if fits(query, node):
                 queue.wake_next()
+
+
+def fits(query: PlacementQuery, node: NodeView) -> bool:
+    """Placement's own filters (not a copy of them): could ``node`` serve ``query``?"""
+    return all(plugin.keep(query, node) for plugin in DEFAULT_POLICY.filters)

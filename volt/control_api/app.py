@@ -1,31 +1,37 @@
-"""The Quart application: auth → handler, OpenAI errors on every path.
+"""The Quart application: identity → handler → audit, OpenAI errors on every path.
 
 ``create_app`` wires the pieces; the logic lives in ``chat`` (serving),
 ``routing`` (placement from the scheduler's view), ``inference`` (NATS
-request/reply) and ``auth``. Routes here stay thin. ``create_asgi`` puts the
+request/reply) and ``volt.identity`` (who may do what, and the audit log).
+Every request passes one pipeline: ``before_request`` finds the route's rule
+(``volt/identity/policy.py``), authenticates a bearer credential and checks
+scope, role and org; ``after_request`` records the audit event and sets
+``x-request-id``. Routes here stay thin; the identity routes are in
+``identity_routes``, ``oauth`` and ``console``. ``create_asgi`` puts the
 inference hot path (``hot_path``) in front of the Quart app; that is what
-Hypercorn serves.
+the ASGI server serves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 from importlib.metadata import version as package_version
 
 import msgspec
 from nats.aio.client import Client
 from prometheus_client import REGISTRY, generate_latest
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from volt.asgi import ASGIApp
 from volt.config import VoltConfig
 from volt.control_api.admission import Admission
-from volt.control_api.auth import Authenticator
 from volt.control_api.chat import ChatCompletions
 from volt.control_api.completions import TextCompletions
+from volt.control_api.console import CONSOLE_PATHS, error_page, register_console
 from volt.control_api.embeddings import Embeddings
 from volt.control_api.errors import (
     ApiError,
@@ -35,15 +41,21 @@ from volt.control_api.errors import (
     NotImplementedYet,
     PayloadTooLarge,
     error_json,
+    translate,
 )
 from volt.control_api.hot_path import Endpoint, HotPath
+from volt.control_api.identity_routes import register_identity_routes
 from volt.control_api.inference import InferenceClient
+from volt.control_api.oauth import register_oauth_routes
 from volt.control_api.openapi import render_yaml
 from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
+from volt.identity import Identity, IdentityError, Principal
+from volt.identity.audit import AuditUnavailable, new_request_id
+from volt.identity.policy import AuditLevel, Rule, rule_for
 from volt.protocol.common import Model, ModelList
-from volt.store import ApiKeys, Database, UsageLedger
+from volt.store import Database, UsageLedger
 from volt.wire import ModelCard, bus
 
 log = logging.getLogger(__name__)
@@ -71,7 +83,7 @@ class ApiServices:
         self.config = config
         self.replica_id = replica_id
         self.db = Database(config.store_url())
-        self.auth = Authenticator(ApiKeys(self.db), ttl_s=config.api.auth_cache_s)
+        self.identity = Identity(config, self.db)
         self.usage = UsageLedger(self.db)
         self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod,
                              replica_id=replica_id)
@@ -89,10 +101,12 @@ class ApiServices:
         await inference.start()
         self.router.on_pods_lost = inference.pods_lost
         await self.router.attach(self.nc)
+        await self.identity.start(self.nc)
         dispatcher = Dispatcher(
             self.router, inference, self.config.api.request_timeout_s,
             Admission(queue_limit=self.config.api.queue_limit,
                       per_tenant_limit=self.config.api.tenant_queue_limit),
+            on_usage=self.identity.charge,
         )
         self.endpoints = {
             "/v1/chat/completions": ChatCompletions(dispatcher),
@@ -101,6 +115,7 @@ class ApiServices:
         }
 
     async def stop(self) -> None:
+        await self.identity.stop()  # publishes the audit events still buffered
         if self.nc is not None:
             # Drain when we can (finish in-flight replies); when NATS is
             # already gone (a whole-host shutdown), just close.
@@ -133,9 +148,48 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     async def disconnect() -> None:
         await services.stop()
 
+    @app.before_request
+    async def identify() -> None:
+        """Every request: an id, its route's rule, and for bearer routes the
+        caller, checked against the rule (401/403, or 404 for another org's id)."""
+        g.request_id = new_request_id()
+        g.principal = None
+        rule_obj = request.url_rule
+        g.route = template(rule_obj.rule) if rule_obj is not None else ""
+        g.rule = rule_for(request.method, g.route) if rule_obj is not None else None
+        if g.rule is None:
+            return  # unknown route or method: the 404/405 handlers answer
+        if g.rule.auth == "bearer":
+            g.principal = await services.identity.authenticate(
+                request.headers.get("Authorization"))
+            services.identity.authorize(g.principal, g.rule, request.view_args or {})
+
+    @app.after_request
+    async def audit(response: Response) -> Response:
+        response.headers["x-request-id"] = g.get("request_id", "")
+        rule: Rule | None = g.get("rule")
+        level = rule.audit if rule is not None else AuditLevel.METADATA
+        body = await request.get_data() if level is AuditLevel.REQUEST else None
+        services.identity.record(
+            request_id=g.get("request_id", ""), principal=g.get("principal"),
+            method=request.method, route=g.get("route", ""),
+            resources={k: str(v) for k, v in (request.view_args or {}).items()},
+            status=response.status_code, client=request.remote_addr or "",
+            body=body if isinstance(body, bytes) else None, level=level)
+        return response
+
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
+        if request.path.startswith(CONSOLE_PATHS):
+            return error_page(error)  # a browser gets a page, anything else JSON
         return error_response(error)
+
+    @app.errorhandler(IdentityError)
+    @app.errorhandler(AuditUnavailable)
+    async def translated_error(error: Exception) -> Response:
+        translated = translate(error)
+        assert translated is not None
+        return await api_error(translated)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -163,14 +217,14 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        principal: Principal = g.principal
         allowed = principal.catalog.allows_model
         cards = [card for card in services.router.catalog.values() if allowed(card.id)]
         return _json(ModelList(data=[_model(card) for card in cards]))
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        principal: Principal = g.principal
         if not principal.catalog.allows_model(model_id):
             raise ModelNotFound(model_id)
         return _json(_model(services.router.model(model_id)))
@@ -181,7 +235,6 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     @app.get("/v1/fine-tuning/jobs/<job_id>")
     @app.get("/v1/fine_tuning/jobs/<job_id>")
     async def fine_tuning(job_id: str | None = None) -> Response:
-        await services.auth.authenticate(request.headers.get("Authorization"))
         raise NotImplementedYet(
             "Fine-tuning is not available yet: LoRA fine-tune jobs are coming in a later "
             "release of Volt. Nothing was submitted."
@@ -189,8 +242,7 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     @app.get("/v1/usage")
     async def usage() -> Response:
-        principal = await services.auth.authenticate(request.headers.get("Authorization"))
-        body = await usage_report(services.usage, principal, request.args)
+        body = await usage_report(services.usage, g.principal, request.args)
         return Response(body, content_type="application/json")
 
     @app.get("/healthz")
@@ -214,7 +266,18 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), content_type="text/plain; version=0.0.4")
 
+    register_identity_routes(app, services.identity)
+    register_oauth_routes(app, services.identity)
+    register_console(app, services.identity)
     return app
+
+
+_PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def template(rule: str) -> str:
+    """Quart's ``/v1/models/<path:model_id>`` as OpenAPI's ``/v1/models/{model_id}``."""
+    return _PARAMETER.sub(r"{\1}", rule)
 
 
 def create_asgi(config: VoltConfig, *, replica_id: str | None = None) -> ASGIApp:

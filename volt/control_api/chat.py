@@ -25,6 +25,7 @@ from volt.control_api.serving import (
     stream_events,
     usage_of,
 )
+from volt.identity import Principal
 from volt.protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -37,7 +38,6 @@ from volt.protocol.chat import (
     TokenLogprob,
 )
 from volt.protocol.common import CompletionUsage, VoltBlock
-from volt.store import Principal
 from volt.wire import ChoiceDelta
 
 _encoder = msgspec.json.Encoder()

@@ -24,6 +24,7 @@ from volt.control_api.serving import (
     stream_events,
     usage_of,
 )
+from volt.identity import Principal
 from volt.protocol.common import CompletionUsage, VoltBlock
 from volt.protocol.completions import (
     Completion,
@@ -31,7 +32,6 @@ from volt.protocol.completions import (
     CompletionLogprobs,
     CompletionRequest,
 )
-from volt.store import Principal
 from volt.wire import ChoiceDelta
 
 _encoder = msgspec.json.Encoder()

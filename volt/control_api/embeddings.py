@@ -14,8 +14,8 @@ import msgspec
 
 from volt.control_api.inference import Reply
 from volt.control_api.serving import Dispatcher, Job, JsonReply, decode_request
+from volt.identity import Principal
 from volt.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
-from volt.store import Principal
 from volt.wire import EmbeddingChunk
 
 _encoder = msgspec.json.Encoder()

@@ -10,12 +10,16 @@
     ├── MethodNotAllowed     405 invalid_request_error
     ├── PayloadTooLarge      413 invalid_request_error
     ├── RateLimited          429 requests                (admission.py: queue full)
+    ├── KeyRateLimited       429 requests                (a key's requests/tokens per minute)
     ├── NotImplementedYet    501 not_implemented         (a documented endpoint not built yet)
     ├── UpstreamError        4xx/5xx from the pod, passed through (e.g. context length)
     ├── ServiceUnavailable   503 service_unavailable     (no healthy pod; Retry-After)
     └── DeadlineExceeded     504 timeout
 
 Handlers raise these; ``ApiError.encode`` is the only place they become bytes.
+Errors of the packages behind the API (identity's ``IdentityError``, its
+``LimitExceeded`` and ``AuditUnavailable``) are translated here, once, by
+``translate``.
 Anything else that escapes a handler is a bug: it becomes a 500 with a
 generic message, and is logged without the request's payload.
 """
@@ -24,6 +28,9 @@ from __future__ import annotations
 
 import msgspec
 
+from volt.identity.audit import AuditUnavailable
+from volt.identity.errors import IdentityError
+from volt.identity.limits import LimitExceeded, LimitState, limit_headers
 from volt.protocol.common import ErrorDetail, ErrorResponse
 
 _encoder = msgspec.json.Encoder()
@@ -128,6 +135,59 @@ class DeadlineExceeded(ApiError):
     status = 504
     type = "timeout"
     code = "deadline_exceeded"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: int, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(self.retry_after_s),
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": f"{self.retry_after_s}s",
+        }
+
+
+class KeyRateLimited(ApiError):
+    """A key's own limit (``volt/identity/limits.py``), shared by every replica."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, states: list[LimitState]) -> None:
+        super().__init__(message)
+        self.states = states
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(s.reset_s for s in self.states)),
+                **limit_headers(self.states)}
+
+
+def translate(exc: Exception) -> ApiError | None:
+    """The API's error for an exception of a package behind it (None: not one)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, IdentityError):
+        error: ApiError = {401: Unauthenticated, 403: PermissionDenied, 404: NotFound}.get(
+            exc.status, InvalidRequest)(exc.message, param=exc.param, code=exc.code)
+        return error
+    if isinstance(exc, LimitExceeded):
+        return KeyRateLimited(str(exc), [exc.state])
+    if isinstance(exc, AuditUnavailable):
+        unavailable = ServiceUnavailable("The audit log cannot be reached, and Volt serves no "
+                                         "request it cannot audit; retry shortly.")
+        unavailable.code = "audit_unavailable"
+        return unavailable
+    return None
 
 
 def error_json(error: ApiError) -> bytes:

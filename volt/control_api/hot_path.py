@@ -5,8 +5,9 @@ inference endpoints carry almost all of the traffic, and on them Quart's
 per-request machinery (request and context objects, two tasks and an
 ``asyncio.wait`` per request, header normalisation, response finalisation)
 cost more than all of Volt's own work. The handler below does what Quart did
-for these routes (auth first, body limit, OpenAI errors, cancel on
-disconnect) and calls the same serving code. README.md, "Why the inference
+for these routes (identity first: authenticate, the route's rule, the key's
+limits; body limit, OpenAI errors, cancel on disconnect, one audit event per
+request and its ``x-request-id``) and calls the same serving code. README.md, "Why the inference
 path skips Quart", has the measurements.
 """
 
@@ -35,9 +36,12 @@ from volt.control_api.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     error_json,
+    translate,
 )
 from volt.control_api.serving import JsonReply, StreamReply
-from volt.store import Principal
+from volt.identity import Principal
+from volt.identity.audit import new_request_id
+from volt.identity.policy import RULES
 
 log = logging.getLogger(__name__)
 
@@ -66,34 +70,59 @@ class HotPath:
         if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
-        endpoint = self.services.endpoints[scope["path"]]
+        identity = self.services.identity
+        path = scope["path"]
+        rule = RULES[("POST", path)]
         arrived = time.perf_counter()
+        request_id = new_request_id()
+        request_id_header = (b"x-request-id", request_id.encode())
+        status = 0
+
+        async def send_tagged(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        principal: Principal | None = None
+        body: bytes | None = None
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_body_bytes} bytes.")
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(
-                    f"Method {scope['method']} is not allowed on {scope['path']}."
-                )
-            authorization = header(scope, b"authorization")
-            principal = await self.services.auth.authenticate(
-                authorization.decode("latin-1") if authorization is not None else None
-            )
-            length = header(scope, b"content-length")
-            if length is not None:
-                if not length.isdigit():
-                    raise InvalidRequest("The Content-Length header is not a number.")
-                if int(length) > self.max_body_bytes:
-                    raise too_large
-            body = await read_body(receive, self.max_body_bytes)
-        except Disconnected:
-            return
-        except BodyTooLarge:
-            await _send_error(send, too_large)
-            return
-        except ApiError as error:
-            await _send_error(send, error)
-            return
-        await self._serve(endpoint, body, arrived, principal, receive, send)
+            try:
+                if scope["method"] != "POST":
+                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
+                authorization = header(scope, b"authorization")
+                principal = await identity.authenticate(
+                    authorization.decode("latin-1") if authorization is not None else None)
+                identity.authorize(principal, rule, {})
+                length = header(scope, b"content-length")
+                if length is not None:
+                    if not length.isdigit():
+                        raise InvalidRequest("The Content-Length header is not a number.")
+                    if int(length) > self.max_body_bytes:
+                        raise too_large
+                body = await read_body(receive, self.max_body_bytes)
+                await identity.admit(principal)
+            except Disconnected:
+                status = 499  # the client left before sending its request
+                return
+            except BodyTooLarge:
+                await _send_error(send_tagged, too_large)
+                return
+            except Exception as exc:
+                error = translate(exc)
+                if error is None:
+                    raise
+                await _send_error(send_tagged, error)
+                return
+            await self._serve(endpoint_of(self.services, path), body, arrived, principal,
+                              receive, send_tagged)
+        finally:
+            client = scope.get("client")
+            identity.record(request_id=request_id, principal=principal, method="POST",
+                            route=path, resources={}, status=status or 499,
+                            client=client[0] if client else "", body=body, level=rule.audit)
 
     async def _serve(self, endpoint: Endpoint, body: bytes, arrived: float,
                      principal: Principal, receive: Receive, send: Send) -> None:
@@ -119,6 +148,11 @@ class HotPath:
                 guard.finish()
                 failure = ApiError("The server had an error processing your request.")
                 await _send_error(send, failure)
+
+
+def endpoint_of(services: Any, path: str) -> Endpoint:
+    endpoint: Endpoint = services.endpoints[path]
+    return endpoint
 
 
 async def _send_error(send: Send, error: ApiError) -> None:

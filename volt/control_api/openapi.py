@@ -7,6 +7,7 @@ every route; a test checks that it matches the routes the app serves.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +18,29 @@ from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompleti
 from volt.protocol.common import ErrorResponse, Model, ModelList
 from volt.protocol.completions import Completion, CompletionRequest
 from volt.protocol.embeddings import EmbeddingList, EmbeddingRequest
+from volt.protocol.identity import (
+    ApiKey,
+    ApiKeyList,
+    AuditEventList,
+    Checkpoint,
+    ConsistencyProof,
+    CreateApiKeyRequest,
+    CreatedApiKey,
+    DeviceAuthorization,
+    Me,
+    OAuthError,
+    TokenResponse,
+)
 from volt.protocol.usage import UsageReport
 
 _ERROR_TEXT = {
     400: "Invalid request (bad JSON or field)",
-    401: "Missing or invalid API key",
-    403: "Outside the tenant's catalog (a metro or tier it may not use)",
-    404: "Unknown model or route",
+    401: "Missing or invalid API key or token",
+    403: "The credential lacks the scope or role, or the request is outside the org's catalog",
+    404: "Unknown (or another organization's) model, resource or route",
     413: "Request body too large",
-    429: "Too many requests waiting; see Retry-After and x-ratelimit-* headers",
+    429: "A key's limit is spent or too many requests wait; see Retry-After and "
+         "x-ratelimit-* headers",
     501: "Not available yet",
     503: "No healthy pod can serve the request now (see Retry-After)",
     504: "The request ran past its deadline",
@@ -46,6 +61,13 @@ class Operation:
     content_type: str = "application/json"
     query: tuple[tuple[str, str], ...] = ()
     """(name, description) of string query parameters."""
+    form: tuple[tuple[str, str, bool], ...] = ()
+    """(name, description, required) of an ``application/x-www-form-urlencoded`` body."""
+    oauth: bool = False
+    """Errors in OAuth's shape (RFC 6749 §5.2), not OpenAI's: for OAuth clients."""
+    success: int = 200
+    session: bool = False
+    """Authenticated by the console session cookie (after OIDC sign-in), not a bearer."""
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -87,6 +109,79 @@ OPERATIONS: tuple[Operation, ...] = (
             ("get", base + "/{job_id}", "retrieve", "Get a fine-tune job"),
         )
     ),
+    Operation("get", "/v1/me", "getMe", "Who the caller is (SPIFFE ID, org, role, scopes)",
+              response=Me, errors=(401, 403)),
+    Operation("get", "/v1/orgs/{org_id}/api-keys", "listApiKeys",
+              "List the org's API keys (newest first; secrets never shown)",
+              response=ApiKeyList, errors=(400, 401, 403, 404),
+              query=(("limit", "1 to 100, default 20"),
+                     ("after", "the last id of the previous page"))),
+    Operation("post", "/v1/orgs/{org_id}/api-keys", "createApiKey",
+              "Create an API key (its secret is in this response only)",
+              request=CreateApiKeyRequest, response=CreatedApiKey, success=201,
+              errors=(400, 401, 403, 404)),
+    Operation("get", "/v1/orgs/{org_id}/api-keys/{key_id}", "getApiKey", "Get an API key",
+              response=ApiKey, errors=(401, 403, 404)),
+    Operation("delete", "/v1/orgs/{org_id}/api-keys/{key_id}", "revokeApiKey",
+              "Revoke an API key (every API replica refuses it within a second)",
+              response=ApiKey, errors=(401, 403, 404)),
+    Operation("get", "/v1/orgs/{org_id}/audit-events", "listAuditEvents",
+              "The org's audit events in log order, each with its inclusion proof",
+              response=AuditEventList, errors=(400, 401, 403, 404),
+              query=(("limit", "1 to 100, default 20"),
+                     ("after", "the last seq of the previous page"),
+                     ("tree_size", "the checkpoint to prove against (default: the latest)"))),
+    Operation("get", "/v1/audit/checkpoint", "getAuditCheckpoint",
+              "The audit log's latest signed checkpoint", response=Checkpoint,
+              errors=(401, 403, 404)),
+    Operation("get", "/v1/audit/consistency", "getAuditConsistencyProof",
+              "A proof that the log of `second` events extends the one of `first`",
+              response=ConsistencyProof, errors=(400, 401, 403),
+              query=(("first", "the earlier tree size"), ("second", "the later tree size"))),
+    Operation("post", "/oauth/device/code", "deviceAuthorization",
+              "Start the OAuth device flow (RFC 8628)", response=DeviceAuthorization,
+              public=True, oauth=True, errors=(400, 401),
+              form=(("client_id", "a registered public client (volt-cli)", True),
+                    ("scope", "`read`, `write` or both (space-separated)", False))),
+    Operation("post", "/oauth/token", "token",
+              "Redeem an approved device code, or rotate a refresh token",
+              response=TokenResponse, public=True, oauth=True, errors=(400, 401),
+              form=(("grant_type", "urn:ietf:params:oauth:grant-type:device_code or "
+                                   "refresh_token", True),
+                    ("client_id", "the client that started the flow", True),
+                    ("device_code", "for the device-code grant", False),
+                    ("refresh_token", "for the refresh_token grant", False))),
+    Operation("get", "/console/login", "consoleLogin",
+              "Start OIDC sign-in (redirects to the issuer)", public=True,
+              content_type="text/html", errors=(404,),
+              query=(("issuer", "a configured issuer's name"),
+                     ("return_to", "a path on this site to go to afterwards"))),
+    Operation("get", "/console/callback", "consoleCallback",
+              "The issuer's redirect back: starts a console session", public=True,
+              content_type="text/html", errors=(400,),
+              query=(("code", ""), ("state", ""), ("iss", "RFC 9207"))),
+    Operation("get", "/console", "console", "The console: your orgs and their keys",
+              session=True, content_type="text/html"),
+    Operation("post", "/console/logout", "consoleLogout", "End the console session",
+              session=True, content_type="text/html", errors=(403,),
+              form=(("csrf_token", "the session's CSRF token", True),)),
+    Operation("post", "/console/orgs/{org_id}/api-keys", "consoleCreateApiKey",
+              "Create an API key from the console", session=True, content_type="text/html",
+              success=201, errors=(400, 403, 404),
+              form=(("csrf_token", "the session's CSRF token", True),
+                    ("name", "the key's name", True))),
+    Operation("post", "/console/orgs/{org_id}/api-keys/{key_id}/revoke",
+              "consoleRevokeApiKey", "Revoke an API key from the console", session=True,
+              content_type="text/html", errors=(403, 404),
+              form=(("csrf_token", "the session's CSRF token", True),)),
+    Operation("get", "/device", "devicePage", "Enter a device's user code (console session)",
+              session=True, content_type="text/html", query=(("user_code", ""),)),
+    Operation("post", "/device", "deviceDecision", "Approve or deny a device sign-in",
+              session=True, content_type="text/html", errors=(400, 403, 404, 429),
+              form=(("csrf_token", "the session's CSRF token", True),
+                    ("user_code", "the code the device shows", True),
+                    ("org_id", "the org the device acts in (to approve)", False),
+                    ("action", "approve or deny", True))),
     Operation("get", "/healthz", "healthz", "Liveness", public=True, content_type="text/plain"),
     Operation("get", "/readyz", "readyz", "Readiness: connected and routing", public=True,
               errors=(503,), content_type="text/plain"),
@@ -98,7 +193,7 @@ OPERATIONS: tuple[Operation, ...] = (
 
 
 def build_document(version: str) -> dict[str, Any]:
-    types = [ErrorResponse] + [
+    types = [ErrorResponse, OAuthError] + [
         t for op in OPERATIONS for t in (op.request, op.response, op.stream) if t is not None
     ]
     _, components = msgspec.json.schema_components(
@@ -125,28 +220,39 @@ def build_document(version: str) -> dict[str, Any]:
                 }
         else:
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
-        responses: dict[str, Any] = {"200": ok}
+        responses: dict[str, Any] = {str(op.success): ok}
+        if op.content_type == "text/html":
+            responses["302"] = {"description": "Not signed in, or done: go where Location says"}
         for status in op.errors:
             responses[str(status)] = {
                 "description": _ERROR_TEXT[status],
-                "content": {"application/json": {"schema": ref(ErrorResponse)}},
+                "content": {"application/json": {
+                    "schema": ref(OAuthError if op.oauth else ErrorResponse)}},
             }
         operation: dict[str, Any] = {
             "operationId": op.operation_id, "summary": op.summary, "responses": responses,
         }
         if op.public:
             operation["security"] = []
+        elif op.session:
+            operation["security"] = [{"consoleSession": []}]
         if op.request is not None:
             operation["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref(op.request)}},
             }
-        parameters: list[dict[str, Any]] = []
-        for name in ("model_id", "job_id"):
-            if "{" + name + "}" in op.path:
-                parameters.append({
-                    "name": name, "in": "path", "required": True, "schema": {"type": "string"},
-                })
+        if op.form:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": {
+                    "type": "object",
+                    "properties": {name: {"type": "string", "description": text}
+                                   for name, text, _ in op.form},
+                    "required": [name for name, _, required in op.form if required],
+                }}}}
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", op.path)
+        ]
         parameters += [
             {"name": name, "in": "query", "required": False, "description": text,
              "schema": {"type": "string"}}
@@ -169,7 +275,10 @@ def build_document(version: str) -> dict[str, Any]:
             "schemas": components,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
-                               "description": "API key: volt_sk_live_..."},
+                               "description": "An API key (volt_sk_live_..., volt_sk_test_...) "
+                                              "or an OAuth access token from `volt login`"},
+                "consoleSession": {"type": "apiKey", "in": "cookie", "name": "volt_session",
+                                   "description": "Set by /console/callback after OIDC sign-in"},
             },
         },
     }

@@ -41,6 +41,7 @@ from volt.control_api.errors import (
 )
 from volt.control_api.inference import InferenceClient, PodGone, Reply, ReplyChannel
 from volt.control_api.routing import AtCapacity, Router
+from volt.identity import Principal
 from volt.protocol.chat import StreamOptions
 from volt.protocol.common import (
     CompletionUsage,
@@ -50,7 +51,6 @@ from volt.protocol.common import (
     VoltTiming,
 )
 from volt.scheduler.placement import PlacementQuery
-from volt.store import Principal
 from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
 
 DONE = b"data: [DONE]\n\n"
@@ -118,7 +118,8 @@ def placement_query(model: str, options: VoltOptions | None, principal: Principa
     if tier is not None and catalog.tiers is not None and tier not in catalog.tiers:
         raise PermissionDenied(f"Your organization may not use tier {tier}.",
                                param="volt.tier", code="tier_not_allowed")
-    return PlacementQuery(model=model, metros=metros, tier=tier, tiers=catalog.tiers)
+    return PlacementQuery(model=model, metros=metros, tier=tier, tiers=catalog.tiers,
+                          livemode=principal.mode == "live")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +150,18 @@ class PodCall:
     arrived: float
     dispatched: float
     deadline: float
+    principal: Principal
 
 
 class Dispatcher:
     """Places requests on pods, sends them, and follows them to their end."""
 
     def __init__(self, router: Router, inference: InferenceClient, timeout_s: float,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 on_usage: Callable[[Principal, int], None] | None = None) -> None:
         self.router = router
+        self.on_usage = on_usage
+        """Told each request's tokens when it ends (the key's tokens-per-minute)."""
         self.inference = inference
         self.timeout_s = timeout_s
         self.admission = admission or Admission(queue_limit=1024, per_tenant_limit=256)
@@ -189,7 +194,7 @@ class Dispatcher:
     async def start(self, job: Job, arrived: float, principal: Principal) -> PodCall:
         """Send ``job`` to the best pod for it; return once that pod answered."""
         blocks = prefix_blocks(job.context)
-        session = f"{principal.tenant_id}:{job.session}" if job.session else None
+        session = f"{principal.org_id}:{job.session}" if job.session else None
         affinity = self.affinity.matches(blocks)
         if (pinned := self.affinity.session_node(session)) is not None:
             affinity[pinned] = 1.0
@@ -206,14 +211,15 @@ class Dispatcher:
         request_id = os.urandom(12).hex()
         skipped: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
-            node = await self._place(query, skipped, principal.tenant_id, deadline)
+            node = await self._place(query, skipped, principal.org_id, deadline)
             attempt_id = f"{request_id}{attempt}"
             self.router.started(node.node_id)
             replies = await self.inference.send(node, InferenceRequest(
                 request_id=attempt_id, endpoint=job.endpoint,  # type: ignore[arg-type]
                 model=job.model, stream=job.stream, body=job.body,
                 deadline_unix=time.time() + (deadline - loop.time()),
-                tenant_id=principal.tenant_id, key_id=principal.key_id,
+                tenant_id=principal.org_id, key_id=principal.key_id,
+                spiffe_id=principal.spiffe_id, livemode=principal.mode == "live",
             ))
             dispatched = time.perf_counter()
             try:
@@ -237,8 +243,13 @@ class Dispatcher:
                 self.inference.forget(attempt_id)
                 self._release(node)
                 raise UpstreamError(first.status, first.code, first.message)
-            return PodCall(node, attempt_id, replies, first, arrived, dispatched, deadline)
+            return PodCall(node, attempt_id, replies, first, arrived, dispatched, deadline,
+                           principal)
         raise ServiceUnavailable(f"No pod could take a `{query.model}` request; retry shortly.")
+
+    def _used(self, call: PodCall, final: Final) -> None:
+        if self.on_usage is not None:
+            self.on_usage(call.principal, final.usage.total_tokens)
 
     def volt_block(self, call: PodCall, final: Final, first_token: float | None) -> VoltBlock:
         now = time.perf_counter()
@@ -265,6 +276,7 @@ class Dispatcher:
                 if parts is not None:
                     parts.append(reply)
                 reply = await call.replies.get(call.deadline)
+            self._used(call, reply)
             return reply
         except TimeoutError as exc:
             await self.inference.cancel(call.node, call.request_id)
@@ -291,6 +303,8 @@ class Dispatcher:
                 )
                 out.append(error_event(error) + DONE)
                 return True
+            if isinstance(reply, Final):
+                self._used(call, reply)
             return render(reply, out)
 
         done = False

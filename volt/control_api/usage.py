@@ -17,8 +17,9 @@ from typing import cast
 import msgspec
 
 from volt.control_api.errors import InvalidRequest
+from volt.identity import Principal
 from volt.protocol.usage import UsageEntry, UsageReport
-from volt.store import Principal, UsageLedger
+from volt.store import UsageLedger
 from volt.store.usage import GROUPS, GroupBy
 
 _encoder = msgspec.json.Encoder()
@@ -56,8 +57,8 @@ def parse_query(args: Mapping[str, str], now: float) -> tuple[int, int, list[Gro
 async def usage_report(ledger: UsageLedger, principal: Principal,
                        args: Mapping[str, str]) -> bytes:
     start, end, group_by = parse_query(args, time.time())
-    buckets = await ledger.summary(principal.tenant_id, start_unix=start, end_unix=end,
-                                   group_by=group_by)
+    buckets = await ledger.summary(principal.org_id, start_unix=start, end_unix=end,
+                                   group_by=group_by, livemode=principal.mode == "live")
     return _encoder.encode(UsageReport(
         start=start, end=end, group_by=group_by,
         data=[

@@ -6,6 +6,9 @@ import asyncio
 import logging
 
 from volt.config import ConfigError, VoltConfig
+from volt.identity.audit_log import AuditLog
+from volt.identity.audit_writer import AuditWriter
+from volt.identity.keyring import Keyring
 from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
@@ -27,11 +30,16 @@ async def run_scheduler(config: VoltConfig) -> None:
         sweep_interval_s=config.scheduler.sweep_interval_s,
     )
     sink = UsageSink(UsageLedger(db))
+    # The audit log's single writer (the API replicas only publish events).
+    audit = AuditWriter(AuditLog(db), Keyring(config.secrets_path()).audit_signing_key(),
+                        checkpoint_every=config.audit.checkpoint_every,
+                        checkpoint_interval_s=config.audit.checkpoint_interval_s)
     nc = await bus.connect(config.nats.url, name="volt-scheduler")
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(scheduler.run(nc))
             tasks.create_task(sink.run(nc))
+            tasks.create_task(audit.run(nc))
     finally:
         await bus.close(nc)
         await db.close()

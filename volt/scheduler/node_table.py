@@ -35,11 +35,13 @@ class NodeRecord:
     gpus: list[GpuInfo] = field(default_factory=list)
     engine: str = "cpu"
     inflight_by_replica: dict[str, int] = field(default_factory=dict)
+    capacity: str = "live"
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
+            capacity=self.capacity,
         )
 
 
@@ -80,15 +82,17 @@ class NodeTable:
                                      if isinstance(message, Heartbeat) else {}),
                 gpus=list(message.gpus),
                 engine=message.engine if isinstance(message, NodeHello) else "cpu",
+                capacity=message.capacity,
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE:
             # A hello from a live node means its agent restarted; its engine
             # readiness comes with the next heartbeat.
             event = NodeEvent.HEARTBEAT_NOT_READY
-        before = (record.state, record.metro, record.tier, record.models)
+        before = (record.state, record.metro, record.tier, record.models, record.capacity)
         record.state = next_state(record.state, event)
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
+        record.capacity = message.capacity
         record.last_seen = now
         record.heartbeat_interval_s = message.heartbeat_interval_s
         record.gpus = list(message.gpus)
@@ -97,7 +101,8 @@ class NodeTable:
             record.inflight_by_replica = dict(message.inflight_by_replica)
         else:
             record.engine = message.engine
-        return before != (record.state, record.metro, record.tier, record.models)
+        return before != (record.state, record.metro, record.tier, record.models,
+                          record.capacity)
 
     def _goodbye(self, node_id: str) -> bool:
         record = self._nodes.get(node_id)

@@ -36,6 +36,8 @@ class PlacementQuery:
     """The tier the request asked for (None: any)."""
     tiers: frozenset[str] | None = None
     """The tiers the tenant may use (None: any)."""
+    livemode: bool = True
+    """False for a test key: only test capacity serves it."""
     affinity: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     """Node id -> how much of this request's context it probably holds, 0 to 1
     (prompt prefix, session); not part of the query's identity."""
@@ -94,6 +96,11 @@ in_tier = Filter(
     "in_tier",
     lambda q, n: (q.tier is None or n.tier == q.tier) and (q.tiers is None or n.tier in q.tiers),
     lambda q, n: f"tier {n.tier}",
+)
+on_capacity = Filter(
+    "on_capacity",
+    lambda q, n: (n.capacity == "live") == q.livemode,
+    lambda q, n: f"{n.capacity} capacity, the request is {'live' if q.livemode else 'test'}",
 )
 healthy = Filter(
     "healthy",
@@ -180,7 +187,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy(
-    filters=(serves_model, in_metro, in_tier, healthy),
+    filters=(serves_model, in_metro, in_tier, on_capacity, healthy),
     scorers=(least_load, prefix_affinity),
 )
 
@@ -197,6 +204,7 @@ __all__ = [
     "in_metro",
     "in_tier",
     "least_load",
+    "on_capacity",
     "prefix_affinity",
     "serves_model",
 ]

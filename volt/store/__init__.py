@@ -1,6 +1,5 @@
 """The state store: SQLAlchemy 2 async over SQLite or PostgreSQL, Alembic migrations."""
 
-from volt.store.api_keys import ApiKeys, IssuedKey, Principal
 from volt.store.catalog import EVERYTHING, Catalog
 from volt.store.database import Database, SchemaOutdated, StoreError
 from volt.store.inventory import Inventory
@@ -8,12 +7,9 @@ from volt.store.usage import UsageBucket, UsageLedger
 
 __all__ = [
     "EVERYTHING",
-    "ApiKeys",
     "Catalog",
     "Database",
     "Inventory",
-    "IssuedKey",
-    "Principal",
     "SchemaOutdated",
     "StoreError",
     "UsageBucket",

@@ -1,16 +1,15 @@
 """The state store's tables (SQLAlchemy 2 declarative).
 
-Nothing here ever holds a prompt, a completion or a secret in clear: API keys
-are stored as SHA-256 digests (keys are 256-bit random tokens, so a fast hash
-is the right tool; a password hash would only add latency to every request).
-Schema changes go through Alembic (``volt/store/migrations``).
+Nothing here ever holds a prompt, a completion or a secret in clear. The
+identity package keeps its own tables (``volt/identity/tables.py``) on the same
+``Base``. Schema changes go through Alembic (``volt/store/migrations``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -18,28 +17,18 @@ class Base(DeclarativeBase):
     pass
 
 
-class Tenant(Base):
-    __tablename__ = "tenants"
+class Org(Base):
+    """An organisation: every resource (key, usage record, and later lease,
+    rack, job, file) belongs to one. Its SPIFFE ID is derived from the trust
+    domain in configuration (``volt/identity/spiffe.py``), never stored."""
+
+    __tablename__ = "orgs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    spiffe_id: Mapped[str] = mapped_column(String(300), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     catalog: Mapped[str | None] = mapped_column(Text, nullable=True)
     """JSON: the models, metros and tiers it may use (``volt/store/catalog.py``); NULL: all."""
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    prefix: Mapped[str] = mapped_column(String(32))
-    """The first characters of the key, to recognise it in listings."""
-    digest: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class CatalogModel(Base):
@@ -75,10 +64,13 @@ class UsageRow(Base):
     """
 
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_tenant_day", "tenant_id", "day"),)
+    __table_args__ = (Index("ix_usage_org_day", "org_id", "day"),)
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(String(40))
+    org_id: Mapped[str] = mapped_column(String(40))
+    spiffe_id: Mapped[str] = mapped_column(String(300), default="")
+    livemode: Mapped[bool] = mapped_column(Boolean, default=True)
+    """False for requests made with a ``volt_sk_test_`` key: never billed."""
     key_id: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(200))
     endpoint: Mapped[str] = mapped_column(String(40))

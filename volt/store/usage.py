@@ -39,7 +39,8 @@ class UsageBucket:
 
 def _row(record: UsageRecord) -> dict[str, Any]:
     return {
-        "request_id": record.request_id, "tenant_id": record.tenant_id,
+        "request_id": record.request_id, "org_id": record.tenant_id,
+        "spiffe_id": record.spiffe_id, "livemode": record.livemode,
         "key_id": record.key_id, "model": record.model, "endpoint": record.endpoint,
         "metro": record.metro, "tier": record.tier, "pod": record.pod, "stream": record.stream,
         "status": record.status, "prompt_tokens": record.prompt_tokens,
@@ -69,8 +70,8 @@ class UsageLedger:
             await session.execute(statement, [_row(r) for r in records])
 
     async def summary(
-        self, tenant_id: str, *, start_unix: float, end_unix: float,
-        group_by: Sequence[GroupBy] = (),
+        self, org_id: str, *, start_unix: float, end_unix: float,
+        group_by: Sequence[GroupBy] = (), livemode: bool = True,
     ) -> list[UsageBucket]:
         columns = [GROUPS[name].label(name) for name in group_by]
         statement = (
@@ -82,7 +83,8 @@ class UsageLedger:
                 func.coalesce(func.sum(UsageRow.cached_tokens), 0),
             )
             .where(
-                UsageRow.tenant_id == tenant_id,
+                UsageRow.org_id == org_id,
+                UsageRow.livemode == livemode,
                 UsageRow.ended_unix >= start_unix,
                 UsageRow.ended_unix < end_unix,
                 UsageRow.status.in_(BILLED),

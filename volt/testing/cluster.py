@@ -28,10 +28,13 @@ from pathlib import Path
 from types import TracebackType
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
-from volt.config import load_config
+from volt.config import VoltConfig, load_config
+from volt.identity.api_key_format import Mode
+from volt.identity.orgs import Orgs
+from volt.identity.principal import NO_LIMITS, Limits, Role, Scope
 from volt.processes import _die_with_parent
-from volt.store import ApiKeys, Catalog, Database
-from volt.up.bootstrap import ensure_dev_key
+from volt.store import Catalog, Database
+from volt.up.bootstrap import api_keys, ensure_dev_key
 from volt.up.nats_server import NatsServer, free_port
 
 
@@ -109,11 +112,16 @@ class Cluster:
         self._spawn("scheduler", "scheduler", {})
         return self
 
+    @property
+    def config(self) -> VoltConfig:
+        """The configuration the services run with (data folder, store, keyring)."""
+        return load_config(env=self.env({}))
+
     async def _bootstrap(self) -> str:
         db = Database(self.store_url)
         try:
             await db.upgrade()
-            return await ensure_dev_key(db, self.data_dir / "dev-api-key")
+            return await ensure_dev_key(self.config, db, self.data_dir / "dev-api-key")
         finally:
             await db.close()
 
@@ -191,25 +199,39 @@ class Cluster:
         extra.update({f"VOLT_API_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(name, "api", extra)
 
-    def add_key(self, tenant: str) -> str:
-        """A new API key for ``tenant`` (created if new)."""
+    def add_key(self, org: str, *, role: Role = Role.OWNER, mode: Mode = "live",
+                scopes: frozenset[Scope] = frozenset(Scope), limits: Limits = NO_LIMITS) -> str:
+        """A new API key for the org called ``org`` (created if new)."""
 
         async def issue() -> str:
             db = Database(self.store_url)
             try:
-                return (await ApiKeys(db).create(tenant, "test")).key
+                org_id = (await Orgs(db).ensure(org)).id
+                issued = await api_keys(self.config, db).create(
+                    org_id, "test", role=role, mode=mode, scopes=scopes, limits=limits)
+                return issued.key
             finally:
                 await db.close()
 
         return asyncio.run(issue())
 
-    def set_catalog(self, tenant: str, catalog: Catalog) -> None:
-        """Limit what ``tenant`` may use (before its key is first used)."""
+    def org_id(self, org: str) -> str:
+        async def find() -> str:
+            db = Database(self.store_url)
+            try:
+                return (await Orgs(db).ensure(org)).id
+            finally:
+                await db.close()
+
+        return asyncio.run(find())
+
+    def set_catalog(self, org: str, catalog: Catalog) -> None:
+        """Limit what ``org`` may use (before its key is first used)."""
 
         async def store() -> None:
             db = Database(self.store_url)
             try:
-                await ApiKeys(db).set_catalog(tenant, catalog)
+                await Orgs(db).set_catalog(org, catalog)
             finally:
                 await db.close()
 

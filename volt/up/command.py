@@ -160,7 +160,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
         db = Database(config.store_url())
         try:
             await db.upgrade()
-            key = await ensure_dev_key(db, data / "dev-api-key")
+            key = await ensure_dev_key(config, db, data / "dev-api-key")
         finally:
             await db.close()
 

@@ -2,6 +2,7 @@
 
 from volt.wire import subjects
 from volt.wire.codec import (
+    IDENTITY,
     INFERENCE,
     NODE,
     REPLY,
@@ -16,8 +17,11 @@ from volt.wire.codec import (
 from volt.wire.messages import (
     WIRE_VERSION,
     AgentTiming,
+    AuditBatch,
+    AuditEvent,
     Cancel,
     ChoiceDelta,
+    CredentialRevoked,
     EmbeddingChunk,
     EngineLoad,
     Final,
@@ -41,6 +45,7 @@ from volt.wire.messages import (
 )
 
 __all__ = [
+    "IDENTITY",
     "INFERENCE",
     "NODE",
     "REPLY",
@@ -48,8 +53,11 @@ __all__ = [
     "USAGE",
     "WIRE_VERSION",
     "AgentTiming",
+    "AuditBatch",
+    "AuditEvent",
     "Cancel",
     "ChoiceDelta",
+    "CredentialRevoked",
     "EmbeddingChunk",
     "EngineLoad",
     "FamilyDecoder",

@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from volt.wire.messages import (
     WIRE_VERSION,
+    IdentityMessage,
     InferenceMessage,
     NodeMessage,
     ReplyMessage,
@@ -104,3 +105,4 @@ SCHEDULER: FamilyDecoder[SchedulerMessage] = FamilyDecoder("scheduler", Schedule
 INFERENCE: FamilyDecoder[InferenceMessage] = FamilyDecoder("inference", InferenceMessage)
 REPLY: FamilyDecoder[ReplyMessage] = FamilyDecoder("reply", ReplyMessage)
 USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)
+IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMessage)

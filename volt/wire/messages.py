@@ -55,6 +55,8 @@ class NodeHello(WireMessage, frozen=True, kw_only=True, tag="node.hello"):
     engine: str = "cpu"
     agent_version: str = ""
     heartbeat_interval_s: float = 2.0
+    capacity: str = "live"
+    """``test``: serves only test keys (``volt_sk_test_``)."""
 
 
 class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
@@ -70,6 +72,7 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     inflight_by_replica: dict[str, int] = {}
     """Requests in flight per API replica when ``load`` was read: each replica
     subtracts its own share and adds what it has in flight now."""
+    capacity: str = "live"
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -98,6 +101,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     load: EngineLoad = EngineLoad()
     inflight_by_replica: dict[str, int] = {}
+    capacity: str = "live"
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -142,8 +146,13 @@ class InferenceRequest(WireMessage, frozen=True, kw_only=True, tag="infer.reques
     deadline_unix: float
     """Wall-clock time after which the agent abandons the request."""
     tenant_id: str = ""
+    """The org the request is for (named ``tenant_id`` since v1)."""
     key_id: str = ""
     """Who the request is for, so the pod's usage record can be billed."""
+    spiffe_id: str = ""
+    """The caller's SPIFFE ID (``spiffe://<td>/org/<org>/key/<key>``)."""
+    livemode: bool = True
+    """False for a ``volt_sk_test_`` key: the pod records its usage as not billable."""
 
 
 class Cancel(WireMessage, frozen=True, kw_only=True, tag="infer.cancel"):
@@ -236,6 +245,7 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     request_id: str
     tenant_id: str
+    """The org (named ``tenant_id`` since v1)."""
     key_id: str
     model: str
     endpoint: str
@@ -249,6 +259,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int = 0
     started_unix: float
     ended_unix: float
+    spiffe_id: str = ""
+    livemode: bool = True
 
 
 class UsageBatch(WireMessage, frozen=True, kw_only=True, tag="usage.batch"):
@@ -261,3 +273,53 @@ class UsageBatch(WireMessage, frozen=True, kw_only=True, tag="usage.batch"):
 
 
 UsageMessage = UsageBatch
+
+
+# --- identity family (global, metadata only) -----------------------------------
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to the API, allowed or denied: who, what, when, how it ended.
+
+    Never a body, a prompt or a secret: at most the body's SHA-256. Its msgpack
+    encoding is the leaf of the audit log's Merkle tree; the log keeps those
+    exact bytes and verifiers hash them, never a re-encoding (a newer release
+    may add fields). Times are integer milliseconds: no floats in a hashed leaf.
+    """
+
+    event_id: str
+    time_ms: int
+    request_id: str
+    spiffe_id: str
+    """Empty when the caller could not be authenticated."""
+    org_id: str
+    auth_method: str
+    """``api_key``, ``device_token``, ``oidc_session``, or empty."""
+    auth_id: str
+    """The key id, the OAuth client id or the user id."""
+    method: str
+    route: str
+    """The route template (``/v1/orgs/{org_id}/api-keys``), not the raw path."""
+    resources: dict[str, str] = {}
+    """The route's path parameters (resource ids)."""
+    status: int
+    client: str = ""
+    body_sha256: str = ""
+    level: str = "metadata"
+
+
+class AuditBatch(WireMessage, frozen=True, kw_only=True, tag="audit.batch"):
+    events: list[AuditEvent]
+
+
+class CredentialRevoked(WireMessage, frozen=True, kw_only=True, tag="identity.revoked"):
+    """An API key or a refresh-token family was revoked: every API replica
+    forgets it at once instead of at its cache's expiry."""
+
+    key_id: str = ""
+    family_id: str = ""
+    expires_unix: float = 0.0
+    """For a family: when its last access token expires (the replica forgets it then)."""
+
+
+IdentityMessage = AuditBatch | CredentialRevoked

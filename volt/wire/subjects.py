@@ -36,6 +36,13 @@ def usage(metro: str) -> str:
 
 USAGE_ALL = "volt.usage.*"
 
+AUDIT_EVENTS = "volt.audit.events"
+"""Audit events from the API replicas (metadata only: never a body)."""
+AUDIT_STREAM = "VOLT_AUDIT"
+"""The JetStream stream that holds audit events until the scheduler has appended them."""
+IDENTITY_REVOKED = "volt.identity.revoked"
+"""A key or token family was revoked: every API replica forgets it at once."""
+
 
 def token(value: str) -> str:
     """Check that ``value`` is one subject token (no dots, wildcards or spaces)."""
@@ -67,4 +74,8 @@ def reply_wildcard(replica_id: str) -> str:
 def is_metro_local(subject: str) -> bool:
     """True for subjects that may carry payloads (``volt.<metro>.…``)."""
     parts = subject.split(".")
-    return len(parts) >= 3 and parts[0] == "volt" and parts[1] not in {"node", "sched", "usage"}
+    return len(parts) >= 3 and parts[0] == "volt" and parts[1] not in GLOBAL_FAMILIES
+
+
+GLOBAL_FAMILIES = frozenset({"node", "sched", "usage", "audit", "identity"})
+"""The second token of every global (metadata-only) subject."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from volt.identity import tables as _identity_tables  # noqa: F401 - their metadata
 from volt.store.schema import Base
 
 connection = context.config.attributes.get("connection")

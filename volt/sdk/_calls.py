@@ -1,0 +1,124 @@
+"""Every call the SDK makes, described once: method, path, parameters, and the
+msgspec type that decodes the answer. ``Client`` and ``AsyncClient`` only
+send them (``_client.py``), so the sync and async APIs cannot drift apart.
+
+The types are the API's own (``volt/protocol``): the SDK has no second set
+of models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from volt.protocol.common import Model, ModelList
+from volt.protocol.identity import (
+    ApiKey,
+    ApiKeyList,
+    AuditEventList,
+    Checkpoint,
+    ConsistencyProof,
+    CreateApiKeyRequest,
+    CreatedApiKey,
+    DeviceAuthorization,
+    KeyLimits,
+    Me,
+    TokenResponse,
+)
+from volt.protocol.usage import UsageReport
+
+T = TypeVar("T")
+DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    returns: type[T]
+    params: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    form: dict[str, str] | None = None
+    authenticated: bool = True
+
+
+def _params(**values: object) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def me() -> Call[Me]:
+    return Call("GET", "/v1/me", Me)
+
+
+def models_list() -> Call[ModelList]:
+    return Call("GET", "/v1/models", ModelList)
+
+
+def models_get(model_id: str) -> Call[Model]:
+    return Call("GET", f"/v1/models/{model_id}", Model)
+
+
+def usage(start: str | int | None = None, end: str | int | None = None,
+          group_by: list[str] | None = None) -> Call[UsageReport]:
+    return Call("GET", "/v1/usage", UsageReport, _params(
+        start=start, end=end, group_by=",".join(group_by) if group_by else None))
+
+
+def keys_list(org_id: str, *, limit: int = 20, after: str | None = None) -> Call[ApiKeyList]:
+    return Call("GET", f"/v1/orgs/{org_id}/api-keys", ApiKeyList, _params(limit=limit, after=after))
+
+
+def keys_create(org_id: str, name: str, *, scopes: list[str] | None = None, mode: str = "live",
+                role: str = "member", expires_at: int | None = None,
+                requests_per_minute: int | None = None,
+                tokens_per_minute: int | None = None) -> Call[CreatedApiKey]:
+    limits = KeyLimits(requests_per_minute=requests_per_minute,
+                       tokens_per_minute=tokens_per_minute) \
+        if requests_per_minute or tokens_per_minute else None
+    body = msgspec.convert({"name": name, "scopes": scopes or ["read", "write"], "mode": mode,
+                            "role": role, "expires_at": expires_at}, CreateApiKeyRequest)
+    body = msgspec.structs.replace(body, limits=limits)
+    return Call("POST", f"/v1/orgs/{org_id}/api-keys", CreatedApiKey,
+                json=msgspec.to_builtins(body))
+
+
+def keys_get(org_id: str, key_id: str) -> Call[ApiKey]:
+    return Call("GET", f"/v1/orgs/{org_id}/api-keys/{key_id}", ApiKey)
+
+
+def keys_revoke(org_id: str, key_id: str) -> Call[ApiKey]:
+    return Call("DELETE", f"/v1/orgs/{org_id}/api-keys/{key_id}", ApiKey)
+
+
+def audit_events(org_id: str, *, after: int | None = None, limit: int = 100,
+                 tree_size: int | None = None) -> Call[AuditEventList]:
+    return Call("GET", f"/v1/orgs/{org_id}/audit-events", AuditEventList,
+                _params(after=after, limit=limit, tree_size=tree_size))
+
+
+def audit_checkpoint() -> Call[Checkpoint]:
+    return Call("GET", "/v1/audit/checkpoint", Checkpoint)
+
+
+def audit_consistency(first: int, second: int) -> Call[ConsistencyProof]:
+    return Call("GET", "/v1/audit/consistency", ConsistencyProof,
+                _params(first=first, second=second))
+
+
+def device_code(client_id: str, scope: str) -> Call[DeviceAuthorization]:
+    return Call("POST", "/oauth/device/code", DeviceAuthorization,
+                form={"client_id": client_id, "scope": scope}, authenticated=False)
+
+
+def device_token(client_id: str, device_code: str) -> Call[TokenResponse]:
+    return Call("POST", "/oauth/token", TokenResponse, form={
+        "grant_type": DEVICE_GRANT_TYPE, "device_code": device_code, "client_id": client_id,
+    }, authenticated=False)
+
+
+def refresh(client_id: str, refresh_token: str) -> Call[TokenResponse]:
+    return Call("POST", "/oauth/token", TokenResponse, form={
+        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id,
+    }, authenticated=False)

@@ -1,0 +1,389 @@
+"""``Client`` and ``AsyncClient``: Volt's non-OpenAI routes, typed, on httpx.
+
+::
+
+    from volt.sdk import Client
+
+    with Client(base_url="http://127.0.0.1:8080", api_key="volt_sk_live_...") as volt:
+        key = volt.keys.create("ci", scopes=["read"])
+        print(key.key)              # shown once
+        for k in volt.keys.list().data:
+            print(k.id, k.redacted_key)
+
+Spark itself stays on the official ``openai`` client.
+
+Both clients retry 429 and 503 answers (and connection failures) up to
+``max_retries`` times, waiting what ``Retry-After`` says (at most
+``MAX_RETRY_WAIT_S``), then raise the typed error (``_errors.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from volt.protocol.common import Model, ModelList
+from volt.protocol.identity import (
+    ApiKey,
+    ApiKeyList,
+    AuditRecord,
+    Checkpoint,
+    ConsistencyProof,
+    CreatedApiKey,
+    Me,
+    TokenResponse,
+)
+from volt.protocol.usage import UsageReport
+from volt.sdk import _calls as calls
+from volt.sdk._credentials import Tokens, load_tokens, save_tokens
+from volt.sdk._errors import APIConnectionError, APIStatusError, AuthenticationError, error_for
+
+T = TypeVar("T")
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+MAX_RETRY_WAIT_S = 60.0
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def _base_url(value: str | None) -> str:
+    url = (value or os.environ.get("VOLT_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return url.removesuffix("/v1")  # the openai client's base URL works too
+
+
+def _retry_wait(response: httpx.Response | None, attempt: int) -> float:
+    if response is not None:
+        value = str(response.headers.get("retry-after", ""))
+        if value.replace(".", "", 1).isdigit():
+            return min(float(value), MAX_RETRY_WAIT_S)
+    backoff: float = 0.5 * 2 ** attempt + random.random() * 0.1
+    return min(backoff, MAX_RETRY_WAIT_S)
+
+
+def _decode(call: calls.Call[T], response: httpx.Response) -> T:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise error_for(response.status_code, body, dict(response.headers))
+    return msgspec.json.decode(response.content, type=call.returns)
+
+
+class _Base:
+    def __init__(self, base_url: str | None, api_key: str | None, *, timeout: float,
+                 max_retries: int, credentials_file: Path | None) -> None:
+        self.base_url = _base_url(base_url)
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self._api_key = api_key or os.environ.get("VOLT_API_KEY")
+        self._credentials_file = credentials_file
+        self._tokens: Tokens | None = None if self._api_key else load_tokens(credentials_file)
+        self._org_id: str | None = None
+        if self._tokens is not None and _base_url(self._tokens.base_url) != self.base_url \
+                and base_url is None and not os.environ.get("VOLT_BASE_URL"):
+            self.base_url = _base_url(self._tokens.base_url)  # where `volt login` signed in
+
+    def _headers(self, call: calls.Call[Any]) -> dict[str, str]:
+        if not call.authenticated:
+            return {}
+        if self._api_key:
+            return {"Authorization": f"Bearer {self._api_key}"}
+        if self._tokens is not None:
+            return {"Authorization": f"Bearer {self._tokens.access_token}"}
+        raise AuthenticationError(
+            "No credential: pass api_key=, set VOLT_API_KEY, or run `volt login`.", status=401)
+
+    def _request_args(self, call: calls.Call[Any]) -> dict[str, Any]:
+        return {"method": call.method, "url": self.base_url + call.path, "params": call.params,
+                "json": call.json, "data": call.form, "headers": self._headers(call),
+                "timeout": self.timeout}
+
+    def _should_refresh(self, call: calls.Call[Any], error: APIStatusError) -> bool:
+        return (call.authenticated and not self._api_key and self._tokens is not None
+                and error.status == 401)
+
+    def _refreshed(self, answer: TokenResponse) -> None:
+        assert self._tokens is not None
+        self._tokens = Tokens(self._tokens.base_url, answer.access_token, answer.refresh_token,
+                              time.time() + answer.expires_in, answer.scope,
+                              self._tokens.client_id)
+        save_tokens(self._tokens, self._credentials_file)
+
+
+class Client(_Base):
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 2,
+                 credentials_file: Path | None = None,
+                 http: httpx.Client | None = None) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries,
+                         credentials_file=credentials_file)
+        self._http = http or httpx.Client()
+        self.keys = Keys(self)
+        self.audit = Audit(self)
+        self.models = Models(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def run(self, call: calls.Call[T]) -> T:
+        """Send one call, with retries and (for ``volt login`` tokens) a refresh."""
+        refreshed = False
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                if self._tokens is not None and call.authenticated and not self._tokens.fresh():
+                    self._refresh()
+                response = self._http.request(**self._request_args(call))
+                return _decode(call, response)
+            except APIStatusError as error:
+                if self._should_refresh(call, error) and not refreshed:
+                    self._refresh()
+                    refreshed = True
+                    continue
+                if error.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                    raise
+            except httpx.HTTPError as exc:
+                if attempt >= self.max_retries:
+                    raise APIConnectionError(f"{self.base_url}: {type(exc).__name__}") from exc
+            time.sleep(_retry_wait(response, attempt))
+            attempt += 1
+
+    def _refresh(self) -> None:
+        assert self._tokens is not None
+        call = calls.refresh(self._tokens.client_id, self._tokens.refresh_token)
+        self._refreshed(_decode(call, self._http.request(**self._request_args(call))))
+
+    def org_id(self) -> str:
+        if self._org_id is None:
+            self._org_id = self.me().org_id
+        return self._org_id
+
+    def me(self) -> Me:
+        return self.run(calls.me())
+
+    def usage(self, *, start: str | int | None = None, end: str | int | None = None,
+              group_by: list[str] | None = None) -> UsageReport:
+        return self.run(calls.usage(start, end, group_by))
+
+
+class Keys:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, *, limit: int = 20, after: str | None = None,
+             org_id: str | None = None) -> ApiKeyList:
+        return self._client.run(calls.keys_list(org_id or self._client.org_id(), limit=limit,
+                                                after=after))
+
+    def iterate(self, *, org_id: str | None = None) -> Iterator[ApiKey]:
+        after = None
+        while True:
+            page = self.list(limit=100, after=after, org_id=org_id)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.last_id
+
+    def create(self, name: str, *, scopes: builtins.list[str] | None = None, mode: str = "live",
+               role: str = "member", expires_at: int | None = None,
+               requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
+               org_id: str | None = None) -> CreatedApiKey:
+        return self._client.run(calls.keys_create(
+            org_id or self._client.org_id(), name, scopes=scopes, mode=mode, role=role,
+            expires_at=expires_at, requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute))
+
+    def get(self, key_id: str, *, org_id: str | None = None) -> ApiKey:
+        return self._client.run(calls.keys_get(org_id or self._client.org_id(), key_id))
+
+    def revoke(self, key_id: str, *, org_id: str | None = None) -> ApiKey:
+        return self._client.run(calls.keys_revoke(org_id or self._client.org_id(), key_id))
+
+
+class Audit:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def events(self, *, tree_size: int | None = None, org_id: str | None = None
+               ) -> Iterator[tuple[int, AuditRecord]]:
+        """Every event of the org in log order: (the tree size the proofs refer to, event)."""
+        after = -1
+        while True:
+            page = self._client.run(calls.audit_events(
+                org_id or self._client.org_id(), after=after, tree_size=tree_size))
+            tree_size = page.tree_size
+            for record in page.data:
+                yield page.tree_size, record
+            if not page.has_more or page.last_seq is None:
+                return
+            after = page.last_seq
+
+    def checkpoint(self) -> Checkpoint:
+        return self._client.run(calls.audit_checkpoint())
+
+    def consistency(self, first: int, second: int) -> ConsistencyProof:
+        return self._client.run(calls.audit_consistency(first, second))
+
+
+class Models:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> ModelList:
+        return self._client.run(calls.models_list())
+
+    def get(self, model_id: str) -> Model:
+        return self._client.run(calls.models_get(model_id))
+
+
+class AsyncClient(_Base):
+    """The same calls as ``Client``, awaited."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 2,
+                 credentials_file: Path | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries,
+                         credentials_file=credentials_file)
+        self._http = http or httpx.AsyncClient()
+        self.keys = AsyncKeys(self)
+        self.audit = AsyncAudit(self)
+        self.models = AsyncModels(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def run(self, call: calls.Call[T]) -> T:
+        refreshed = False
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                if self._tokens is not None and call.authenticated and not self._tokens.fresh():
+                    await self._refresh()
+                response = await self._http.request(**self._request_args(call))
+                return _decode(call, response)
+            except APIStatusError as error:
+                if self._should_refresh(call, error) and not refreshed:
+                    await self._refresh()
+                    refreshed = True
+                    continue
+                if error.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                    raise
+            except httpx.HTTPError as exc:
+                if attempt >= self.max_retries:
+                    raise APIConnectionError(f"{self.base_url}: {type(exc).__name__}") from exc
+            await asyncio.sleep(_retry_wait(response, attempt))
+            attempt += 1
+
+    async def _refresh(self) -> None:
+        assert self._tokens is not None
+        call = calls.refresh(self._tokens.client_id, self._tokens.refresh_token)
+        self._refreshed(_decode(call, await self._http.request(**self._request_args(call))))
+
+    async def org_id(self) -> str:
+        if self._org_id is None:
+            self._org_id = (await self.me()).org_id
+        return self._org_id
+
+    async def me(self) -> Me:
+        return await self.run(calls.me())
+
+    async def usage(self, *, start: str | int | None = None, end: str | int | None = None,
+                    group_by: list[str] | None = None) -> UsageReport:
+        return await self.run(calls.usage(start, end, group_by))
+
+
+class AsyncKeys:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, *, limit: int = 20, after: str | None = None,
+                   org_id: str | None = None) -> ApiKeyList:
+        return await self._client.run(calls.keys_list(
+            org_id or await self._client.org_id(), limit=limit, after=after))
+
+    async def iterate(self, *, org_id: str | None = None) -> AsyncIterator[ApiKey]:
+        after = None
+        while True:
+            page = await self.list(limit=100, after=after, org_id=org_id)
+            for key in page.data:
+                yield key
+            if not page.has_more:
+                return
+            after = page.last_id
+
+    async def create(self, name: str, *, scopes: builtins.list[str] | None = None,
+                     mode: str = "live", role: str = "member", expires_at: int | None = None,
+                     requests_per_minute: int | None = None,
+                     tokens_per_minute: int | None = None,
+                     org_id: str | None = None) -> CreatedApiKey:
+        return await self._client.run(calls.keys_create(
+            org_id or await self._client.org_id(), name, scopes=scopes, mode=mode, role=role,
+            expires_at=expires_at, requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute))
+
+    async def get(self, key_id: str, *, org_id: str | None = None) -> ApiKey:
+        return await self._client.run(calls.keys_get(org_id or await self._client.org_id(),
+                                                     key_id))
+
+    async def revoke(self, key_id: str, *, org_id: str | None = None) -> ApiKey:
+        return await self._client.run(calls.keys_revoke(org_id or await self._client.org_id(),
+                                                        key_id))
+
+
+class AsyncAudit:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def events(self, *, tree_size: int | None = None, org_id: str | None = None
+                     ) -> AsyncIterator[tuple[int, AuditRecord]]:
+        after = -1
+        org = org_id or await self._client.org_id()
+        while True:
+            page = await self._client.run(calls.audit_events(org, after=after,
+                                                             tree_size=tree_size))
+            tree_size = page.tree_size
+            for record in page.data:
+                yield page.tree_size, record
+            if not page.has_more or page.last_seq is None:
+                return
+            after = page.last_seq
+
+    async def checkpoint(self) -> Checkpoint:
+        return await self._client.run(calls.audit_checkpoint())
+
+    async def consistency(self, first: int, second: int) -> ConsistencyProof:
+        return await self._client.run(calls.audit_consistency(first, second))
+
+
+class AsyncModels:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> ModelList:
+        return await self._client.run(calls.models_list())
+
+    async def get(self, model_id: str) -> Model:
+        return await self._client.run(calls.models_get(model_id))
