@@ -68,14 +68,6 @@ def postgres_url() -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def require(reason: str) -> None:
-    """Skip for a part this machine lacks, saying why; in CI, fail instead:
-    CI installs everything, so a missing part there is a broken set-up."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must provide this: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
     """A real Kubernetes control plane (etcd, kube-apiserver,
@@ -83,6 +75,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]
     import shutil
 
     from support.kube import KubeControlPlane, etcd_binary
+    from support.requirements import require
 
     if shutil.which("go") is None:
         require("Go is not installed: the Kubernetes binaries are built from source")

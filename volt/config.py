@@ -99,6 +99,8 @@ class OidcIssuer(_Section):
     the groups claim, scopes."""
     groups_claim: str = ""
     """Empty: the preset's (``groups``; ``hd`` for Google)."""
+    scopes: list[str] = []
+    """Empty: the preset's (``openid email profile``, plus ``groups`` for generic and Okta)."""
     role_map: dict[str, str] = {}
     """Group -> ``<org name>:<role>`` (role: owner, admin, member, viewer)."""
 

@@ -94,6 +94,16 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     overhead.add_argument("--json", type=Path, help="also write the figures here")
     overhead.set_defaults(func=run)
 
+    identity = bench.add_parser(
+        "identity", help="what authentication, limits and audit add per request; the audit log "
+                         "at a million events")
+    identity.add_argument("--requests", type=int, default=20000, help="per point")
+    identity.add_argument("--concurrency", type=_concurrencies, default=[1, 64])
+    identity.add_argument("--audit-events", type=int, default=1_000_000,
+                          help="events to append and verify (0: skip)")
+    identity.add_argument("--json", type=Path, help="also write the figures here")
+    identity.set_defaults(func=run)
+
     placement = bench.add_parser(
         "placement", help="routing from the scheduler's view vs asking it per request"
     )
@@ -137,6 +147,11 @@ def run_bench(args: argparse.Namespace) -> None:
         run_overhead(tokens=args.tokens, concurrencies=args.concurrency,
                      sequential_requests=args.requests, duration_s=args.duration,
                      json_path=args.json, api_servers=servers)
+    elif args.bench == "identity":
+        from volt.bench.identity import run_identity_bench
+
+        run_identity_bench(requests=args.requests, concurrencies=args.concurrency,
+                           audit_events=args.audit_events, json_path=args.json)
     elif args.bench == "placement":
         from volt.bench.placement import run_placement
 

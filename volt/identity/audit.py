@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import secrets
+import os
 import time
 from collections.abc import Mapping
 
@@ -42,7 +42,7 @@ class AuditUnavailable(Exception):
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return "req_" + os.urandom(12).hex()
 
 
 def build_event(
@@ -51,7 +51,7 @@ def build_event(
     level: AuditLevel, time_ms: int | None = None,
 ) -> AuditEvent:
     return AuditEvent(
-        event_id="aev_" + secrets.token_hex(10),
+        event_id="aev_" + os.urandom(10).hex(),
         time_ms=time_ms if time_ms is not None else int(time.time() * 1000),
         request_id=request_id,
         spiffe_id=principal.spiffe_id if principal else "",

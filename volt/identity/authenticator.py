@@ -38,10 +38,11 @@ _NO_CREDENTIAL = ("You didn't provide an API key. Send it as "
                   "`Authorization: Bearer volt_sk_live_...`.")
 
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
-def _bounded_put(cache: dict[str, V], key: str, value: V) -> None:
+def _bounded_put(cache: dict[K, V], key: K, value: V) -> None:
     if len(cache) >= _MAX_ENTRIES:
         cache.pop(next(iter(cache)))
     cache[key] = value
@@ -64,7 +65,8 @@ class Authenticator:
         self._tokens: dict[str, tuple[int, Principal]] = {}
         self._orgs: dict[str, tuple[float, OrgRecord | None]] = {}
         self._revoked_families: dict[str, float] = {}
-        self._last_used: dict[str, datetime] = {}
+        self._proven: dict[bytes, tuple[float, KeyLookup, Principal]] = {}
+        self._last_used: dict[str, float] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -82,29 +84,41 @@ class Authenticator:
     # -- API keys --------------------------------------------------------------
 
     async def _api_key(self, key: str) -> Principal:
+        # A key already proven (format, checksum, keyed hash) is found by its
+        # SHA-256 alone: the hot path skips the parse and the HMAC. The entry
+        # holds the key's row, so revocation and expiry are still checked.
+        digest = hashlib.sha256(key.encode()).digest()
+        now = self.clock()
+        proven = self._proven.get(digest)
+        if proven is not None and proven[0] > now:
+            return self._usable(proven[1], proven[2])
         try:
             parsed = parse_key(key)
         except MalformedKey as exc:
             raise AuthenticationFailed(f"Incorrect API key provided: {exc}.") from None
-        now = self.clock()
         cached = self._keys.get(parsed.key_id)
         if cached is not None and cached[0] > now:
-            _, lookup, principal = cached
+            expires, lookup, principal = cached
         else:
             lookup = await self.keys.lookup(parsed.key_id)
             principal = self._key_principal(lookup) if lookup is not None else None
-            ttl = self.ttl_s if lookup is not None else _NEGATIVE_TTL_S
-            _bounded_put(self._keys, parsed.key_id, (now + ttl, lookup, principal))
+            expires = now + (self.ttl_s if lookup is not None else _NEGATIVE_TTL_S)
+            _bounded_put(self._keys, parsed.key_id, (expires, lookup, principal))
         if lookup is None or principal is None or not self.keys.matches(parsed, lookup.hash):
             raise AuthenticationFailed("Incorrect API key provided.")
+        _bounded_put(self._proven, digest, (expires, lookup, principal))
+        return self._usable(lookup, principal)
+
+    def _usable(self, lookup: KeyLookup, principal: Principal) -> Principal:
         record = lookup.record
         if record.revoked_at is not None:
             raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
-        if record.expires_at is not None and record.expires_at.timestamp() <= self.wall_clock():
+        now = self.wall_clock()
+        if record.expires_at is not None and record.expires_at.timestamp() <= now:
             raise AuthenticationFailed(
                 f"This API key expired at {record.expires_at.isoformat()}.",
                 code="expired_api_key")
-        self._last_used[record.id] = datetime.fromtimestamp(self.wall_clock(), UTC)
+        self._last_used[record.id] = now
         return principal
 
     def _key_principal(self, lookup: KeyLookup) -> Principal:
@@ -120,11 +134,15 @@ class Authenticator:
     def forget_key(self, key_id: str) -> None:
         """The key changed (revoked): read it from the store on its next use."""
         self._keys.pop(key_id, None)
+        for digest, (_, lookup, _) in list(self._proven.items()):
+            if lookup.record.id == key_id:
+                del self._proven[digest]
 
     async def flush_last_used(self) -> None:
         if self._last_used:
             batch, self._last_used = self._last_used, {}
-            await self.keys.touch(batch)
+            await self.keys.touch({key_id: datetime.fromtimestamp(when, UTC)
+                                   for key_id, when in batch.items()})
 
     # -- access tokens ---------------------------------------------------------
 

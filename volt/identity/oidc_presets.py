@@ -37,7 +37,8 @@ class Preset:
 
 
 PRESETS = {
-    "generic": Preset(r"https?://.+", "groups", ("openid", "email", "profile")),
+    # Dex, Keycloak, Authentik and oidc-provider release groups for a `groups` scope.
+    "generic": Preset(r"https?://.+", "groups", ("openid", "email", "profile", "groups")),
     "okta": Preset(r"https://[A-Za-z0-9.-]+(/oauth2/[A-Za-z0-9]+)?", "groups",
                    ("openid", "email", "profile", "groups")),
     "entra": Preset(r"https://login\.microsoftonline\.com/[0-9a-fA-F-]{36}/v2\.0", "groups",

@@ -32,7 +32,7 @@ class Role(StrEnum):
         return _RANKS[self]
 
     def at_least(self, other: Role) -> bool:
-        return self.rank >= other.rank
+        return _RANKS[self] >= _RANKS[other]
 
 
 _RANKS = {role: rank for rank, role in enumerate(Role)}

@@ -37,7 +37,15 @@ from volt.identity.oidc import Issuer, IssuerSettings, OidcLogins
 from volt.identity.oidc_presets import PRESETS
 from volt.identity.orgs import Orgs
 from volt.identity.policy import AuditLevel, Rule
-from volt.identity.principal import AuthMethod, Limits, Principal, Role, Scope, spiffe_id
+from volt.identity.principal import (
+    NO_LIMITS,
+    AuthMethod,
+    Limits,
+    Principal,
+    Role,
+    Scope,
+    spiffe_id,
+)
 from volt.identity.sessions import Session, Sessions
 from volt.store.database import Database
 from volt.wire import IDENTITY, CredentialRevoked, encode, subjects
@@ -60,7 +68,7 @@ def issuer_settings(config: VoltConfig) -> dict[str, IssuerSettings]:
         out[entry.name] = IssuerSettings(
             name=entry.name, issuer=entry.issuer, client_id=entry.client_id,
             client_secret=secret, groups_claim=entry.groups_claim or preset.groups_claim,
-            role_map=tuple(role_map), scopes=preset.scopes)
+            role_map=tuple(role_map), scopes=tuple(entry.scopes) or preset.scopes)
     return out
 
 
@@ -180,6 +188,8 @@ class Identity:
 
     async def admit(self, principal: Principal) -> list[LimitState]:
         limits = self.effective_limits(principal)
+        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+            return []
         return await self.limits.admit(
             principal.credential_id, requests_per_minute=limits.requests_per_minute,
             tokens_per_minute=limits.tokens_per_minute)
@@ -190,6 +200,10 @@ class Identity:
 
     def effective_limits(self, principal: Principal) -> Limits:
         settings = self.config.identity
+        own = principal.limits
+        if own.requests_per_minute is None and own.tokens_per_minute is None and not (
+                settings.requests_per_minute or settings.tokens_per_minute):
+            return NO_LIMITS
         return Limits(
             requests_per_minute=principal.limits.requests_per_minute
             or settings.requests_per_minute or None,

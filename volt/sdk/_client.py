@@ -222,7 +222,7 @@ class Audit:
     def events(self, *, tree_size: int | None = None, org_id: str | None = None
                ) -> Iterator[tuple[int, AuditRecord]]:
         """Every event of the org in log order: (the tree size the proofs refer to, event)."""
-        after = -1
+        after: int | None = None
         while True:
             page = self._client.run(calls.audit_events(
                 org_id or self._client.org_id(), after=after, tree_size=tree_size))
@@ -359,7 +359,7 @@ class AsyncAudit:
 
     async def events(self, *, tree_size: int | None = None, org_id: str | None = None
                      ) -> AsyncIterator[tuple[int, AuditRecord]]:
-        after = -1
+        after: int | None = None
         org = org_id or await self._client.org_id()
         while True:
             page = await self._client.run(calls.audit_events(org, after=after,

@@ -156,15 +156,18 @@ def _audit_verify_store(args: argparse.Namespace) -> None:
     import asyncio
 
     from volt.config import load_config
+    from volt.identity.keyring import Keyring
     from volt.identity.verify import verify_store
     from volt.store import Database
 
-    config = load_config(args.config)
+    config = load_config(args.config, overrides={"data_dir": str(args.data_dir)}
+                         if args.data_dir else None)
+    trusted = [Keyring(config.secrets_path()).audit_signing_key().public_key()]
 
     async def main() -> Any:
         db = Database(config.store_url())
         try:
-            return await verify_store(db)
+            return await verify_store(db, trusted=trusted)
         finally:
             await db.close()
 

@@ -85,6 +85,8 @@ class Cluster:
         engine_mode: str = "model",
         store_url: str | None = None,
         model_cache: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        api_port: int | None = None,
     ) -> None:
         self.root = root
         self.data_dir = root / "data"
@@ -93,9 +95,11 @@ class Cluster:
         self.engine_mode = engine_mode
         self.store_url = store_url or f"sqlite+aiosqlite:///{self.data_dir / 'volt.db'}"
         self.model_cache = model_cache
+        self.extra_env = extra_env or {}
+        """``VOLT_*`` settings every service gets (``VOLT_AUDIT_...``)."""
         self.nats = NatsServer(store_dir=root / "nats", log_file=root / "nats.log")
         self.services: dict[str, ServiceProcess] = {}
-        self.api_port = free_port()
+        self.api_port = api_port or free_port()
         self.api_key = ""
 
     # -- lifecycle -------------------------------------------------------------
@@ -154,6 +158,7 @@ class Cluster:
             "VOLT_LOG_LEVEL": "info",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         env.update(extra)
         return env
 

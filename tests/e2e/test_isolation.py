@@ -1,0 +1,180 @@
+"""Tenants never see each other: another org's resource answers 404 — never 403,
+never 200 — on every route that takes an id.
+
+One row per route of the app (``volt/identity/policy.py`` lists them all); a
+route missing here fails ``test_every_route_has_an_isolation_row``, so every
+future route must say how it keeps orgs apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from volt.identity.orgs import Orgs
+from volt.identity.policy import RULES
+from volt.identity.principal import Role
+from volt.identity.sessions import Sessions
+from volt.store import Catalog, Database
+from volt.testing import Cluster
+
+
+@dataclass
+class World:
+    cluster: Cluster
+    mine: str
+    """An owner key of org A (the caller)."""
+    my_org: str
+    their_org: str
+    their_key_id: str
+    their_key: str
+    session: str
+    """A console session of an admin of org A."""
+    csrf: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Call ``path(world)`` as org A; the answer must be ``status`` (404 for
+    another org's id)."""
+
+    path: Callable[[World], str]
+    status: int = 404
+    body: dict[str, object] | None = None
+    form: bool = False
+
+
+@dataclass(frozen=True)
+class NoId:
+    """The route takes no id: there is nothing of another org to name."""
+
+    why: str
+
+
+def _org_key(w: World) -> str:
+    return f"/v1/orgs/{w.my_org}/api-keys/{w.their_key_id}"
+
+
+ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
+    ("POST", "/v1/chat/completions"): NoId("the body names a model; catalogs: test_catalog"),
+    ("POST", "/v1/completions"): NoId("as chat"),
+    ("POST", "/v1/embeddings"): NoId("as chat"),
+    ("GET", "/v1/models"): NoId("lists the caller's catalog only (test_catalog)"),
+    ("GET", "/v1/models/{model_id}"): [Probe(lambda w: "/v1/models/volt-tiny")],
+    ("POST", "/v1/fine-tuning/jobs"): NoId("creates in the caller's org"),
+    ("GET", "/v1/fine-tuning/jobs"): NoId("lists the caller's org"),
+    # No job exists yet for anyone: every id answers 501 (never 200 or 403).
+    ("GET", "/v1/fine-tuning/jobs/{job_id}"): [Probe(lambda w: "/v1/fine-tuning/jobs/ftjob-x",
+                                                     501)],
+    ("POST", "/v1/fine_tuning/jobs"): NoId("creates in the caller's org"),
+    ("GET", "/v1/fine_tuning/jobs"): NoId("lists the caller's org"),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): [Probe(lambda w: "/v1/fine_tuning/jobs/ftjob-x",
+                                                     501)],
+    ("GET", "/v1/usage"): NoId("the caller's org only (test_metering)"),
+    ("GET", "/v1/me"): NoId("the caller"),
+    ("GET", "/v1/orgs/{org_id}/api-keys"): [
+        Probe(lambda w: f"/v1/orgs/{w.their_org}/api-keys")],
+    ("POST", "/v1/orgs/{org_id}/api-keys"): [
+        Probe(lambda w: f"/v1/orgs/{w.their_org}/api-keys", body={"name": "sneaky"})],
+    ("GET", "/v1/orgs/{org_id}/api-keys/{key_id}"): [
+        Probe(lambda w: f"/v1/orgs/{w.their_org}/api-keys/{w.their_key_id}"),
+        Probe(_org_key)],
+    ("DELETE", "/v1/orgs/{org_id}/api-keys/{key_id}"): [
+        Probe(lambda w: f"/v1/orgs/{w.their_org}/api-keys/{w.their_key_id}"),
+        Probe(_org_key)],
+    ("GET", "/v1/orgs/{org_id}/audit-events"): [
+        Probe(lambda w: f"/v1/orgs/{w.their_org}/audit-events")],
+    ("GET", "/v1/audit/checkpoint"): NoId("the log's signed head: hashes only, no org's data"),
+    ("GET", "/v1/audit/consistency"): NoId("hashes only"),
+    ("POST", "/oauth/device/code"): NoId("public: starts a grant"),
+    ("POST", "/oauth/token"): NoId("the device code is the caller's own secret"),
+    ("GET", "/console/login"): NoId("public"),
+    ("GET", "/console/callback"): NoId("public: completes the caller's own sign-in"),
+    ("GET", "/console"): NoId("shows the signed-in user's own orgs"),
+    ("POST", "/console/logout"): NoId("the caller's own session"),
+    ("POST", "/console/orgs/{org_id}/api-keys"): [
+        Probe(lambda w: f"/console/orgs/{w.their_org}/api-keys", form=True)],
+    ("POST", "/console/orgs/{org_id}/api-keys/{key_id}/revoke"): [
+        Probe(lambda w: f"/console/orgs/{w.their_org}/api-keys/{w.their_key_id}/revoke",
+              form=True),
+        Probe(lambda w: f"/console/orgs/{w.my_org}/api-keys/{w.their_key_id}/revoke",
+              form=True)],
+    ("GET", "/device"): NoId("lists the user's own orgs"),
+    ("POST", "/device"): [Probe(lambda w: "/device", form=True)],
+    ("GET", "/healthz"): NoId("public"),
+    ("GET", "/readyz"): NoId("public"),
+    ("GET", "/openapi.yaml"): NoId("public"),
+    ("GET", "/metrics"): NoId("public"),
+}
+
+
+def test_every_route_has_an_isolation_row() -> None:
+    assert set(ISOLATION) == set(RULES)
+    for (_, path), row in ISOLATION.items():
+        if isinstance(row, NoId):
+            assert "{" not in path, path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[World]:
+    with Cluster(tmp_path_factory.mktemp("isolation"), engine_mode="instant",
+                 model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        cluster.set_catalog("org-a", Catalog(models=frozenset({"some-other-model"})))
+        mine = cluster.add_key("org-a")
+        their_key = cluster.add_key("org-b")
+        their_key_id = json.loads(cluster.request("/v1/me", key=their_key)[2])["credential_id"]
+
+        org_a = cluster.org_id("org-a")
+
+        async def console_session() -> tuple[str, str]:
+            db = Database(cluster.store_url)
+            try:
+                orgs = Orgs(db)
+                user = await orgs.ensure_user("https://idp.test", "admin-a")
+                await orgs.set_member(org_a, user, Role.ADMIN)
+                sessions = Sessions(db)
+                session_id = await sessions.create(user, "test")
+                session = await sessions.get(session_id)
+                assert session is not None
+                return session_id, session.csrf_token
+            finally:
+                await db.close()
+
+        session, csrf = asyncio.run(console_session())
+        yield World(cluster, mine, cluster.org_id("org-a"), cluster.org_id("org-b"),
+                    their_key_id, their_key, session, csrf)
+
+
+PROBES = [(method, path, index, probe)
+          for (method, path), row in ISOLATION.items() if isinstance(row, list)
+          for index, probe in enumerate(row)]
+
+
+@pytest.mark.parametrize(("method", "route", "index", "probe"), PROBES,
+                         ids=[f"{m} {p} #{i}" for m, p, i, _ in PROBES])
+def test_another_orgs_resource_is_404(world: World, method: str, route: str, index: int,
+                                      probe: Probe) -> None:
+    base = f"http://127.0.0.1:{world.cluster.api_port}"
+    with httpx.Client(base_url=base, timeout=30) as client:
+        if probe.form:
+            response = client.request(method, probe.path(world), headers={
+                "Cookie": f"volt_session={world.session}"}, data={
+                "csrf_token": world.csrf, "name": "x", "user_code": "BCDF-GHJK",
+                "org_id": world.their_org, "action": "approve"})
+        else:
+            response = client.request(method, probe.path(world), json=probe.body,
+                                      headers={"Authorization": f"Bearer {world.mine}"})
+    assert response.status_code == probe.status, response.text
+    if response.headers.get("content-type", "").startswith("application/json"):
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    # And the other org's key is untouched.
+    assert world.cluster.request("/v1/me", key=world.their_key)[0] == 200
