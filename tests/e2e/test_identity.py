@@ -244,3 +244,122 @@ def test_every_request_is_audited_and_the_log_verifies(cluster: Cluster, tmp_pat
     db.close()
     assert marker.encode() not in dump
     assert key.encode() not in dump
+
+
+def test_tokens_per_minute_are_shared_too(cluster: Cluster) -> None:
+    # The instant engine answers 64 tokens (plus the prompt's): a budget of 100
+    # admits two requests — the second spends what is left — and refuses the third.
+    key = cluster.add_key("token-limited-org", limits=Limits(tokens_per_minute=100))
+    while time.time() % 60 > 40:
+        time.sleep(0.5)
+    statuses = []
+    for replica in ("api", "api-b", "api", "api-b"):
+        status, headers, _ = cluster.request("/v1/chat/completions",
+                                             {**CHAT, "max_tokens": 64}, key=key,
+                                             port=cluster.api_port_of(replica))
+        statuses.append(status)
+        time.sleep(0.5)  # the charge for the tokens settles after the response
+    assert statuses == [200, 200, 429, 429], statuses
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["x-ratelimit-limit-tokens"] == "100"
+
+
+def run_cli(cluster: Cluster, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VOLT_API_KEY": key, "VOLT_BASE_URL": cluster.base_url}
+    return subprocess.run([sys.executable, "-m", "volt", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_the_cli_manages_keys_and_reads_usage_and_the_log(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    owner = cluster.add_key("cli-org")
+    made = run_cli(cluster, owner, "keys", "create", "deploy-bot", "--scopes", "read",
+                   "--expires-in", "30d", "--rpm", "600")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("volt_sk_live_")
+    assert "cannot show it again" in made.stderr
+    listed = run_cli(cluster, owner, "keys", "list")
+    assert "deploy-bot" in listed.stdout
+    assert secret not in listed.stdout
+    key_id = json.loads(run_cli(cluster, secret, "whoami", "--json").stdout)["credential_id"]
+    revoked = run_cli(cluster, owner, "keys", "revoke", key_id)
+    assert revoked.returncode == 0, revoked.stderr
+    refused = run_cli(cluster, secret, "whoami")
+    assert refused.returncode != 0
+    assert "401" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    usage = run_cli(cluster, owner, "usage", "--group-by", "model")
+    assert usage.returncode == 0, usage.stderr
+    assert "REQUESTS" in usage.stdout
+    env_home = {"XDG_CONFIG_HOME": str(tmp_path)}
+    deadline = time.monotonic() + 20
+    while True:
+        audit = subprocess.run([sys.executable, "-m", "volt", "audit", "verify", "--json"],
+                               env={**os.environ, **env_home, "VOLT_API_KEY": owner,
+                                    "VOLT_BASE_URL": cluster.base_url},
+                               capture_output=True, text=True, timeout=60)
+        assert audit.returncode == 0, audit.stderr
+        if json.loads(audit.stdout)["events_checked"] >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert json.loads(audit.stdout)["events_checked"] >= 3
+
+
+def test_audit_events_filter_and_page(cluster: Cluster) -> None:
+    key = cluster.add_key("filter-org", role=Role.ADMIN)
+    for _ in range(3):
+        cluster.request("/v1/models", key=key)
+    cluster.request("/v1/orgs/not-mine/api-keys", key=key)  # 404, still this org's event
+    with sdk(cluster, key) as client:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            models = [r for _, r in client.audit.events(route="/v1/models")]
+            missing = [r for _, r in client.audit.events(status=404)]
+            if len(models) == 3 and len(missing) == 1:
+                break
+            time.sleep(0.2)
+        assert len(models) == 3
+        assert all(r.event.route == "/v1/models" for r in models)
+        assert [r.event.resources for r in missing] == [{"org_id": "not-mine"}]
+        page = client.run(__import__("volt.sdk._calls", fromlist=["x"]).audit_events(
+            client.org_id(), limit=2))
+        assert len(page.data) == 2
+        assert page.has_more
+
+
+async def test_the_async_client(cluster: Cluster) -> None:
+    from volt.sdk import AsyncClient
+
+    async with AsyncClient(cluster.base_url, api_key=cluster.api_key, max_retries=0) as client:
+        me = await client.me()
+        made = await client.keys.create("async-made")
+        assert (await client.keys.get(made.id)).name == "async-made"
+        names = [k.name async for k in client.keys.iterate()]
+        assert "async-made" in names
+        await client.keys.revoke(made.id)
+        assert (await client.keys.get(made.id)).revoked_at is not None
+        assert [m.id for m in (await client.models.list()).data] == ["volt-tiny"]
+        assert me.org_id == (await client.me()).org_id
+
+
+def test_malformed_credentials_and_cookies_are_never_a_500(cluster: Cluster) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=120)
+
+    @settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(header=printable, cookie=printable)
+    def check(header: str, cookie: str) -> None:
+        header, cookie = header.strip(), cookie.strip()  # HTTP forbids edge whitespace
+        with httpx.Client(base_url=f"http://127.0.0.1:{cluster.api_port}", timeout=30) as web:
+            for path in ("/v1/models", "/v1/me"):
+                answer = web.get(path, headers={"Authorization": header})
+                assert answer.status_code == 401, (header, answer.text)
+                assert answer.json()["error"]["type"] == "authentication_error"
+            page = web.get("/console", headers={"Cookie": f"volt_session={cookie}"})
+            assert page.status_code in (302, 400), page.text
+
+    check()

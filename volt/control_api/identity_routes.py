@@ -8,7 +8,7 @@ from the store lookup, which only finds the caller's own.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -32,6 +32,7 @@ from volt.protocol.identity import (
     KeyLimits,
     Me,
 )
+from volt.wire import AuditEvent
 
 _encoder = msgspec.json.Encoder()
 _create_decoder = msgspec.json.Decoder(CreateApiKeyRequest)
@@ -79,6 +80,22 @@ def _int_arg(args: Mapping[str, str], name: str, default: int | None = None) -> 
     if not text.isdigit():
         raise InvalidRequest(f"`{name}` must be a whole number.", param=name)
     return int(text)
+
+
+def event_filter(args: Mapping[str, str]) -> Callable[[AuditEvent], bool]:
+    """The audit-events query's filters, as one predicate (all must hold)."""
+    since, until = _int_arg(args, "since"), _int_arg(args, "until")
+    status = _int_arg(args, "status")
+    exact = {name: args[name] for name in ("method", "route", "request_id", "auth_id")
+             if args.get(name)}
+
+    def match(event: AuditEvent) -> bool:
+        return ((since is None or event.time_ms >= since)
+                and (until is None or event.time_ms < until)
+                and (status is None or event.status == status)
+                and all(getattr(event, name) == value for name, value in exact.items()))
+
+    return match
 
 
 def _b64(value: bytes) -> str:
@@ -153,10 +170,9 @@ def register_identity_routes(app: Quart, identity: Identity) -> None:
         if wanted > size:
             raise InvalidRequest(f"`tree_size` must be at most the latest checkpoint's ({size}).",
                                  param="tree_size")
-        events = await identity.audit_log.events(org_id=org_id, after_seq=after,
-                                                 limit=limit + 1)
-        has_more = len(events) > limit
-        events = events[:limit]
+        match = event_filter(request.args)
+        events, last_seq, has_more = await identity.audit_log.search(
+            org_id=org_id, after_seq=after, limit=limit, match=match)
         covered = [e.seq for e in events if e.seq < wanted]
         proofs = dict(zip(covered, await identity.audit_log.inclusion_proofs(covered, wanted),
                           strict=True)) if covered else {}
@@ -165,7 +181,7 @@ def register_identity_routes(app: Quart, identity: Identity) -> None:
                               inclusion_proof=[_b64(h) for h in proofs[e.seq]]
                               if e.seq in proofs else None)
                   for e in events],
-            tree_size=wanted, has_more=has_more, last_seq=events[-1].seq if events else None))
+            tree_size=wanted, has_more=has_more, last_seq=last_seq))
 
     @app.get("/v1/audit/checkpoint")
     async def checkpoint() -> Response:

@@ -119,6 +119,27 @@ class AuditLog:
             rows = (await session.execute(statement)).all()
         return [StoredEvent(seq, decode_leaf(body), body) for seq, body in rows]
 
+    async def search(self, *, org_id: str, after_seq: int, limit: int,
+                     match: Callable[[AuditEvent], bool], scan_limit: int = 5000,
+                     ) -> tuple[list[StoredEvent], int | None, bool]:
+        """Up to ``limit`` of the org's events after ``after_seq`` that ``match``,
+        looking at no more than ``scan_limit``: (events, the last seq looked at
+        — the next page's cursor —, whether there may be more)."""
+        found: list[StoredEvent] = []
+        cursor, scanned = after_seq, 0
+        while len(found) < limit and scanned < scan_limit:
+            batch = await self.events(org_id=org_id, after_seq=cursor, limit=500)
+            if not batch:
+                return found, (cursor if cursor != after_seq else None), False
+            for stored in batch:
+                cursor, scanned = stored.seq, scanned + 1
+                if match(stored.event):
+                    found.append(stored)
+                    if len(found) == limit:
+                        break
+        more = bool(await self.events(org_id=org_id, after_seq=cursor, limit=1))
+        return found, cursor, more
+
     async def latest_checkpoint(self) -> Checkpoint | None:
         async with self.db.session() as session:
             row = await session.scalar(

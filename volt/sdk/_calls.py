@@ -93,9 +93,11 @@ def keys_revoke(org_id: str, key_id: str) -> Call[ApiKey]:
 
 
 def audit_events(org_id: str, *, after: int | None = None, limit: int = 100,
-                 tree_size: int | None = None) -> Call[AuditEventList]:
+                 tree_size: int | None = None,
+                 filters: dict[str, str | int | None] | None = None) -> Call[AuditEventList]:
+    """``filters``: since, until (Unix ms), method, route, status, request_id, auth_id."""
     return Call("GET", f"/v1/orgs/{org_id}/audit-events", AuditEventList,
-                _params(after=after, limit=limit, tree_size=tree_size))
+                _params(after=after, limit=limit, tree_size=tree_size, **(filters or {})))
 
 
 def audit_checkpoint() -> Call[Checkpoint]:

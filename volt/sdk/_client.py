@@ -219,13 +219,14 @@ class Audit:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def events(self, *, tree_size: int | None = None, org_id: str | None = None
-               ) -> Iterator[tuple[int, AuditRecord]]:
-        """Every event of the org in log order: (the tree size the proofs refer to, event)."""
+    def events(self, *, tree_size: int | None = None, org_id: str | None = None,
+               **filters: str | int | None) -> Iterator[tuple[int, AuditRecord]]:
+        """Every event of the org in log order (``filters``: since, until, method,
+        route, status, request_id, auth_id): (the tree size the proofs refer to, event)."""
         after: int | None = None
         while True:
             page = self._client.run(calls.audit_events(
-                org_id or self._client.org_id(), after=after, tree_size=tree_size))
+                org_id or self._client.org_id(), after=after, tree_size=tree_size, filters=filters))
             tree_size = page.tree_size
             for record in page.data:
                 yield page.tree_size, record
@@ -357,13 +358,13 @@ class AsyncAudit:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def events(self, *, tree_size: int | None = None, org_id: str | None = None
-                     ) -> AsyncIterator[tuple[int, AuditRecord]]:
+    async def events(self, *, tree_size: int | None = None, org_id: str | None = None,
+                     **filters: str | int | None) -> AsyncIterator[tuple[int, AuditRecord]]:
         after: int | None = None
         org = org_id or await self._client.org_id()
         while True:
             page = await self._client.run(calls.audit_events(org, after=after,
-                                                             tree_size=tree_size))
+                                                             tree_size=tree_size, filters=filters))
             tree_size = page.tree_size
             for record in page.data:
                 yield page.tree_size, record
