@@ -149,6 +149,34 @@ def _orgs_set_catalog(args: argparse.Namespace) -> None:
     print("API replicas pick this up within api.auth_cache_s.", file=sys.stderr)
 
 
+def _gpus(args: argparse.Namespace) -> None:
+    """What the agent would report: one full NVML read (timed), XIDs watched for a while."""
+    import json
+    import threading
+    import time
+
+    import msgspec
+
+    from volt.agent.telemetry import NvmlTelemetry, detect, health_problems
+
+    telemetry = detect()
+    started = time.perf_counter()
+    gpus = telemetry.read()
+    read_ms = (time.perf_counter() - started) * 1000
+    if args.watch_xids and isinstance(telemetry, NvmlTelemetry):
+        stop = threading.Event()
+        watcher = threading.Thread(target=telemetry.watch_xids, args=(stop,))
+        watcher.start()
+        stop.wait(args.watch_xids)
+        stop.set()
+        watcher.join()
+        gpus = telemetry.read()
+    print(json.dumps({
+        "read_ms": round(read_ms, 1), "gpus": msgspec.to_builtins(gpus),
+        "health": {gpu.index: health_problems(gpu) for gpu in gpus},
+    }, indent=1))
+
+
 def _model_build(args: argparse.Namespace) -> None:
     from volt.agent.engine.tiny_model import build
 
@@ -216,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     from volt.sdk.cli import add_client_commands
 
     add_client_commands(commands, common)
+
+    gpus = commands.add_parser(
+        "gpus", help="read this host's GPUs as the agent does (NVML), as JSON")
+    gpus.add_argument("--watch-xids", type=float, default=0.0, metavar="SECONDS",
+                      help="also watch for XID events this long")
+    gpus.set_defaults(func=_gpus)
 
     model = commands.add_parser("model", help="the tiny CPU model").add_subparsers(
         dest="model", required=True

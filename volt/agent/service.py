@@ -26,7 +26,7 @@ from volt.agent.engine.client import (
     EngineRejected,
     EngineUnavailable,
 )
-from volt.agent.telemetry import GpuTelemetry
+from volt.agent.telemetry import GpuCollector, GpuTelemetry
 from volt.agent.usage import UsagePublisher
 from volt.wire import (
     INFERENCE,
@@ -93,13 +93,14 @@ class Agent:
         engine_kind: str = "cpu",
         usage: UsagePublisher | None = None,
         capacity: str = "live",
+        gpu_interval_s: float = 5.0,
     ) -> None:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
         self.tier = tier
         self.capacity = capacity
         self.engines = {handle.model: handle for handle in engines}
-        self.telemetry = telemetry
+        self.gpus = GpuCollector(telemetry, interval_s=gpu_interval_s)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_inflight = max_inflight
         self.engine_kind = engine_kind
@@ -120,11 +121,15 @@ class Agent:
             pending_msgs_limit=65536,
         )
         await nc.subscribe(subjects.cancel(self.metro, self.node_id), cb=self._on_cancel)
+        await self.gpus.refresh()
         await self._publish_hello()
         publisher = asyncio.create_task(self.usage.run(nc))
+        collector = asyncio.create_task(self.gpus.run())
         try:
             await self._heartbeat_forever()
         finally:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
             # Requests still running end as cancelled and record their usage;
             # then the publisher drains its queue to JetStream.
             inflight = list(self._inflight.values())
@@ -141,7 +146,7 @@ class Agent:
         assert self._nc is not None
         hello = NodeHello(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=list(self.engines),
-            gpus=self.telemetry.read(), engine=self.engine_kind,
+            gpus=self.gpus.latest, engine=self.engine_kind,
             heartbeat_interval_s=self.heartbeat_interval_s, capacity=self.capacity,
         )
         await self._nc.publish(subjects.NODE_HELLO, encode(hello))
@@ -155,7 +160,7 @@ class Agent:
         models = self.ready_models()
         return Heartbeat(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=models,
-            gpus=self.telemetry.read(), load=self._load, engine_ready=bool(models),
+            gpus=self.gpus.latest, load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
             inflight_by_replica=dict(self._by_replica), capacity=self.capacity,
         )

@@ -8,9 +8,12 @@
       │ heartbeat(not ready)     │   ▼                           │ heartbeat
       └────────────────────► NOT_READY ─────expire──────────────►│
                                                                  │
+    any state ──heartbeat(unhealthy GPU)──► UNHEALTHY ──heartbeat(ready)──► READY
     any live state ──goodbye──► LEFT ──heartbeat──► READY / NOT_READY
 
-Only READY nodes take work. An event with no entry in ``TRANSITIONS`` for the
+Only READY nodes take work: an UNHEALTHY node (a critical XID, uncorrectable
+ECC errors; ``volt/gpu_health.py``) drains — what runs finishes, nothing new
+comes. An event with no entry in ``TRANSITIONS`` for the
 current state is an error (``InvalidTransition``), never a silent no-op.
 """
 
@@ -24,6 +27,8 @@ class NodeState(StrEnum):
     """Heartbeating and its engine is serving."""
     NOT_READY = "not_ready"
     """Heartbeating, but its engine is starting or restarting."""
+    UNHEALTHY = "unhealthy"
+    """Heartbeating, but a GPU must not take work (the heartbeat says why)."""
     LOST = "lost"
     """Missed too many heartbeats: killed, partitioned or hung."""
     LEFT = "left"
@@ -33,17 +38,19 @@ class NodeState(StrEnum):
 class NodeEvent(StrEnum):
     HEARTBEAT_READY = "heartbeat_ready"
     HEARTBEAT_NOT_READY = "heartbeat_not_ready"
+    HEARTBEAT_UNHEALTHY = "heartbeat_unhealthy"
     EXPIRE = "expire"
     GOODBYE = "goodbye"
 
 
 PLACEABLE = frozenset({NodeState.READY})
-LIVE = frozenset({NodeState.READY, NodeState.NOT_READY})
+LIVE = frozenset({NodeState.READY, NodeState.NOT_READY, NodeState.UNHEALTHY})
 GONE = frozenset({NodeState.LOST, NodeState.LEFT})
 
 _ON_HEARTBEAT = {
     NodeEvent.HEARTBEAT_READY: NodeState.READY,
     NodeEvent.HEARTBEAT_NOT_READY: NodeState.NOT_READY,
+    NodeEvent.HEARTBEAT_UNHEALTHY: NodeState.UNHEALTHY,
 }
 
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from volt.gpu_health import health_problems
 from volt.scheduler.node_states import (
     GONE,
     LIVE,
@@ -36,12 +37,14 @@ class NodeRecord:
     engine: str = "cpu"
     inflight_by_replica: dict[str, int] = field(default_factory=dict)
     capacity: str = "live"
+    problems: list[str] = field(default_factory=list)
+    """Why the node is unhealthy (empty unless it is)."""
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
-            capacity=self.capacity,
+            capacity=self.capacity, problems=self.problems,
         )
 
 
@@ -70,7 +73,10 @@ class NodeTable:
             return self._goodbye(message.node_id)
         now = self.clock()
         ready = isinstance(message, Heartbeat) and message.engine_ready
-        event = NodeEvent.HEARTBEAT_READY if ready else NodeEvent.HEARTBEAT_NOT_READY
+        problems = [f"gpu {gpu.index}: {problem}" for gpu in message.gpus
+                    for problem in health_problems(gpu)]
+        event = (NodeEvent.HEARTBEAT_UNHEALTHY if problems
+                 else NodeEvent.HEARTBEAT_READY if ready else NodeEvent.HEARTBEAT_NOT_READY)
         record = self._nodes.get(message.node_id)
         if record is None:
             self._nodes[message.node_id] = NodeRecord(
@@ -82,10 +88,10 @@ class NodeTable:
                                      if isinstance(message, Heartbeat) else {}),
                 gpus=list(message.gpus),
                 engine=message.engine if isinstance(message, NodeHello) else "cpu",
-                capacity=message.capacity,
+                capacity=message.capacity, problems=problems,
             )
             return True
-        if isinstance(message, NodeHello) and record.state in LIVE:
+        if isinstance(message, NodeHello) and record.state in LIVE and not problems:
             # A hello from a live node means its agent restarted; its engine
             # readiness comes with the next heartbeat.
             event = NodeEvent.HEARTBEAT_NOT_READY
@@ -93,6 +99,7 @@ class NodeTable:
         record.state = next_state(record.state, event)
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
         record.capacity = message.capacity
+        record.problems = problems
         record.last_seen = now
         record.heartbeat_interval_s = message.heartbeat_interval_s
         record.gpus = list(message.gpus)

@@ -105,7 +105,7 @@ on_capacity = Filter(
 healthy = Filter(
     "healthy",
     lambda q, n: n.state in _PLACEABLE_VALUES,
-    lambda q, n: f"state {n.state}",
+    lambda q, n: f"state {n.state}" + (f" ({'; '.join(n.problems)})" if n.problems else ""),
 )
 
 

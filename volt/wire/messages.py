@@ -28,6 +28,9 @@ class WireMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 
 class GpuInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One GPU as NVML reads it (``volt/agent/telemetry.py``); fields a GPU
+    does not report keep their defaults and are named in ``not_supported``."""
+
     index: int
     name: str
     uuid: str
@@ -35,6 +38,33 @@ class GpuInfo(msgspec.Struct, frozen=True, kw_only=True):
     memory_used_mib: int = 0
     utilization_pct: int = 0
     temperature_c: int = 0
+    serial: str = ""
+    power_w: float = 0.0
+    power_limit_w: float = 0.0
+    energy_j: int = 0
+    """Since the driver loaded."""
+    sm_clock_mhz: int = 0
+    memory_clock_mhz: int = 0
+    throttle_reasons: list[str] = []
+    """NVML's clock event reasons (``sw_power_cap``, ``hw_thermal``, ...)."""
+    ecc_enabled: bool = False
+    ecc_corrected_volatile: int = 0
+    ecc_uncorrected_volatile: int = 0
+    ecc_uncorrected_aggregate: int = 0
+    remapped_rows_correctable: int = 0
+    remapped_rows_uncorrectable: int = 0
+    remapped_rows_pending: bool = False
+    remapped_rows_failure: bool = False
+    retired_pages_pending: bool = False
+    pcie_generation: int = 0
+    pcie_width: int = 0
+    pcie_replays: int = 0
+    mig_enabled: bool = False
+    nvlink_up: int = 0
+    nvlink_links: int = 0
+    xids: list[int] = []
+    """XID errors seen since the agent started."""
+    not_supported: list[str] = []
 
 
 class EngineLoad(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +132,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     load: EngineLoad = EngineLoad()
     inflight_by_replica: dict[str, int] = {}
     capacity: str = "live"
+    problems: list[str] = []
+    """Why the node is unhealthy (its state says ``unhealthy``)."""
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
