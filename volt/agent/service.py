@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import Counter
 
 from volt.agent.engine.client import (
     EngineChunk,
@@ -49,6 +50,9 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
+REFUSED_REPLY_SUBJECTS = Counter(
+    "volt_agent_refused_reply_subjects_total",
+    "Requests dropped because their reply subject was not one of this metro's")
 
 _ENDPOINT_PATHS = {
     "chat.completions": "/v1/chat/completions",
@@ -200,6 +204,15 @@ class Agent:
         request = INFERENCE.decode_or_drop(msg.data)
         if not isinstance(request, InferenceRequest) or not msg.reply:
             return
+        # Completions go only to a reply subject of this node's own metro: a
+        # request naming any other subject would make the pod send a payload
+        # where it must not go (another metro, a global subject).
+        target = subjects.parse_reply(msg.reply)
+        if target is None or target.metro != self.metro:
+            REFUSED_REPLY_SUBJECTS.inc()
+            log.warning("request with a foreign reply subject dropped",
+                        extra={"request_id": request.request_id})
+            return
         handle = self.engines.get(request.model)
         ready = handle is not None and handle.ready.is_set()
         if len(self._inflight) >= self.max_inflight or not ready:
@@ -209,8 +222,7 @@ class Agent:
                 message="the pod cannot take this request now",
             ))
             return
-        # volt.<metro>.reply.<replica>.<request>: whose request this is.
-        replica = msg.reply.split(".")[3] if msg.reply.count(".") >= 4 else ""
+        replica = target.replica_id  # whose request this is
         self._by_replica[replica] = self._by_replica.get(replica, 0) + 1
         task = asyncio.create_task(self._serve(request, msg.reply))
         self._inflight[request.request_id] = task

@@ -12,6 +12,7 @@ Two kinds of subject:
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -64,6 +65,24 @@ def cancel(metro: str, node_id: str) -> str:
 def reply(metro: str, replica_id: str, request_id: str) -> str:
     """Payload: where a node streams one request's chunks back to the API replica."""
     return f"volt.{token(metro)}.reply.{token(replica_id)}.{token(request_id)}"
+
+
+class ReplySubject(NamedTuple):
+    metro: str
+    replica_id: str
+    request_id: str
+
+
+def parse_reply(subject: str) -> ReplySubject | None:
+    """The parts of a reply subject (``reply``'s inverse); None for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "volt" or parts[2] != "reply":
+        return None
+    if not all(_TOKEN.fullmatch(part) for part in (parts[1], parts[3], parts[4])):
+        return None
+    if parts[1] in GLOBAL_FAMILIES:
+        return None
+    return ReplySubject(parts[1], parts[3], parts[4])
 
 
 def reply_wildcard(replica_id: str) -> str:
