@@ -82,6 +82,9 @@ class SchedulerSettings(_Section):
     view_interval_s: PositiveFloat = 1.0
     """How often the placement view is republished when nothing changed."""
     sweep_interval_s: PositiveFloat = 0.1
+    allow_unsealed: bool = False
+    """Development only: place work on nodes started with ``agent.insecure_unsealed``
+    (``volt up`` on a machine that cannot seal). Never in production."""
 
 
 class OidcIssuer(_Section):
@@ -150,6 +153,10 @@ class AgentSettings(_Section):
     tier: SubjectToken = "standard"
     capacity: Literal["live", "test"] = "live"
     """``test``: this node serves only ``volt_sk_test_`` keys (and live keys never reach it)."""
+    insecure_unsealed: bool = False
+    """Development only: run engines without their own network namespace, where
+    sealing is impossible (not root). Responses and ``/v1/models`` then say
+    ``insecure``, and only a scheduler with ``allow_unsealed`` places work here."""
     heartbeat_interval_s: PositiveFloat = 2.0
     engine: Literal["cpu", "vllm"] = "cpu"
     engine_mode: Literal["model", "instant"] = "model"

@@ -18,7 +18,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
@@ -41,14 +41,17 @@ async def spawn(
     env: Mapping[str, str] | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> asyncio.subprocess.Process:
+    """``preexec`` replaces the default child set-up (die with the parent, own
+    session); it must do the same (``volt/agent/seal.py`` does, and more)."""
     return await asyncio.create_subprocess_exec(
         *command,
         env=dict(env) if env is not None else None,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=(preexec or _die_with_parent) if sys.platform == "linux" else None,
     )
 
 

@@ -61,7 +61,7 @@ def test_an_unhealthy_gpu_drains_its_node_until_it_is_healthy_again() -> None:
 
     def beat(gpus: list) -> None:  # type: ignore[type-arg]
         table.observe(Heartbeat(node_id="gpu-1", metro="fra", tier="standard",
-                                models=["m"], gpus=gpus))
+                                models=["m"], gpus=gpus, seal="sealed"))
 
     beat(healthy)
     assert table.get("gpu-1").state is NodeState.READY  # type: ignore[union-attr]

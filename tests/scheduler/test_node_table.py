@@ -25,7 +25,7 @@ class Clock:
 
 def beat(node: str = "n1", *, ready: bool = True, interval: float = 2.0,
          running: int = 0) -> Heartbeat:
-    return Heartbeat(node_id=node, metro="fra", tier="standard", models=["m"],
+    return Heartbeat(node_id=node, metro="fra", tier="standard", models=["m"], seal="sealed",
                      engine_ready=ready, heartbeat_interval_s=interval,
                      load=EngineLoad(running=running))
 
@@ -102,3 +102,18 @@ def test_illegal_transitions_raise() -> None:
     # Every state can come back with a heartbeat.
     for node_state in NodeState:
         assert (node_state, NodeEvent.HEARTBEAT_READY) in TRANSITIONS
+
+
+@pytest.mark.parametrize(("seal", "allowed", "placeable"), [
+    ("sealed", False, True), ("insecure", False, False), ("insecure", True, True),
+    ("broken", True, False), ("", True, False),
+])
+def test_only_sealed_nodes_take_work(seal: str, allowed: bool, placeable: bool) -> None:
+    table = NodeTable(allow_unsealed=allowed)
+    table.observe(Heartbeat(node_id="n1", metro="fra", tier="standard", models=["m"],
+                            seal=seal, seal_problem="shares the agent's namespace"))
+    record = table.get("n1")
+    assert record is not None
+    assert (record.state is NodeState.READY) is placeable
+    if not placeable:
+        assert record.problems

@@ -15,6 +15,7 @@ from volt.agent.engine import (
 from volt.agent.engine.client import EngineClient
 from volt.agent.engine.supervisor import EngineSupervisor
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
+from volt.agent.seal import SealUnavailable, check_available
 from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
 from volt.config import ConfigError, VoltConfig
@@ -29,19 +30,21 @@ def _supervisors(config: VoltConfig) -> list[tuple[str, EngineSupervisor]]:
     socket = config.engine_socket()
     # The sockets' folder is private (0700): only this user reaches the engines.
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sealed = not config.agent.insecure_unsealed
     if config.agent.engine == "vllm":
         main = EngineSupervisor(vllm_engine_command(config), EngineClient(socket),
-                                startup_timeout_s=timeout, env={**os.environ, **VLLM_ENV})
+                                startup_timeout_s=timeout, env={**os.environ, **VLLM_ENV},
+                                sealed=sealed)
     else:
         main = EngineSupervisor(cpu_engine_command(config), EngineClient(socket),
-                                startup_timeout_s=timeout)
+                                startup_timeout_s=timeout, sealed=sealed)
     engines = [(config.agent.model, main)]
     if config.agent.embedding_model:
         if config.agent.embedding_model == config.agent.model:
             raise ConfigError("agent.embedding_model: must differ from agent.model")
         engines.append((config.agent.embedding_model, EngineSupervisor(
             embedding_engine_command(config), EngineClient(config.embedding_socket()),
-            startup_timeout_s=timeout,
+            startup_timeout_s=timeout, sealed=sealed,
         )))
     return engines
 
@@ -52,13 +55,22 @@ async def run_agent(config: VoltConfig) -> None:
     if config.agent.model == MODEL_ID:
         await asyncio.to_thread(ensure_built, config.model_dir())
     node_id = config.node_id()
+    if not config.agent.insecure_unsealed:
+        try:
+            check_available()
+        except SealUnavailable as exc:
+            raise ConfigError(
+                f"agent: {exc}. Engines must run sealed (a network namespace of their own): "
+                "run the agent as root, or for development only set "
+                "agent.insecure_unsealed = true (VOLT_AGENT_INSECURE_UNSEALED=1)") from None
     supervisors = _supervisors(config)
     agent = Agent(
         node_id=node_id, metro=config.agent.metro, tier=config.agent.tier,
-        engines=[EngineHandle(model, sup.client, sup.ready) for model, sup in supervisors],
+        engines=[EngineHandle(model, sup.client, sup.ready, sup.seal_check)
+                 for model, sup in supervisors],
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,
-        capacity=config.agent.capacity,
+        capacity=config.agent.capacity, insecure=config.agent.insecure_unsealed,
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}")
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,

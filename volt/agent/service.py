@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -27,6 +28,7 @@ from volt.agent.engine.client import (
     EngineRejected,
     EngineUnavailable,
 )
+from volt.agent.seal import Seal, SealCheck
 from volt.agent.telemetry import GpuCollector, GpuTelemetry
 from volt.agent.usage import UsagePublisher
 from volt.wire import (
@@ -70,6 +72,8 @@ class EngineHandle:
     model: str
     client: EngineClient
     ready: asyncio.Event
+    seal: Callable[[], SealCheck] = lambda: SealCheck(True)
+    """The engine's seal now (its supervisor's ``seal_check``)."""
 
 
 @dataclass(slots=True)
@@ -98,11 +102,14 @@ class Agent:
         usage: UsagePublisher | None = None,
         capacity: str = "live",
         gpu_interval_s: float = 5.0,
+        insecure: bool = False,
     ) -> None:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
         self.tier = tier
         self.capacity = capacity
+        self.insecure = insecure
+        """Engines run unsealed: the explicit development flag."""
         self.engines = {handle.model: handle for handle in engines}
         self.gpus = GpuCollector(telemetry, interval_s=gpu_interval_s)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -155,14 +162,32 @@ class Agent:
         )
         await self._nc.publish(subjects.NODE_HELLO, encode(hello))
 
+    @property
+    def _seal_word(self) -> str:
+        # What responses say: the flag, not a per-request /proc read (the
+        # heartbeat checks the kernel's view; an unsealed node is drained).
+        return Seal.INSECURE.value if self.insecure else Seal.SEALED.value
+
     def ready_models(self) -> list[str]:
         return [model for model, handle in self.engines.items() if handle.ready.is_set()]
+
+    def seal(self) -> tuple[Seal, str]:
+        """This node's seal, checked now: (state, what is wrong)."""
+        if self.insecure:
+            return Seal.INSECURE, "started with the insecure development flag"
+        for model, handle in self.engines.items():
+            check = handle.seal()
+            if not check.sealed:
+                return Seal.BROKEN, f"{model}: {check.reason}"
+        return Seal.SEALED, ""
 
     def heartbeat(self) -> Heartbeat:
         # Only the models whose engine is up: placement skips the others here.
         self._seq += 1
         models = self.ready_models()
+        seal, problem = self.seal()
         return Heartbeat(
+            seal=seal.value, seal_problem=problem,
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=models,
             gpus=self.gpus.latest, load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
@@ -318,7 +343,7 @@ class Agent:
             ))
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
-            usage=Usage(prompt_tokens=result.prompt_tokens),
+            seal=self._seal_word, usage=Usage(prompt_tokens=result.prompt_tokens),
             timing=AgentTiming(queue_ms=(dispatched - received) * 1000,
                                engine_ttft_ms=(done - dispatched) * 1000,
                                engine_total_ms=(done - dispatched) * 1000),
@@ -370,7 +395,7 @@ class Agent:
             first_token = done
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
-            choices=last,
+            seal=self._seal_word, choices=last,
             usage=Usage(prompt_tokens=progress.prompt_tokens,
                         cached_tokens=progress.cached_tokens,
                         completion_tokens=progress.completion_tokens),

@@ -41,7 +41,7 @@ async def _heartbeats(nc: Any, nodes: int, stop: asyncio.Event) -> None:
             await nc.publish(subjects.NODE_HEARTBEAT, encode(Heartbeat(
                 node_id=f"node-{i}", metro=METROS[i % len(METROS)], tier="standard",
                 models=["volt-tiny"], load=EngineLoad(running=i % 7), heartbeat_interval_s=5.0,
-                inflight_by_replica={"another-api": i % 7} if i % 7 else {},
+                inflight_by_replica={"another-api": i % 7} if i % 7 else {}, seal="sealed",
             )))
         await asyncio.sleep(0.5)
 

@@ -54,17 +54,19 @@ from volt.control_api.usage import usage_report
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.policy import AuditLevel, Rule, rule_for
-from volt.protocol.common import Model, ModelList
+from volt.protocol.common import Model, ModelList, ModelVolt
 from volt.store import Database, UsageLedger
-from volt.wire import ModelCard, bus
+from volt.wire import ModelCard, NodeView, bus
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-def _model(card: ModelCard) -> Model:
-    return Model(id=card.id, created=card.created, owned_by=card.owned_by)
+def _model(card: ModelCard, nodes: list[NodeView]) -> Model:
+    insecure = any(node.seal == "insecure" and card.id in node.models for node in nodes)
+    return Model(id=card.id, created=card.created, owned_by=card.owned_by,
+                 volt=ModelVolt(insecure=True) if insecure else None)
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -220,14 +222,15 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         principal: Principal = g.principal
         allowed = principal.catalog.allows_model
         cards = [card for card in services.router.catalog.values() if allowed(card.id)]
-        return _json(ModelList(data=[_model(card) for card in cards]))
+        nodes = services.router.nodes
+        return _json(ModelList(data=[_model(card, nodes) for card in cards]))
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
         principal: Principal = g.principal
         if not principal.catalog.allows_model(model_id):
             raise ModelNotFound(model_id)
-        return _json(_model(services.router.model(model_id)))
+        return _json(_model(services.router.model(model_id), services.router.nodes))
 
     # Volt's reference spells it fine-tuning; OpenAI's clients call fine_tuning.
     @app.route("/v1/fine-tuning/jobs", methods=["GET", "POST"])

@@ -38,6 +38,9 @@ class VoltBlock(msgspec.Struct, kw_only=True):
     metro: str
     tier: str
     timing: VoltTiming
+    seal: Literal["sealed", "insecure", "unknown"] = "sealed"
+    """``sealed``: the engine ran in a network namespace of its own, with no way
+    out (zero egress). ``insecure``: a development node without that seal."""
 
 
 class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -63,11 +66,19 @@ class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [self.metro] if isinstance(self.metro, str) else list(self.metro)
 
 
-class Model(msgspec.Struct, kw_only=True):
+class ModelVolt(msgspec.Struct, kw_only=True):
+    insecure: bool
+    """Some pod serving it runs unsealed (a development node): prompts sent to
+    it are not protected by the engine's network seal."""
+
+
+class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     created: int
     owned_by: str
     object: Literal["model"] = "model"
+    volt: ModelVolt | None = None
+    """Present only when something about the model needs saying (``insecure``)."""
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -24,7 +24,8 @@ async def run_scheduler(config: VoltConfig) -> None:
     db = Database(config.store_url())
     await db.upgrade()  # the scheduler owns the store, so it migrates it
     scheduler = Scheduler(
-        NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats),
+        NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats,
+                  allow_unsealed=config.scheduler.allow_unsealed),
         Inventory(db),
         view_interval_s=config.scheduler.view_interval_s,
         sweep_interval_s=config.scheduler.sweep_interval_s,

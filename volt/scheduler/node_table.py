@@ -39,12 +39,13 @@ class NodeRecord:
     capacity: str = "live"
     problems: list[str] = field(default_factory=list)
     """Why the node is unhealthy (empty unless it is)."""
+    seal: str = ""
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
-            capacity=self.capacity, problems=self.problems,
+            capacity=self.capacity, problems=self.problems, seal=self.seal,
         )
 
 
@@ -55,7 +56,9 @@ class NodeTable:
         missed_heartbeats: int = 3,
         forget_after_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        allow_unsealed: bool = False,
     ) -> None:
+        self.allow_unsealed = allow_unsealed
         self.missed_heartbeats = missed_heartbeats
         self.forget_after_s = forget_after_s
         self.clock = clock
@@ -75,6 +78,8 @@ class NodeTable:
         ready = isinstance(message, Heartbeat) and message.engine_ready
         problems = [f"gpu {gpu.index}: {problem}" for gpu in message.gpus
                     for problem in health_problems(gpu)]
+        if isinstance(message, Heartbeat):
+            problems += self._seal_problems(message)
         event = (NodeEvent.HEARTBEAT_UNHEALTHY if problems
                  else NodeEvent.HEARTBEAT_READY if ready else NodeEvent.HEARTBEAT_NOT_READY)
         record = self._nodes.get(message.node_id)
@@ -89,6 +94,7 @@ class NodeTable:
                 gpus=list(message.gpus),
                 engine=message.engine if isinstance(message, NodeHello) else "cpu",
                 capacity=message.capacity, problems=problems,
+                seal=message.seal if isinstance(message, Heartbeat) else "",
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
@@ -100,6 +106,8 @@ class NodeTable:
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
         record.capacity = message.capacity
         record.problems = problems
+        if isinstance(message, Heartbeat):
+            record.seal = message.seal
         record.last_seen = now
         record.heartbeat_interval_s = message.heartbeat_interval_s
         record.gpus = list(message.gpus)
@@ -110,6 +118,17 @@ class NodeTable:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models,
                           record.capacity)
+
+    def _seal_problems(self, heartbeat: Heartbeat) -> list[str]:
+        """A node whose engines are not sealed takes no work (``volt/agent/seal.py``)."""
+        if heartbeat.seal == "sealed":
+            return []
+        if heartbeat.seal == "insecure" and self.allow_unsealed:
+            return []
+        if heartbeat.seal == "insecure":
+            return ["engines unsealed (insecure development flag; scheduler.allow_unsealed "
+                    "is off)"]
+        return [f"engines not sealed: {heartbeat.seal_problem or 'the agent did not say'}"]
 
     def _goodbye(self, node_id: str) -> bool:
         record = self._nodes.get(node_id)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built, is_built
+from volt.agent.seal import SealUnavailable, check_available
 from volt.config import VoltConfig
 from volt.http1 import Http1Client, HttpError
 from volt.processes import python_command, spawn, terminate
@@ -116,14 +117,18 @@ async def _wait_ready(port: int, key: str, children: dict[str, asyncio.subproces
     raise StartFailed(f"Volt was not ready within {READY_TIMEOUT_S:.0f}s")
 
 
-def _banner(base_url: str, key: str, data: Path, embedding_model: str) -> str:
+def _banner(base_url: str, key: str, data: Path, embedding_model: str,
+            unsealed: str | None) -> str:
     models = f"{MODEL_ID}, {embedding_model} (embeddings)" if embedding_model else MODEL_ID
+    seal = ("sealed (each in a network namespace of its own: no egress)" if unsealed is None
+            else f"NOT SEALED — {unsealed}; development only (responses say \"insecure\")")
     return f"""
 Volt is up.
 
   Base URL     {base_url}
   API key      {key}
   Models       {models}
+  Engines      {seal}
   Data folder  {data}   (logs in {data / 'logs'})
 
 Try it with curl:
@@ -169,8 +174,17 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
         )
         api_port = config.api.port or free_port(config.api.host)
         base_url = f"http://{config.api.host}:{api_port}/v1"
+        # Engines run sealed where this machine can (root, network namespaces);
+        # elsewhere volt up runs them unsealed, visibly, as a development setup.
+        unsealed: str | None = None
+        try:
+            await asyncio.to_thread(check_available)
+        except SealUnavailable as exc:
+            unsealed = str(exc)
         env = {
             **os.environ,
+            "VOLT_AGENT_INSECURE_UNSEALED": "1" if unsealed else "0",
+            "VOLT_SCHEDULER_ALLOW_UNSEALED": "1" if unsealed else "0",
             "VOLT_DATA_DIR": str(data),
             "VOLT_NATS_URL": "",  # set below, once the server has its port
             "VOLT_STORE_URL": config.store_url(),
@@ -196,7 +210,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 )
             await _wait_ready(api_port, key, children, _probes(config), out)
             state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))
-            out.write(_banner(base_url, key, data, config.agent.embedding_model))
+            out.write(_banner(base_url, key, data, config.agent.embedding_model, unsealed))
             out.flush()
             waits = {asyncio.ensure_future(child.wait()): name for name, child in children.items()}
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -103,6 +103,10 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     """Requests in flight per API replica when ``load`` was read: each replica
     subtracts its own share and adds what it has in flight now."""
     capacity: str = "live"
+    seal: str = ""
+    """``sealed``, ``insecure`` (the development flag) or ``broken``; empty from
+    agents that predate the seal (treated as broken)."""
+    seal_problem: str = ""
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -134,6 +138,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     capacity: str = "live"
     problems: list[str] = []
     """Why the node is unhealthy (its state says ``unhealthy``)."""
+    seal: str = ""
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -248,6 +253,8 @@ class Final(WireMessage, frozen=True, kw_only=True, tag="infer.final"):
     choices: list[ChoiceDelta] = []
     usage: Usage = Usage()
     timing: AgentTiming = AgentTiming()
+    seal: str = ""
+    """The pod's seal (``sealed`` or ``insecure``), for the response's ``volt`` block."""
 
 
 class InferenceError(WireMessage, frozen=True, kw_only=True, tag="infer.error"):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from volt.agent.engine.client import EngineClient
+from volt.agent.seal import SealCheck, inspect, seal_child
 from volt.processes import spawn, terminate
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ class EngineSupervisor:
         *,
         startup_timeout_s: float = 300.0,
         env: Mapping[str, str] | None = None,
+        sealed: bool = True,
     ) -> None:
         self.command = list(command)
+        self.sealed = sealed
+        """Start the engine in a network namespace of its own (``volt/agent/seal.py``)."""
         self.client = client
         self.startup_timeout_s = startup_timeout_s
         self.env = env
@@ -50,7 +54,8 @@ class EngineSupervisor:
             # private to this agent, so the file is certainly stale.
             with contextlib.suppress(FileNotFoundError):
                 self.client.socket_path.unlink()
-            process = await spawn(self.command, env=self.env)
+            process = await spawn(self.command, env=self.env,
+                                  preexec=seal_child if self.sealed else None)
             self.pid = process.pid
             try:
                 await self._wait_healthy(process)
@@ -67,6 +72,12 @@ class EngineSupervisor:
             self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    def seal_check(self) -> SealCheck:
+        """The running engine's seal, as the kernel sees it now."""
+        if self.pid is None or not self.ready.is_set():
+            return SealCheck(True)  # nothing runs: nothing can leak
+        return inspect(self.pid)
 
     async def _wait_healthy(self, process: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
