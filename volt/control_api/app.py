@@ -64,8 +64,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _model(card: ModelCard, nodes: list[NodeView]) -> Model:
-    insecure = any(node.seal == "insecure" and card.id in node.models for node in nodes)
-    return Model(id=card.id, created=card.created, owned_by=card.owned_by,
+    # Only pods that can take the request count: a drained insecure node serves nobody.
+    insecure = any(node.seal == "insecure" and node.state == "ready" and card.id in node.models
+                   for node in nodes)
+    return Model(id=card.id, created=card.created, owned_by=card.owned_by, object="model",
                  volt=ModelVolt(insecure=True) if insecure else None)
 
 

@@ -76,7 +76,8 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     created: int
     owned_by: str
-    object: Literal["model"] = "model"
+    object: Literal["model"]
+    """Required here (not defaulted) so that ``omit_defaults`` keeps it in the JSON."""
     volt: ModelVolt | None = None
     """Present only when something about the model needs saying (``insecure``)."""
 

@@ -142,7 +142,8 @@ class EngineServer:
         elif route == ("GET", "/metrics"):
             await send_text(send, 200, generate_latest(self.metrics.registry))
         elif route == ("GET", "/v1/models"):
-            listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt")])
+            listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt",
+                                              object="model")])
             await send_json(send, 200, _json.encode(listing))
         else:
             error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")

@@ -161,7 +161,8 @@ class EmbeddingServer:
         elif route == ("GET", "/metrics"):
             await send_text(send, 200, generate_latest(self.registry))
         elif route == ("GET", "/v1/models"):
-            listing = ModelList(data=[Model(id=self.model_id, created=0, owned_by="volt")])
+            listing = ModelList(data=[Model(id=self.model_id, created=0, owned_by="volt",
+                                              object="model")])
             await send_json(send, 200, _json.encode(listing))
         else:
             error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")
