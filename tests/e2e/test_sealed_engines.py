@@ -23,7 +23,8 @@ def test_unsealed_nodes_take_work_only_where_allowed_and_say_so(
         cluster.add_agent("open-1", metro="ams", insecure_unsealed="1")
         cluster.start_api()
         cluster.wait_routable(metro="fra")
-        status, _, body = cluster.request("/v1/chat/completions", CHAT)
+        status, _, body = cluster.request("/v1/chat/completions",
+                                          {**CHAT, "volt": {"metro": "fra"}})
         assert json.loads(body)["volt"]["seal"] == "sealed"
         if not allow_unsealed:
             status, _, body = cluster.request("/v1/chat/completions",

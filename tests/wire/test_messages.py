@@ -26,6 +26,9 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
     "usage": (wire.USAGE, (wire.UsageBatch,)),
     "identity": (wire.IDENTITY, (wire.AuditBatch, wire.CredentialRevoked)),
+    "attest": (wire.ATTEST, (wire.AttestEnroll, wire.EnrollChallenge, wire.EnrollProof,
+                             wire.NonceRequest, wire.NonceAnswer, wire.AttestEvidence,
+                             wire.AttestResult)),
 }
 
 text = st.text(max_size=20)

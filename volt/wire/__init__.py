@@ -2,6 +2,7 @@
 
 from volt.wire import subjects
 from volt.wire.codec import (
+    ATTEST,
     IDENTITY,
     INFERENCE,
     NODE,
@@ -17,6 +18,9 @@ from volt.wire.codec import (
 from volt.wire.messages import (
     WIRE_VERSION,
     AgentTiming,
+    AttestEnroll,
+    AttestEvidence,
+    AttestResult,
     AuditBatch,
     AuditEvent,
     Cancel,
@@ -24,6 +28,8 @@ from volt.wire.messages import (
     CredentialRevoked,
     EmbeddingChunk,
     EngineLoad,
+    EnrollChallenge,
+    EnrollProof,
     Final,
     GpuInfo,
     Heartbeat,
@@ -33,6 +39,8 @@ from volt.wire.messages import (
     NodeGoodbye,
     NodeHello,
     NodeView,
+    NonceAnswer,
+    NonceRequest,
     PlaceAnswer,
     PlacementView,
     PlaceQuery,
@@ -45,6 +53,7 @@ from volt.wire.messages import (
 )
 
 __all__ = [
+    "ATTEST",
     "IDENTITY",
     "INFERENCE",
     "NODE",
@@ -53,6 +62,9 @@ __all__ = [
     "USAGE",
     "WIRE_VERSION",
     "AgentTiming",
+    "AttestEnroll",
+    "AttestEvidence",
+    "AttestResult",
     "AuditBatch",
     "AuditEvent",
     "Cancel",
@@ -60,6 +72,8 @@ __all__ = [
     "CredentialRevoked",
     "EmbeddingChunk",
     "EngineLoad",
+    "EnrollChallenge",
+    "EnrollProof",
     "FamilyDecoder",
     "Final",
     "GpuInfo",
@@ -71,6 +85,8 @@ __all__ = [
     "NodeGoodbye",
     "NodeHello",
     "NodeView",
+    "NonceAnswer",
+    "NonceRequest",
     "PlaceAnswer",
     "PlaceQuery",
     "PlacementView",

@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from volt.wire.messages import (
     WIRE_VERSION,
+    AttestMessage,
     IdentityMessage,
     InferenceMessage,
     NodeMessage,
@@ -106,3 +107,4 @@ INFERENCE: FamilyDecoder[InferenceMessage] = FamilyDecoder("inference", Inferenc
 REPLY: FamilyDecoder[ReplyMessage] = FamilyDecoder("reply", ReplyMessage)
 USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)
 IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMessage)
+ATTEST: FamilyDecoder[AttestMessage] = FamilyDecoder("attest", AttestMessage)

@@ -362,3 +362,63 @@ class CredentialRevoked(WireMessage, frozen=True, kw_only=True, tag="identity.re
 
 
 IdentityMessage = AuditBatch | CredentialRevoked
+
+
+# --- attestation family: agent <-> scheduler (global, metadata only) -----------
+
+
+class AttestEnroll(WireMessage, frozen=True, kw_only=True, tag="attest.enroll"):
+    """A node presents its TPM: the EK (and its certificate) and the attestation key."""
+
+    node_id: str
+    ek_public: bytes
+    """``TPM2B_PUBLIC`` of the endorsement key."""
+    ek_certificate: bytes
+    """DER, from the TPM's NV (index 0x01c00002)."""
+    ak_public: bytes
+
+
+class EnrollChallenge(WireMessage, frozen=True, kw_only=True, tag="attest.enroll.challenge"):
+    """MakeCredential's output: only the node's TPM can recover the secret."""
+
+    credential_blob: bytes
+    secret: bytes
+    refused: str = ""
+    """Set instead when enrolment is refused outright (bad EK certificate, not an AK)."""
+
+
+class EnrollProof(WireMessage, frozen=True, kw_only=True, tag="attest.enroll.proof"):
+    node_id: str
+    credential: bytes
+
+
+class NonceRequest(WireMessage, frozen=True, kw_only=True, tag="attest.nonce.get"):
+    node_id: str
+
+
+class NonceAnswer(WireMessage, frozen=True, kw_only=True, tag="attest.nonce"):
+    nonce: bytes
+    expect_new_boot: bool = False
+
+
+class AttestEvidence(WireMessage, frozen=True, kw_only=True, tag="attest.evidence"):
+    """A quote over the node's PCRs with the verifier's nonce, and the event log."""
+
+    node_id: str
+    attest: bytes
+    signature: bytes
+    pcrs: dict[int, bytes]
+    event_log: bytes
+
+
+class AttestResult(WireMessage, frozen=True, kw_only=True, tag="attest.result"):
+    """The scheduler's answer to enrolment or evidence: passed, and why not."""
+
+    passed: bool
+    reasons: list[str] = []
+    verdict: bytes = b""
+    """For evidence: the signed verdict (JSON)."""
+
+
+AttestMessage = (AttestEnroll | EnrollChallenge | EnrollProof | NonceRequest | NonceAnswer
+                 | AttestEvidence | AttestResult)

@@ -37,6 +37,14 @@ def usage(metro: str) -> str:
 
 USAGE_ALL = "volt.usage.*"
 
+ATTEST_ENROLL = "volt.sched.attest.enroll"
+"""Request/reply: a node presents its TPM; the answer is a credential challenge."""
+ATTEST_PROOF = "volt.sched.attest.proof"
+"""Request/reply: the node's activated credential; the answer says enrolled or not."""
+ATTEST_NONCE = "volt.sched.attest.nonce"
+"""Request/reply: a fresh nonce for the node's next quote."""
+ATTEST_EVIDENCE = "volt.sched.attest.evidence"
+"""Request/reply: a quote and event log, pushed by the node; the answer is its verdict."""
 AUDIT_EVENTS = "volt.audit.events"
 """Audit events from the API replicas (metadata only: never a body)."""
 AUDIT_STREAM = "VOLT_AUDIT"
