@@ -17,9 +17,10 @@ import os
 import struct
 from dataclasses import dataclass
 
+from cryptography.hazmat.decrepit.ciphers.modes import CFB  # TPM 2.0 fixes CFB for this
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from volt.attestation.tpm2_structures import TPM_ALG_RSA, TPM_ALG_SHA256, PublicKey, parse_public
 
@@ -57,7 +58,7 @@ def make_credential(ek_public: bytes, object_name: bytes, credential: bytes) -> 
         mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=b"IDENTITY\0"))
     symmetric = kdfa(seed, b"STORAGE", object_name, b"", 128)
     plain = struct.pack(">H", len(credential)) + credential  # a TPM2B_DIGEST
-    encryptor = Cipher(algorithms.AES(symmetric), modes.CFB(bytes(16))).encryptor()
+    encryptor = Cipher(algorithms.AES(symmetric), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(plain) + encryptor.finalize()
     hmac_key = kdfa(seed, b"INTEGRITY", b"", b"", 256)
     outer = hmac.new(hmac_key, enc_identity + object_name, hashlib.sha256).digest()

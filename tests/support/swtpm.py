@@ -1,0 +1,120 @@
+"""A software TPM for the tests: swtpm on free loopback ports, manufactured by
+``swtpm_setup`` with an EK certificate from swtpm's local CA, booted with a
+measured-boot event log the tests choose.
+
+``boot`` plays firmware: it extends the measurements into the PCRs and keeps
+the matching TCG2 event log. ``reboot`` restarts swtpm on the same state
+(TPM2_Startup(CLEAR): the reset count goes up, the PCRs go back to zero).
+Each start resets the dictionary-attack lockout (a test that fails mid-way
+must not lock the next one out); ``Tpm`` flushes leftover transient objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from volt.attestation import event_log
+from volt.processes import _die_with_parent
+from volt.up.nats_server import free_port
+
+LOCALCA = Path("/var/lib/swtpm-localca")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def manufacturer_cas() -> bytes:
+    """swtpm's local CA (its root and the issuer of EK certificates), as PEM."""
+    return (LOCALCA / "issuercert.pem").read_bytes() + \
+        (LOCALCA / "swtpm-localca-rootca-cert.pem").read_bytes()
+
+
+class Swtpm:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        # The swtpm TCTI finds the control channel at the server port + 1.
+        self.port = free_port()
+        while not _free(self.port + 1):
+            self.port = free_port()
+        self.ctrl_port = self.port + 1
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = b""
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def manufacture(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(self.state),
+                        "--create-ek-cert", "--create-platform-cert", "--lock-nvram",
+                        "--overwrite"], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> Swtpm:
+        if not (self.state / "tpm2-00.permall").exists():
+            self.manufacture()
+        log = open(self.root / "swtpm.log", "ab")  # noqa: SIM115 - held by the child
+        self.process = subprocess.Popen(
+            ["swtpm", "socket", "--tpmstate", f"dir={self.state}", "--tpm2",
+             "--server", f"type=tcp,port={self.port}",
+             "--ctrl", f"type=tcp,port={self.ctrl_port}",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
+                                                                        timeout=1):
+                break
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError((self.root / "swtpm.log").read_text()[-2000:])
+            time.sleep(0.05)
+        subprocess.run(["tpm2_dictionarylockout", "--clear-lockout", "-T", self.tcti],
+                       check=True, capture_output=True, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def reboot(self) -> None:
+        self.stop()
+        self.start()
+        self.log = b""
+
+    def boot(self, measurements: list[tuple[int, int, bytes]]) -> bytes:
+        """Measure ``(pcr, event type, data)`` as firmware would: extend each into
+        its PCR and keep the event log. Returns the log."""
+        from tpm2_pytss import TPML_DIGEST_VALUES, TPMT_HA
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+
+        from volt.attestation.tpm import Tpm
+
+        log, events = event_log.build(measurements)
+        with Tpm(self.tcti) as tpm:
+            for event in events:
+                digest = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+                digest.digest.sha256 = event.digests[0x000B]
+                tpm.esapi.pcr_extend(ESYS_TR.PCR0 + event.pcr, TPML_DIGEST_VALUES([digest]))
+        self.log = log
+        return log
+
+    def __enter__(self) -> Swtpm:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
