@@ -21,6 +21,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from volt.attestation.tpm2_structures import HASHES, TPM_ALG_SHA256, StructureError
 
@@ -36,8 +37,7 @@ STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
 PCR_COUNT = 24
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):  # a tuple: logs hold thousands, parsed on every verification
     pcr: int
     event_type: int
     digests: dict[int, bytes]
@@ -56,72 +56,76 @@ class EventLog:
         size = self.digest_sizes.get(hash_alg)
         if size is None:
             raise StructureError(f"the log has no digests of algorithm {hash_alg:#x}")
+        digest = hashlib.sha256 if hash_alg == TPM_ALG_SHA256 else \
+            (lambda data: hashlib.new(HASHES[hash_alg], data))
         pcrs: dict[int, bytes] = {}
+        zero = bytes(size)
         for event in self.events:
             if event.event_type == EV_NO_ACTION:
                 continue
-            start = bytes(size)
-            if event.pcr == 0 and self.startup_locality:
-                start = bytes(size - 1) + bytes([self.startup_locality])
-            current = pcrs.get(event.pcr, start)
-            pcrs[event.pcr] = hashlib.new(HASHES[hash_alg],
-                                          current + event.digests[hash_alg]).digest()
+            current = pcrs.get(event.pcr)
+            if current is None:
+                current = zero if event.pcr or not self.startup_locality else \
+                    bytes(size - 1) + bytes([self.startup_locality])
+            pcrs[event.pcr] = digest(current + event.digests[hash_alg]).digest()
         return pcrs
 
 
-class _LittleReader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.offset = data, 0
-
-    def take(self, count: int) -> bytes:
-        if count < 0 or self.offset + count > len(self.data):
-            raise StructureError(f"event log truncated at byte {self.offset}")
-        chunk = self.data[self.offset: self.offset + count]
-        self.offset += count
-        return chunk
-
-    def u8(self) -> int:
-        return int(self.take(1)[0])
-
-    def u16(self) -> int:
-        return int(struct.unpack("<H", self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.offset
+_HEAD = struct.Struct("<II")
+_EVENT_HEAD = struct.Struct("<III")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 
 
 def parse(data: bytes) -> EventLog:
-    reader = _LittleReader(data)
+    """Parse a log (offsets and ``unpack_from``: a node's log can hold thousands
+    of events, and every verification parses it)."""
+    try:
+        return _parse(memoryview(data), len(data))
+    except struct.error:
+        raise StructureError("event log truncated") from None
+
+
+def _parse(data: memoryview, end: int) -> EventLog:
     # The first event, in the SHA-1 format, carries the Spec ID header.
-    pcr, event_type = reader.u32(), reader.u32()
-    reader.take(20)
-    header = reader.take(reader.u32())
-    if pcr != 0 or event_type != EV_NO_ACTION or not header.startswith(SPEC_ID_SIGNATURE):
+    pcr, event_type = _HEAD.unpack_from(data, 0)
+    (header_size,) = _U32.unpack_from(data, 28)
+    offset = 32 + header_size
+    header = bytes(data[32:offset])
+    if offset > end or pcr != 0 or event_type != EV_NO_ACTION \
+            or not header.startswith(SPEC_ID_SIGNATURE):
         raise StructureError("not a crypto-agile event log (no Spec ID Event03 header)")
-    spec = _LittleReader(header[len(SPEC_ID_SIGNATURE):])
-    spec.take(4 + 1 + 1 + 1 + 1)  # platform class, version minor/major/errata, uintn size
+    spec = len(SPEC_ID_SIGNATURE) + 8  # platform class, versions, uintn size
+    (count,) = _U32.unpack_from(header, spec)
     sizes = {}
-    for _ in range(spec.u32()):
-        algorithm, size = spec.u16(), spec.u16()
+    for index in range(count):
+        algorithm, size = struct.unpack_from("<HH", header, spec + 4 + 4 * index)
         sizes[algorithm] = size
     events, locality = [], 0
-    while reader.left:
-        pcr, event_type = reader.u32(), reader.u32()
+    while offset < end:
+        pcr, event_type, digest_count = _EVENT_HEAD.unpack_from(data, offset)
+        offset += 12
         if pcr >= PCR_COUNT:
             raise StructureError(f"event for PCR {pcr}")
         digests = {}
-        for _ in range(reader.u32()):
-            algorithm = reader.u16()
-            if algorithm not in sizes:
+        for _ in range(digest_count):
+            (algorithm,) = _U16.unpack_from(data, offset)
+            size = sizes.get(algorithm)
+            if size is None:
                 raise StructureError(f"digest of an undeclared algorithm {algorithm:#x}")
-            digests[algorithm] = reader.take(sizes[algorithm])
-        if set(digests) != set(sizes):
+            stop = offset + 2 + size
+            if stop > end:
+                raise struct.error("digest past the end")
+            digests[algorithm] = bytes(data[offset + 2: stop])
+            offset = stop
+        if len(digests) != len(sizes):
             raise StructureError("an event lacks a digest of a declared algorithm")
-        event_data = reader.take(reader.u32())
+        (size,) = _U32.unpack_from(data, offset)
+        stop = offset + 4 + size
+        if stop > end:
+            raise struct.error("event data past the end")
+        event_data = bytes(data[offset + 4: stop])
+        offset = stop
         if event_type == EV_NO_ACTION and event_data.startswith(STARTUP_LOCALITY_SIGNATURE):
             locality = event_data[len(STARTUP_LOCALITY_SIGNATURE)]
         events.append(Event(pcr, event_type, digests, event_data))

@@ -24,6 +24,7 @@ handed to tenants and checked offline.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -60,8 +61,11 @@ from volt.attestation.tpm2_structures import (
     parse_signature,
     pcr_digest,
 )
+from volt.keyid import public_key_id
 
 Severity = Literal["info", "warning", "critical"]
+LOG_CACHE = 4096
+"""Parsed event logs kept (one per distinct boot in the fleet, roughly)."""
 AK_REQUIRED = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | RESTRICTED | SIGN_ENCRYPT
 
 
@@ -100,10 +104,12 @@ class SignedVerdict(msgspec.Struct, frozen=True, kw_only=True):
 _json = msgspec.json.Encoder(order="deterministic")
 
 
-def sign_verdict(verdict: Verdict, key: Ed25519PrivateKey) -> SignedVerdict:
-    from volt.identity.audit_format import public_key_id
+def key_id(key: Ed25519PrivateKey) -> str:
+    return public_key_id(key.public_key())
 
-    return SignedVerdict(verdict=verdict, key_id=public_key_id(key.public_key()),
+
+def sign_verdict(verdict: Verdict, key: Ed25519PrivateKey, signer: str) -> SignedVerdict:
+    return SignedVerdict(verdict=verdict, key_id=signer,
                          signature=key.sign(_json.encode(verdict)).hex())
 
 
@@ -135,6 +141,14 @@ class EnrolledNode:
     ak_public: bytes
     last_reset_count: int | None = None
     last_restart_count: int | None = None
+    _parsed: PublicKey | None = None
+
+    @property
+    def ak(self) -> PublicKey:
+        """The AK's public area, parsed once (``StructureError`` if it cannot be)."""
+        if self._parsed is None:
+            self._parsed = parse_public(self.ak_public)
+        return self._parsed
 
 
 def check_ak(public: PublicKey) -> str | None:
@@ -178,6 +192,13 @@ class Verifier:
     nonce_ttl_s: float = 60.0
     clock: Callable[[], float] = time.time
     _nonces: dict[bytes, tuple[str, float]] = field(default_factory=dict)
+    _logs: dict[bytes, tuple[event_log.EventLog, dict[int, bytes]]] = field(default_factory=dict)
+    _evaluations: dict[tuple[str, bytes], tuple[dict[str, str], dict[str, str]]] = field(
+        default_factory=dict)
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.key_id = key_id(self.signing_key)
 
     def challenge(self, node_id: str) -> bytes:
         """A fresh nonce for ``node_id``: good once, for ``nonce_ttl_s``."""
@@ -202,15 +223,15 @@ class Verifier:
             findings += self._nonce(node.node_id, nonce)
             findings += self._pcrs(evidence, attest)
             if not findings:
-                log = event_log.parse(evidence.event_log)
-                findings += self._replay(log, evidence)
+                log, replayed = self._replayed(evidence.event_log)
+                findings += self._replay(replayed, evidence)
             if not findings:  # a log that does not replay says nothing true
                 findings += self._boot(node, attest.reset_count, expect_new_boot)
                 if self.policy is None:
                     findings.append(Finding(component="policy", reason="no valid reference "
                                             "policy is loaded: every node is refused"))
                 else:
-                    matched, missed = evaluate(self.policy, log)
+                    matched, missed = self._evaluated(self.policy, evidence.event_log, log)
                     findings += [Finding(component=name, reason=reason)
                                  for name, reason in missed.items()]
         except StructureError as exc:
@@ -221,7 +242,7 @@ class Verifier:
             node.last_reset_count, node.last_restart_count = attest.reset_count, \
                 attest.restart_count
         try:
-            ak_name = parse_public(node.ak_public).name.hex()
+            ak_name = node.ak.name.hex()
         except StructureError:
             ak_name = ""
         verdict = Verdict(
@@ -231,12 +252,12 @@ class Verifier:
             restart_count=attest.restart_count if attest else 0,
             pcrs={str(i): v.hex() for i, v in sorted(evidence.pcrs.items())},
             matched=matched, findings=findings)
-        return sign_verdict(verdict, self.signing_key)
+        return sign_verdict(verdict, self.signing_key, self.key_id)
 
     def _signature(self, node: EnrolledNode, evidence: Evidence,
                    qualified_signer: bytes) -> list[Finding]:
         try:
-            public = parse_public(node.ak_public)
+            public = node.ak
         except StructureError as exc:
             return [Finding(component="signature", reason=f"enrolled key unreadable: {exc}")]
         problem = check_ak(public)
@@ -281,8 +302,33 @@ class Verifier:
                             "quoted digest (tampered)")]
         return []
 
-    def _replay(self, log: event_log.EventLog, evidence: Evidence) -> list[Finding]:
-        replayed = log.replay(TPM_ALG_SHA256)
+    def _replayed(self, log_bytes: bytes) -> tuple[event_log.EventLog, dict[int, bytes]]:
+        """The log parsed and replayed. A boot's log does not change between a
+        node's periodic attestations, so results are kept by the log's SHA-256
+        (content-addressed: a different log is parsed afresh)."""
+        digest = hashlib.sha256(log_bytes).digest()
+        cached = self._logs.get(digest)
+        if cached is None:
+            log = event_log.parse(log_bytes)
+            cached = (log, log.replay(TPM_ALG_SHA256))
+            if len(self._logs) >= LOG_CACHE:
+                self._logs.pop(next(iter(self._logs)))
+            self._logs[digest] = cached
+        return cached
+
+    def _evaluated(self, policy: Policy, log_bytes: bytes, log: event_log.EventLog
+                   ) -> tuple[dict[str, str], dict[str, str]]:
+        # Deterministic in (policy, log): kept beside the log's replay.
+        key = (policy.label, hashlib.sha256(log_bytes).digest())
+        cached = self._evaluations.get(key)
+        if cached is None:
+            cached = evaluate(policy, log)
+            if len(self._evaluations) >= LOG_CACHE:
+                self._evaluations.pop(next(iter(self._evaluations)))
+            self._evaluations[key] = cached
+        return dict(cached[0]), dict(cached[1])
+
+    def _replay(self, replayed: dict[int, bytes], evidence: Evidence) -> list[Finding]:
         for pcr, value in evidence.pcrs.items():
             if replayed.get(pcr, bytes(32)) != value:
                 return [Finding(component="event_log", reason=f"replaying the event log does "

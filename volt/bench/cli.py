@@ -104,6 +104,12 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     identity.add_argument("--json", type=Path, help="also write the figures here")
     identity.set_defaults(func=run)
 
+    attestation = bench.add_parser(
+        "attestation", help="quote verifications per second per core, event-log replay included")
+    attestation.add_argument("--verifications", type=int, default=5000)
+    attestation.add_argument("--json", type=Path, help="also write the figures here")
+    attestation.set_defaults(func=run)
+
     placement = bench.add_parser(
         "placement", help="routing from the scheduler's view vs asking it per request"
     )
@@ -152,6 +158,10 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_identity_bench(requests=args.requests, concurrencies=args.concurrency,
                            audit_events=args.audit_events, json_path=args.json)
+    elif args.bench == "attestation":
+        from volt.bench.attestation import run_attestation_bench
+
+        run_attestation_bench(verifications=args.verifications, json_path=args.json)
     elif args.bench == "placement":
         from volt.bench.placement import run_placement
 

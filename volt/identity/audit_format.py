@@ -5,15 +5,17 @@ uses this module and ``merkle``)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from volt.keyid import public_key_id
 from volt.wire import AuditEvent
+
+__all__ = ["Checkpoint", "checkpoint_text", "decode_leaf", "leaf_bytes", "public_key_id",
+           "signature_valid"]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AuditEvent)
@@ -43,11 +45,6 @@ class Checkpoint:
 def checkpoint_text(tree_size: int, root_hash: bytes, time_ms: int) -> bytes:
     return (f"volt-audit-log/v1\n{tree_size}\n{base64.b64encode(root_hash).decode()}\n"
             f"{time_ms}\n").encode()
-
-
-def public_key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def signature_valid(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> bool:
