@@ -146,6 +146,20 @@ class AuditSettings(_Section):
     """How long an API replica holds events before publishing them."""
 
 
+class AttestationSettings(_Section):
+    required: bool = True
+    """Place work only on nodes whose latest verdict passed and is fresh. Off
+    only for development (``volt up`` without a TPM, tests without one)."""
+    policy_file: str = ""
+    """The reference policy (JSON, ``volt/attestation/policy.py``). Empty or
+    invalid: every node is refused (refuse by default)."""
+    ek_ca_file: str = ""
+    """PEM bundle of the TPM manufacturers' CAs that EK certificates must chain to."""
+    verdict_ttl_s: PositiveFloat = 900.0
+    """A verdict older than this no longer counts (agents re-attest well before)."""
+    nonce_ttl_s: PositiveFloat = 60.0
+
+
 class AgentSettings(_Section):
     node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
     """Empty: derived from the host name."""
@@ -153,6 +167,13 @@ class AgentSettings(_Section):
     tier: SubjectToken = "standard"
     capacity: Literal["live", "test"] = "live"
     """``test``: this node serves only ``volt_sk_test_`` keys (and live keys never reach it)."""
+    tpm: str = ""
+    """The TPM's TCTI (``device:/dev/tpmrm0`` on hosts; ``swtpm:host=...,port=...``).
+    Empty: no TPM; the node runs ``not_attested`` and only a scheduler with
+    ``attestation.required = false`` places work on it."""
+    event_log: str = "/sys/kernel/security/tpm0/binary_bios_measurements"
+    attestation_interval_s: PositiveFloat = 300.0
+    """Re-attest this often (and at every start: a reboot restarts the agent)."""
     insecure_unsealed: bool = False
     """Development only: run engines without their own network namespace, where
     sealing is impossible (not root). Responses and ``/v1/models`` then say
@@ -202,6 +223,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
+    attestation: AttestationSettings = msgspec.field(default_factory=AttestationSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
     # Derived values: computed from the settings, never stored twice.
@@ -241,7 +263,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return (self.identity.public_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
 
 
-_SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit")
+_SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation")
 _LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients")}
 
 
@@ -252,6 +274,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             ("nats", NatsSettings), ("store", StoreSettings), ("api", ApiSettings),
             ("scheduler", SchedulerSettings), ("agent", AgentSettings),
             ("identity", IdentitySettings), ("audit", AuditSettings),
+            ("attestation", AttestationSettings),
         )
     }
     top = {"data_dir", "log_level"}

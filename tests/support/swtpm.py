@@ -94,6 +94,7 @@ class Swtpm:
         self.stop()
         self.start()
         self.log = b""
+        self.log_path.write_bytes(b"")
 
     def boot(self, measurements: list[tuple[int, int, bytes]]) -> bytes:
         """Measure ``(pcr, event type, data)`` as firmware would: extend each into
@@ -110,7 +111,13 @@ class Swtpm:
                 digest.digest.sha256 = event.digests[0x000B]
                 tpm.esapi.pcr_extend(ESYS_TR.PCR0 + event.pcr, TPML_DIGEST_VALUES([digest]))
         self.log = log
+        self.log_path.write_bytes(log)
         return log
+
+    @property
+    def log_path(self) -> Path:
+        """Where the log is, as the kernel keeps a host's in securityfs."""
+        return self.root / "binary_bios_measurements"
 
     def __enter__(self) -> Swtpm:
         return self.start()

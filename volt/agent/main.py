@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 
+from volt.agent.attestation import AttestationClient
 from volt.agent.engine import (
     VLLM_ENV,
     cpu_engine_command,
@@ -71,6 +72,9 @@ async def run_agent(config: VoltConfig) -> None:
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,
         capacity=config.agent.capacity, insecure=config.agent.insecure_unsealed,
+        attestation=AttestationClient(
+            node_id, config.agent.tpm, config.agent.event_log,
+            interval_s=config.agent.attestation_interval_s) if config.agent.tpm else None,
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}")
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 
+from volt.agent.attestation import AttestationClient
 from volt.agent.engine.client import (
     EngineChunk,
     EngineClient,
@@ -103,12 +104,15 @@ class Agent:
         capacity: str = "live",
         gpu_interval_s: float = 5.0,
         insecure: bool = False,
+        attestation: AttestationClient | None = None,
     ) -> None:
         self.node_id = subjects.token(node_id)
         self.metro = subjects.token(metro)
         self.tier = tier
         self.capacity = capacity
         self.insecure = insecure
+        self.attestation = attestation
+        """Proves this node's boot to the scheduler (None: no TPM; ``not_attested``)."""
         """Engines run unsealed: the explicit development flag."""
         self.engines = {handle.model: handle for handle in engines}
         self.gpus = GpuCollector(telemetry, interval_s=gpu_interval_s)
@@ -135,12 +139,15 @@ class Agent:
         await self.gpus.refresh()
         await self._publish_hello()
         publisher = asyncio.create_task(self.usage.run(nc))
-        collector = asyncio.create_task(self.gpus.run())
+        background = [asyncio.create_task(self.gpus.run())]
+        if self.attestation is not None:
+            background.append(asyncio.create_task(self.attestation.run(nc)))
         try:
             await self._heartbeat_forever()
         finally:
-            collector.cancel()
-            await asyncio.gather(collector, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             # Requests still running end as cancelled and record their usage;
             # then the publisher drains its queue to JetStream.
             inflight = list(self._inflight.values())
@@ -167,6 +174,11 @@ class Agent:
         # What responses say: the flag, not a per-request /proc read (the
         # heartbeat checks the kernel's view; an unsealed node is drained).
         return Seal.INSECURE.value if self.insecure else Seal.SEALED.value
+
+    @property
+    def _attestation_word(self) -> str:
+        attested = self.attestation is not None and self.attestation.attested
+        return "attested" if attested else "not_attested"
 
     def ready_models(self) -> list[str]:
         return [model for model, handle in self.engines.items() if handle.ready.is_set()]
@@ -343,7 +355,8 @@ class Agent:
             ))
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
-            seal=self._seal_word, usage=Usage(prompt_tokens=result.prompt_tokens),
+            seal=self._seal_word, attestation=self._attestation_word,
+            usage=Usage(prompt_tokens=result.prompt_tokens),
             timing=AgentTiming(queue_ms=(dispatched - received) * 1000,
                                engine_ttft_ms=(done - dispatched) * 1000,
                                engine_total_ms=(done - dispatched) * 1000),
@@ -395,7 +408,7 @@ class Agent:
             first_token = done
         await self._reply(reply, Final(
             request_id=request.request_id, pod=self.node_id, metro=self.metro, tier=self.tier,
-            seal=self._seal_word, choices=last,
+            seal=self._seal_word, attestation=self._attestation_word, choices=last,
             usage=Usage(prompt_tokens=progress.prompt_tokens,
                         cached_tokens=progress.cached_tokens,
                         completion_tokens=progress.completion_tokens),

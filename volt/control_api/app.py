@@ -64,11 +64,13 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _model(card: ModelCard, nodes: list[NodeView]) -> Model:
-    # Only pods that can take the request count: a drained insecure node serves nobody.
-    insecure = any(node.seal == "insecure" and node.state == "ready" and card.id in node.models
-                   for node in nodes)
+    # Only pods that can take the request count: a drained node serves nobody.
+    serving = [node for node in nodes if node.state == "ready" and card.id in node.models]
+    insecure = any(node.seal == "insecure" for node in serving)
+    not_attested = any(node.attestation != "attested" for node in serving)
     return Model(id=card.id, created=card.created, owned_by=card.owned_by, object="model",
-                 volt=ModelVolt(insecure=True) if insecure else None)
+                 volt=ModelVolt(insecure=insecure, not_attested=not_attested)
+                 if insecure or not_attested else None)
 
 
 def _json(value: object, status: int = 200) -> Response:

@@ -257,6 +257,7 @@ class Dispatcher:
         return VoltBlock(
             pod=final.pod, metro=final.metro, tier=final.tier,
             seal=final.seal if final.seal in ("sealed", "insecure") else "unknown",  # type: ignore[arg-type]
+            attestation="attested" if final.attestation == "attested" else "not_attested",
             timing=VoltTiming(
                 queue_ms=round((call.dispatched - call.arrived) * 1000 + final.timing.queue_ms, 3),
                 ttft_ms=round((first_token - call.arrived) * 1000 if first_token else total_ms, 3),

@@ -72,3 +72,7 @@ class Keyring:
 
     def audit_signing_key(self) -> Ed25519PrivateKey:
         return load_ed25519(self.folder / "audit-signing.pem")
+
+    def verifier_signing_key(self) -> Ed25519PrivateKey:
+        """Signs attestation verdicts (the scheduler's verifier)."""
+        return load_ed25519(self.folder / "verifier-signing.pem")

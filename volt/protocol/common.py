@@ -41,6 +41,9 @@ class VoltBlock(msgspec.Struct, kw_only=True):
     seal: Literal["sealed", "insecure", "unknown"] = "sealed"
     """``sealed``: the engine ran in a network namespace of its own, with no way
     out (zero egress). ``insecure``: a development node without that seal."""
+    attestation: Literal["attested", "not_attested"] = "attested"
+    """``attested``: the pod's node proved its measured boot (TPM quote, verified
+    against the reference policy). ``not_attested``: a development node with no TPM."""
 
 
 class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -66,10 +69,12 @@ class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [self.metro] if isinstance(self.metro, str) else list(self.metro)
 
 
-class ModelVolt(msgspec.Struct, kw_only=True):
-    insecure: bool
+class ModelVolt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    insecure: bool = False
     """Some pod serving it runs unsealed (a development node): prompts sent to
     it are not protected by the engine's network seal."""
+    not_attested: bool = False
+    """Some pod serving it runs on a node that proved no measured boot (no TPM)."""
 
 
 class Model(msgspec.Struct, kw_only=True, omit_defaults=True):

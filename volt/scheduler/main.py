@@ -9,6 +9,7 @@ from volt.config import ConfigError, VoltConfig
 from volt.identity.audit_log import AuditLog
 from volt.identity.audit_writer import AuditWriter
 from volt.identity.keyring import Keyring
+from volt.scheduler.attestation import AttestationService
 from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
@@ -25,14 +26,18 @@ async def run_scheduler(config: VoltConfig) -> None:
     await db.upgrade()  # the scheduler owns the store, so it migrates it
     scheduler = Scheduler(
         NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats,
-                  allow_unsealed=config.scheduler.allow_unsealed),
+                  allow_unsealed=config.scheduler.allow_unsealed,
+                  require_attestation=config.attestation.required),
         Inventory(db),
         view_interval_s=config.scheduler.view_interval_s,
         sweep_interval_s=config.scheduler.sweep_interval_s,
     )
+    keyring = Keyring(config.secrets_path())
+    attestation = AttestationService.from_settings(
+        config.attestation, scheduler.table, keyring.verifier_signing_key(), scheduler.changed)
     sink = UsageSink(UsageLedger(db))
     # The audit log's single writer (the API replicas only publish events).
-    audit = AuditWriter(AuditLog(db), Keyring(config.secrets_path()).audit_signing_key(),
+    audit = AuditWriter(AuditLog(db), keyring.audit_signing_key(),
                         checkpoint_every=config.audit.checkpoint_every,
                         checkpoint_interval_s=config.audit.checkpoint_interval_s)
     nc = await bus.connect(config.nats.url, name="volt-scheduler")
@@ -41,6 +46,7 @@ async def run_scheduler(config: VoltConfig) -> None:
             tasks.create_task(scheduler.run(nc))
             tasks.create_task(sink.run(nc))
             tasks.create_task(audit.run(nc))
+            await attestation.run(nc)
     finally:
         await bus.close(nc)
         await db.close()

@@ -40,13 +40,27 @@ class NodeRecord:
     problems: list[str] = field(default_factory=list)
     """Why the node is unhealthy (empty unless it is)."""
     seal: str = ""
+    attestation: str = "not_attested"
+    engine_ready: bool = False
+    base_problems: list[str] = field(default_factory=list)
+    """What the node's own messages show (GPU health, the seal); ``problems``
+    adds what the scheduler knows (attestation)."""
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
             capacity=self.capacity, problems=self.problems, seal=self.seal,
+            attestation=self.attestation,
         )
+
+
+@dataclass(slots=True)
+class Attestation:
+    passed: bool
+    reasons: list[str]
+    expires: float
+    """Clock time after which the verdict no longer counts."""
 
 
 class NodeTable:
@@ -57,8 +71,11 @@ class NodeTable:
         forget_after_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         allow_unsealed: bool = False,
+        require_attestation: bool = False,
     ) -> None:
         self.allow_unsealed = allow_unsealed
+        self.require_attestation = require_attestation
+        self._verdicts: dict[str, Attestation] = {}
         self.missed_heartbeats = missed_heartbeats
         self.forget_after_s = forget_after_s
         self.clock = clock
@@ -76,10 +93,12 @@ class NodeTable:
             return self._goodbye(message.node_id)
         now = self.clock()
         ready = isinstance(message, Heartbeat) and message.engine_ready
-        problems = [f"gpu {gpu.index}: {problem}" for gpu in message.gpus
-                    for problem in health_problems(gpu)]
+        base = [f"gpu {gpu.index}: {problem}" for gpu in message.gpus
+                for problem in health_problems(gpu)]
         if isinstance(message, Heartbeat):
-            problems += self._seal_problems(message)
+            base += self._seal_problems(message)
+        attestation, trust = self._attestation(message.node_id)
+        problems = base + trust
         event = (NodeEvent.HEARTBEAT_UNHEALTHY if problems
                  else NodeEvent.HEARTBEAT_READY if ready else NodeEvent.HEARTBEAT_NOT_READY)
         record = self._nodes.get(message.node_id)
@@ -95,6 +114,7 @@ class NodeTable:
                 engine=message.engine if isinstance(message, NodeHello) else "cpu",
                 capacity=message.capacity, problems=problems,
                 seal=message.seal if isinstance(message, Heartbeat) else "",
+                attestation=attestation, engine_ready=ready, base_problems=base,
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
@@ -105,7 +125,8 @@ class NodeTable:
         record.state = next_state(record.state, event)
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
         record.capacity = message.capacity
-        record.problems = problems
+        record.problems, record.base_problems = problems, base
+        record.attestation, record.engine_ready = attestation, ready
         if isinstance(message, Heartbeat):
             record.seal = message.seal
         record.last_seen = now
@@ -118,6 +139,52 @@ class NodeTable:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models,
                           record.capacity)
+
+    # -- attestation ---------------------------------------------------------------
+
+    def _attestation(self, node_id: str) -> tuple[str, list[str]]:
+        """(``attested``/``failed``/``not_attested``, why the node may not take work)."""
+        verdict = self._verdicts.get(node_id)
+        if verdict is not None and not verdict.passed:
+            return "failed", [f"attestation failed: {'; '.join(verdict.reasons)}"]
+        if verdict is not None and verdict.expires > self.clock():
+            return "attested", []
+        if not self.require_attestation:
+            return "not_attested", []  # development: visible, never a silent pass
+        return "not_attested", ["not attested" if verdict is None else
+                                "its last attestation expired"]
+
+    def set_verdict(self, node_id: str, *, passed: bool, reasons: list[str],
+                    ttl_s: float) -> bool:
+        """The node's latest verdict: a failing one quarantines it at once.
+        True when its placeability changed."""
+        self._verdicts[node_id] = Attestation(passed, reasons, self.clock() + ttl_s)
+        record = self._nodes.get(node_id)
+        return record is not None and self._reevaluate(record)
+
+    def forget_verdict(self, node_id: str) -> None:
+        """A node enrols afresh (a new boot): its old verdict no longer speaks for it."""
+        self._verdicts.pop(node_id, None)
+
+    def expire_verdicts(self) -> list[str]:
+        """Nodes whose verdict just went stale: they leave placement."""
+        now = self.clock()
+        return [record.node_id for record in self._nodes.values()
+                if record.state in LIVE and record.attestation == "attested"
+                and (verdict := self._verdicts.get(record.node_id)) is not None
+                and verdict.expires <= now and self._reevaluate(record)]
+
+    def _reevaluate(self, record: NodeRecord) -> bool:
+        if record.state not in LIVE:
+            return False
+        record.attestation, trust = self._attestation(record.node_id)
+        record.problems = record.base_problems + trust
+        event = (NodeEvent.HEARTBEAT_UNHEALTHY if record.problems
+                 else NodeEvent.HEARTBEAT_READY if record.engine_ready
+                 else NodeEvent.HEARTBEAT_NOT_READY)
+        before = record.state
+        record.state = next_state(record.state, event)
+        return before != record.state
 
     def _seal_problems(self, heartbeat: Heartbeat) -> list[str]:
         """A node whose engines are not sealed takes no work (``volt/agent/seal.py``)."""

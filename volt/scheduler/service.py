@@ -58,6 +58,10 @@ class Scheduler:
         self._dirty = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
+    def changed(self) -> None:
+        """Something placement depends on changed: publish the view now."""
+        self._dirty.set()
+
     def view(self) -> PlacementView:
         self._seq += 1
         return PlacementView(
@@ -86,6 +90,9 @@ class Scheduler:
             expired = self.table.sweep()
             for node_id in expired:
                 log.warning("node lost", extra={"node_id": node_id})
+            for node_id in self.table.expire_verdicts():
+                log.warning("attestation expired", extra={"node_id": node_id})
+                self._dirty.set()
             now = time.monotonic()
             if self._dirty.is_set() or expired or now - last_publish >= self.view_interval_s:
                 self._dirty.clear()

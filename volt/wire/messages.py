@@ -139,6 +139,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     problems: list[str] = []
     """Why the node is unhealthy (its state says ``unhealthy``)."""
     seal: str = ""
+    attestation: str = ""
+    """``attested``, ``not_attested`` (no TPM, allowed for development) or ``failed``."""
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -255,6 +257,8 @@ class Final(WireMessage, frozen=True, kw_only=True, tag="infer.final"):
     timing: AgentTiming = AgentTiming()
     seal: str = ""
     """The pod's seal (``sealed`` or ``insecure``), for the response's ``volt`` block."""
+    attestation: str = ""
+    """``attested`` or ``not_attested``, for the response's ``volt`` block."""
 
 
 class InferenceError(WireMessage, frozen=True, kw_only=True, tag="infer.error"):

@@ -1,0 +1,90 @@
+"""Node trust end to end: an agent with a (software) TPM enrols, pushes quotes,
+and takes work only while its verdict passes; a node that fails is
+quarantined at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from support.requirements import require
+from support.swtpm import Swtpm, manufacturer_cas
+
+from volt.attestation import event_log
+from volt.attestation.policy import ApprovedVersion, Component, Policy
+from volt.testing import Cluster
+
+BOOT = [(0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),
+        (7, event_log.EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1"),
+        (4, event_log.EV_EFI_BOOT_SERVICES_APPLICATION, b"systemd-boot 257"),
+        (9, event_log.EV_IPL, b"vmlinuz 6.12.8")]
+CHAT = {"model": "volt-tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+
+
+def approved(data: bytes) -> list[ApprovedVersion]:
+    import hashlib
+
+    return [ApprovedVersion(version="1", digests=[hashlib.sha256(data).hexdigest()])]
+
+
+@pytest.fixture(scope="module")
+def trusted(tmp_path_factory: pytest.TempPathFactory,
+            tiny_model: Path) -> Iterator[tuple[Cluster, Swtpm]]:
+    for tool in ("swtpm", "swtpm_setup", "tpm2_dictionarylockout"):
+        if shutil.which(tool) is None:
+            require(f"{tool} is not installed (Debian packages swtpm, swtpm-tools, tpm2-tools)")
+    root = tmp_path_factory.mktemp("trusted")
+    policy = Policy(name="fleet", version=1, pcrs=[0, 4, 7, 9], components={
+        "firmware": Component(pcrs=[0], approved=approved(b"firmware 2.3.1")),
+        "bootloader": Component(pcrs=[4], approved=approved(b"systemd-boot 257")),
+        "secure_boot": Component(pcrs=[7], approved=approved(b"SecureBoot=1")),
+        "kernel": Component(pcrs=[9], approved=approved(b"vmlinuz 6.12.8"))})
+    (root / "policy.json").write_bytes(msgspec.json.encode(policy))
+    (root / "cas.pem").write_bytes(manufacturer_cas())
+    with Swtpm(root / "tpm") as tpm:
+        tpm.boot(BOOT)
+        with Cluster(root / "cluster", engine_mode="instant", model_cache=tiny_model,
+                     extra_env={"VOLT_ATTESTATION_REQUIRED": "1",
+                                "VOLT_ATTESTATION_POLICY_FILE": str(root / "policy.json"),
+                                "VOLT_ATTESTATION_EK_CA_FILE": str(root / "cas.pem")}) as cluster:
+            cluster.add_agent("tpm-1", metro="fra", tpm=tpm.tcti,
+                              event_log=str(tpm.log_path), attestation_interval_s="0.5")
+            cluster.add_agent("no-tpm-1", metro="ams")
+            cluster.start_api()
+            cluster.wait_routable(metro="fra", timeout_s=60)
+            yield cluster, tpm
+
+
+def test_an_attested_node_serves_and_one_without_a_tpm_does_not(
+        trusted: tuple[Cluster, Swtpm]) -> None:
+    cluster, _ = trusted
+    status, _, body = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "fra"}})
+    assert status == 200
+    assert json.loads(body)["volt"]["attestation"] == "attested"
+    status, _, body = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "ams"}})
+    assert status == 503  # no TPM, and attestation is required
+
+
+def test_a_node_whose_log_stops_replaying_is_quarantined(trusted: tuple[Cluster, Swtpm]) -> None:
+    cluster, tpm = trusted
+    lying, _ = event_log.build([*BOOT[:-1], (9, event_log.EV_IPL, b"vmlinuz 6.12.8-evil")])
+    tpm.log_path.write_bytes(lying)
+    tampered = time.monotonic()
+    while time.monotonic() - tampered < 20:
+        status, _, _ = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "fra"}})
+        if status == 503:
+            break
+        time.sleep(0.05)
+    quarantined_after = time.monotonic() - tampered
+    assert status == 503
+    # The next quote (every 0.5 s) fails, and the view drops the node at once.
+    assert quarantined_after < 5, quarantined_after
+    log = cluster.services["scheduler"].log_text()
+    assert "attestation failed: node quarantined" in log
+    tpm.log_path.write_bytes(tpm.log)  # the honest log again: it serves again
+    cluster.wait_routable(metro="fra", timeout_s=20)

@@ -1,0 +1,152 @@
+"""The scheduler's side of node trust: enrol attestation keys, hand out nonces,
+verify pushed evidence, and gate placement on the verdicts.
+
+Push, not pull: agents dial the scheduler over NATS (request/reply on
+``volt.sched.attest.*``); nothing listens on a node. A node enrols once per
+agent start (a reboot restarts the agent, so every boot is attested afresh),
+then pushes a quote at every interval. A failing verdict quarantines the node
+in the node table at once, and the placement view is republished at once, so
+API replicas stop routing to it within one view publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from volt.attestation.ek import load_cas
+from volt.attestation.enrolment import Enrolment, EnrolmentRefused
+from volt.attestation.policy import Policy, PolicyError, load_policy
+from volt.attestation.verifier import EnrolledNode, Evidence, SignedVerdict, Verifier
+from volt.config import AttestationSettings
+from volt.scheduler.node_table import NodeTable
+from volt.wire import (
+    ATTEST,
+    AttestEnroll,
+    AttestEvidence,
+    AttestResult,
+    EnrollChallenge,
+    EnrollProof,
+    NonceAnswer,
+    NonceRequest,
+    encode,
+    subjects,
+)
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+
+def load_settings_policy(settings: AttestationSettings) -> Policy | None:
+    """The configured policy, or None (refuse every node) with the reason logged."""
+    if not settings.policy_file:
+        return None
+    try:
+        return load_policy(Path(settings.policy_file).read_bytes())
+    except (OSError, PolicyError) as exc:
+        log.error("attestation policy unusable, refusing every node: %s", exc)
+        return None
+
+
+@dataclass
+class AttestationService:
+    table: NodeTable
+    verifier: Verifier
+    enrolment: Enrolment
+    verdict_ttl_s: float
+    on_change: Callable[[], None]
+    """Republish the placement view (a verdict changed what is placeable)."""
+    enrolled: dict[str, EnrolledNode] = field(default_factory=dict)
+    verdicts: dict[str, SignedVerdict] = field(default_factory=dict)
+    """The latest verdict per node (what Vault hands tenants)."""
+
+    @classmethod
+    def from_settings(cls, settings: AttestationSettings, table: NodeTable,
+                      signing_key: object, on_change: Callable[[], None]) -> AttestationService:
+        cas = load_cas(Path(settings.ek_ca_file).read_bytes()) if settings.ek_ca_file else []
+        verifier = Verifier(policy=load_settings_policy(settings), signing_key=signing_key,  # type: ignore[arg-type]
+                            nonce_ttl_s=settings.nonce_ttl_s)
+        return cls(table, verifier, Enrolment(cas), settings.verdict_ttl_s, on_change)
+
+    async def run(self, nc: Client) -> None:
+        for subject, handler in ((subjects.ATTEST_ENROLL, self._on_enroll),
+                                 (subjects.ATTEST_PROOF, self._on_proof),
+                                 (subjects.ATTEST_NONCE, self._on_nonce),
+                                 (subjects.ATTEST_EVIDENCE, self._on_evidence)):
+            await nc.subscribe(subject, cb=handler)
+
+    async def _on_enroll(self, msg: Msg) -> None:
+        message = ATTEST.decode_or_drop(msg.data)
+        if not msg.reply or not isinstance(message, AttestEnroll):
+            return
+        try:
+            challenge = self.enrolment.begin(message.node_id, ek_public=message.ek_public,
+                                             ek_certificate=message.ek_certificate,
+                                             ak_public=message.ak_public)
+            answer = EnrollChallenge(credential_blob=challenge.credential_blob,
+                                     secret=challenge.secret)
+        except EnrolmentRefused as exc:
+            log.warning("enrolment refused", extra={"node_id": message.node_id,
+                                                    "reason": str(exc)})
+            self._fail(message.node_id, [f"enrolment refused: {exc}"])
+            answer = EnrollChallenge(credential_blob=b"", secret=b"", refused=str(exc))
+        await msg.respond(encode(answer))
+
+    async def _on_proof(self, msg: Msg) -> None:
+        message = ATTEST.decode_or_drop(msg.data)
+        if not msg.reply or not isinstance(message, EnrollProof):
+            return
+        try:
+            ak_public = self.enrolment.complete(message.node_id, message.credential)
+        except EnrolmentRefused as exc:
+            self._fail(message.node_id, [f"enrolment refused: {exc}"])
+            await msg.respond(encode(AttestResult(passed=False, reasons=[str(exc)])))
+            return
+        # A new enrolment is a new boot: the old baseline and verdict go.
+        self.enrolled[message.node_id] = EnrolledNode(message.node_id, ak_public)
+        self.table.forget_verdict(message.node_id)
+        log.info("node enrolled", extra={"node_id": message.node_id})
+        await msg.respond(encode(AttestResult(passed=True)))
+
+    async def _on_nonce(self, msg: Msg) -> None:
+        message = ATTEST.decode_or_drop(msg.data)
+        if msg.reply and isinstance(message, NonceRequest):
+            node = self.enrolled.get(message.node_id)
+            await msg.respond(encode(NonceAnswer(
+                nonce=self.verifier.challenge(message.node_id),
+                expect_new_boot=node is not None and node.last_reset_count is None)))
+
+    async def _on_evidence(self, msg: Msg) -> None:
+        message = ATTEST.decode_or_drop(msg.data)
+        if not msg.reply or not isinstance(message, AttestEvidence):
+            return
+        node = self.enrolled.get(message.node_id)
+        if node is None:
+            await msg.respond(encode(AttestResult(passed=False, reasons=["not enrolled"])))
+            return
+        signed = self.verifier.verify(node, Evidence(
+            attest=message.attest, signature=message.signature, pcrs=message.pcrs,
+            event_log=message.event_log), expect_new_boot=node.last_reset_count is None)
+        verdict = signed.verdict
+        self.verdicts[message.node_id] = signed
+        reasons = [f"{f.component}: {f.reason}" for f in verdict.findings
+                   if f.severity == "critical"]
+        if self.table.set_verdict(message.node_id, passed=verdict.passed, reasons=reasons,
+                                  ttl_s=self.verdict_ttl_s):
+            self.on_change()
+        if not verdict.passed:
+            log.error("attestation failed: node quarantined",
+                      extra={"node_id": message.node_id, "reasons": reasons})
+        await msg.respond(encode(AttestResult(passed=verdict.passed, reasons=reasons,
+                                              verdict=_json.encode(signed))))
+
+    def _fail(self, node_id: str, reasons: list[str]) -> None:
+        if self.table.set_verdict(node_id, passed=False, reasons=reasons,
+                                  ttl_s=self.verdict_ttl_s):
+            self.on_change()
