@@ -74,3 +74,8 @@ def test_engine_socket_path_stays_short_for_deep_data_dirs(tmp_path: Path) -> No
     deep = tmp_path / ("d" * 80) / ("e" * 80)
     config = load_config(env={"VOLT_DATA_DIR": str(deep)})
     assert len(str(config.engine_socket())) < 100  # AF_UNIX paths max out at 107 bytes
+
+
+def test_an_empty_embedding_model_means_none() -> None:
+    """volt up --no-embeddings hands its agent an empty value; it must load."""
+    assert load_config(env={"VOLT_AGENT_EMBEDDING_MODEL": ""}).agent.embedding_model == ""

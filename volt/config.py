@@ -188,7 +188,7 @@ class AgentSettings(_Section):
     """Empty: a private runtime folder (Unix socket paths must stay short)."""
     max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
     engine_startup_timeout_s: PositiveFloat = 300.0
-    embedding_model: SubjectToken | Literal[""] = ""
+    embedding_model: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
     """Also serve this embedding model (``all-minilm-l6-v2``) from its own engine."""
     vllm_python: str = ""
     """``engine = vllm``: the Python of vLLM's own virtual environment (empty:

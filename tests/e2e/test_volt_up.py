@@ -121,3 +121,26 @@ def test_a_bad_config_file_is_named(tmp_path: Path) -> None:
     assert process.returncode != 0
     assert "agent.heartbeat_interval_s" in output
     assert "Traceback" not in output
+
+
+def test_volt_up_without_embeddings_on_any_free_port(tmp_path: Path, tiny_model: Path) -> None:
+    """The options the README offers: --no-embeddings and --api-port 0."""
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / MODEL_ID).symlink_to(tiny_model)
+    up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings")
+    try:
+        banner = Output(up).until(r"Press Ctrl-C to stop", timeout_s=180)
+        base_url = re.search(r"Base URL\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+        key = re.search(r"API key\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+        assert re.search(r"Models\s+volt-tiny\s*$", banner, re.MULTILINE), banner
+        assert "Attestation  not_attested" in banner
+        with openai.OpenAI(base_url=base_url, api_key=key) as sdk:
+            assert [m.id for m in sdk.models.list()] == [MODEL_ID]
+            with pytest.raises(openai.NotFoundError):
+                sdk.embeddings.create(model="all-minilm-l6-v2", input="a")
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
