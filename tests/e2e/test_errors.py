@@ -64,6 +64,21 @@ CASES = [
     ("wrong method", "GET", "/v1/chat/completions", None, True, 405, "method_not_allowed", None),
     ("wrong method models", "POST", "/v1/models", b"{}", True, 405, "method_not_allowed", None),
     ("unknown route", "GET", "/v1/nope", None, True, 404, "unknown_url", None),
+    # Found by trying hostile input (Spark hardening issue): each was a 5xx.
+    ("seed beyond 64 bits", "POST", "/v1/chat/completions",
+     json.dumps({**GOOD, "seed": 2**64}).encode(), True, 400, None, "seed"),
+    ("unknown metro", "POST", "/v1/chat/completions",
+     json.dumps({**GOOD, "volt": {"metro": "atlantis"}}).encode(), True, 400, "unknown_metro",
+     "volt.metro"),
+    ("unknown tier", "POST", "/v1/chat/completions",
+     json.dumps({**GOOD, "volt": {"tier": "platinum"}}).encode(), True, 400, "unknown_tier",
+     "volt.tier"),
+    ("nested 100,000 deep", "POST", "/v1/chat/completions",
+     json.dumps(GOOD).encode()[:-1] + b', "junk": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     True, 400, None, None),
+    ("over one bus message", "POST", "/v1/chat/completions", json.dumps({**GOOD, "messages": [
+        {"role": "user", "content": "x" * (2 * 1024 * 1024)}]}).encode(), True, 413,
+     "payload_too_large", None),
 ]
 
 

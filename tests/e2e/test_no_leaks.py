@@ -12,6 +12,7 @@ import nats
 import openai
 
 from volt.testing import Cluster
+from volt.wire import subjects
 
 
 def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
@@ -29,8 +30,8 @@ def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
             async def record(msg: nats.aio.msg.Msg) -> None:
                 seen.append(msg.subject.encode() + b" " + msg.data)
 
-            await nc.subscribe("volt.node.>", cb=record)
-            await nc.subscribe("volt.sched.>", cb=record)
+            for family in subjects.GLOBAL_FAMILIES:  # every metadata-only subject
+                await nc.subscribe(f"volt.{family}.>", cb=record)
             await nc.flush()
             ready.set()
             while not stop.is_set():
@@ -56,6 +57,12 @@ def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
                     ))
                 else:
                     completions.append(reply.choices[0].message.content or "")  # type: ignore[union-attr]
+            # A stream the client walks away from after its first chunk (cancelled).
+            cancelled = sdk.chat.completions.create(
+                model="volt-tiny", messages=[{"role": "user", "content": marker + " again"}],
+                max_tokens=200, stream=True)
+            next(iter(cancelled))
+            cancelled.close()
         # Heartbeats carry the per-replica counts of these requests; wait for
         # at least one, so the check below is never vacuous.
         deadline = time.monotonic() + 10

@@ -56,7 +56,8 @@ class _ChatChunks:
         self.chunk_id, self.model, self.created = chunk_id, model, int(time.time())
         self.started: set[int] = set()
 
-    def chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None,
+    def chunk(self, choices: list[ChunkChoice],
+              usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET,
               volt: VoltBlock | None = None) -> bytes:
         return b"data: " + _encoder.encode(ChatCompletionChunk(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices,

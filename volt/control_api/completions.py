@@ -83,7 +83,8 @@ class _TextChunks:
         self.chunk_id, self.model, self.created = chunk_id, model, int(time.time())
         self.offsets = _Offsets()
 
-    def chunk(self, choices: list[CompletionChoice], usage: CompletionUsage | None = None,
+    def chunk(self, choices: list[CompletionChoice],
+              usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET,
               volt: VoltBlock | None = None) -> bytes:
         return b"data: " + _encoder.encode(Completion(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices,

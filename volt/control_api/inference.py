@@ -22,7 +22,9 @@ from typing import Final as FinalType
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 
+from volt.control_api.errors import PayloadTooLarge
 from volt.wire import REPLY, Cancel, InferenceRequest, NodeView, encode, subjects
 from volt.wire.bus import is_no_responders
 from volt.wire.messages import ReplyMessage
@@ -116,11 +118,19 @@ class InferenceClient:
         self._channels[request.request_id] = channel
         self._node_of[request.request_id] = node.node_id
         self._by_node.setdefault(node.node_id, set()).add(request.request_id)
-        await self.nc.publish(
-            subjects.infer(node.metro, node.node_id),
-            encode(request),
-            reply=subjects.reply(node.metro, self.replica_id, request.request_id),
-        )
+        try:
+            await self.nc.publish(
+                subjects.infer(node.metro, node.node_id),
+                encode(request),
+                reply=subjects.reply(node.metro, self.replica_id, request.request_id),
+            )
+        except BaseException as exc:
+            self.forget(request.request_id)  # no reply will come: no channel left behind
+            if isinstance(exc, MaxPayloadError):
+                raise PayloadTooLarge(
+                    f"The request is larger than the {self.nc.max_payload} bytes one message "
+                    "to a pod may carry.") from None
+            raise
         return channel
 
     def forget(self, request_id: str) -> None:

@@ -91,6 +91,8 @@ def decode_request(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
             f"We could not parse the JSON body of your request: {exc}. "
             "The body must be a JSON object."
         ) from exc
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply.") from None
 
 
 def placement_query(model: str, options: VoltOptions | None, principal: Principal,
@@ -118,6 +120,17 @@ def placement_query(model: str, options: VoltOptions | None, principal: Principa
     if tier is not None and catalog.tiers is not None and tier not in catalog.tiers:
         raise PermissionDenied(f"Your organization may not use tier {tier}.",
                                param="volt.tier", code="tier_not_allowed")
+    # A pin to a metro or tier Volt has no node in can never be served: say so
+    # (400) rather than answer 503, which invites retries that cannot succeed.
+    if pinned is not None and router.has_view:
+        unknown = sorted(set(pinned) - router.metros)
+        if unknown:
+            raise InvalidRequest(f"There is no metro {', '.join(unknown)}; metros: "
+                                 f"{', '.join(sorted(router.metros))}.", param="volt.metro",
+                                 code="unknown_metro")
+    if tier is not None and router.has_view and tier not in router.tiers:
+        raise InvalidRequest(f"There is no tier {tier}; tiers: {', '.join(sorted(router.tiers))}.",
+                             param="volt.tier", code="unknown_tier")
     return PlacementQuery(model=model, metros=metros, tier=tier, tiers=catalog.tiers,
                           livemode=principal.mode == "live")
 
@@ -214,13 +227,17 @@ class Dispatcher:
             node = await self._place(query, skipped, principal.org_id, deadline)
             attempt_id = f"{request_id}{attempt}"
             self.router.started(node.node_id)
-            replies = await self.inference.send(node, InferenceRequest(
-                request_id=attempt_id, endpoint=job.endpoint,  # type: ignore[arg-type]
-                model=job.model, stream=job.stream, body=job.body,
-                deadline_unix=time.time() + (deadline - loop.time()),
-                tenant_id=principal.org_id, key_id=principal.key_id,
-                spiffe_id=principal.spiffe_id, livemode=principal.mode == "live",
-            ))
+            try:
+                replies = await self.inference.send(node, InferenceRequest(
+                    request_id=attempt_id, endpoint=job.endpoint,  # type: ignore[arg-type]
+                    model=job.model, stream=job.stream, body=job.body,
+                    deadline_unix=time.time() + (deadline - loop.time()),
+                    tenant_id=principal.org_id, key_id=principal.key_id,
+                    spiffe_id=principal.spiffe_id, livemode=principal.mode == "live",
+                ))
+            except BaseException:
+                self._release(node)  # the slot was taken; nothing was sent
+                raise
             dispatched = time.perf_counter()
             try:
                 first = await replies.get(deadline)
@@ -337,7 +354,8 @@ class Dispatcher:
 class ChunkFormat(Protocol):
     """How one endpoint writes a stream's events (chat chunks, text chunks)."""
 
-    def chunk(self, choices: list[Any], usage: CompletionUsage | None = None,
+    def chunk(self, choices: list[Any],
+              usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET,
               volt: VoltBlock | None = None) -> bytes:
         """One SSE event: ``data: {...}``."""
         ...
@@ -366,6 +384,9 @@ def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
     choices, the usage chunk if asked for, and ``[DONE]``. The last chunk before
     ``[DONE]`` carries the ``volt`` block."""
     include_usage = options is not None and options.include_usage
+    # With usage asked for, OpenAI's chunks carry "usage": null until the last.
+    pending_usage: CompletionUsage | msgspec.UnsetType | None = (
+        None if include_usage else msgspec.UNSET)
     finish: dict[int, str] = {}
     first_token: float | None = None
 
@@ -379,7 +400,7 @@ def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
                 choices.append(fmt.choice(delta))
         if choices:
             first_token = first_token or time.perf_counter()
-            out.append(fmt.chunk(choices))
+            out.append(fmt.chunk(choices, usage=pending_usage))
 
     def render(reply: Reply, out: list[bytes]) -> bool:
         if isinstance(reply, StreamChunk):
@@ -391,7 +412,7 @@ def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
         closing = [fmt.closing(i, reason) for i, reason in sorted(finish.items())] \
             or [fmt.closing(0, "stop")]
         if include_usage:
-            out.append(fmt.chunk(closing))
+            out.append(fmt.chunk(closing, usage=None))
             out.append(fmt.chunk([], usage=usage_of(reply), volt=volt))
         else:
             out.append(fmt.chunk(closing, volt=volt))

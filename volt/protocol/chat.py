@@ -62,7 +62,8 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    """A 64-bit integer, as OpenAI takes it."""
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logprobs: bool | None = None
@@ -94,10 +95,14 @@ class TokenLogprob(msgspec.Struct, kw_only=True):
 
 class ChoiceLogprobs(msgspec.Struct, kw_only=True):
     content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+    """Required by OpenAI's schema (null: Volt's models do not refuse in a channel of their own)."""
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True):
     content: str | None
+    refusal: str | None = None
+    """Required by OpenAI's schema; always null here."""
     role: Literal["assistant"] = "assistant"
 
 
@@ -140,5 +145,7 @@ class ChatCompletionChunk(
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: CompletionUsage | None = None
+    usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET
+    """Absent unless the client asked for usage; then ``null`` on every chunk
+    but the last, as OpenAI's stream does."""
     volt: VoltBlock | None = None

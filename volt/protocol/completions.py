@@ -31,7 +31,8 @@ class CompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    """A 64-bit integer, as OpenAI takes it."""
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
@@ -95,5 +96,7 @@ class Completion(
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
+    usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET
+    """Always on a whole completion; on a stream's chunks only when usage was
+    asked for (``null`` but on the last)."""
     volt: VoltBlock | None = None
