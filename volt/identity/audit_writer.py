@@ -10,19 +10,19 @@ and at least every ``checkpoint_interval_s`` while events arrive.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from volt.identity.audit_format import Checkpoint
 from volt.identity.audit_log import AuditLog
 from volt.identity.merkle import Frontier
 from volt.wire import IDENTITY, AuditBatch, AuditEvent, subjects
-from volt.wire.jetstream import ensure_audit_stream
+from volt.wire.jetstream import AUDIT_STREAM_CONFIG, consume
 
 log = logging.getLogger(__name__)
 DURABLE = "volt-audit-log"
@@ -71,33 +71,17 @@ class AuditWriter:
 
     async def run(self, nc: Client) -> None:
         await self.prepare()
-        js = nc.jetstream()
-        backoff = 0.2
-        subscription = None
-        while True:
-            try:
-                if subscription is None:
-                    await ensure_audit_stream(nc)
-                    subscription = await js.pull_subscribe(
-                        subjects.AUDIT_EVENTS, durable=DURABLE, stream=subjects.AUDIT_STREAM)
-                try:
-                    messages = await subscription.fetch(batch=self.batch, timeout=1)
-                except TimeoutError:  # quiet: checkpoint what came in
-                    if self.uncheckpointed():
-                        await self.checkpoint()
-                    continue
-                events: list[AuditEvent] = []
-                for message in messages:
-                    batch = IDENTITY.decode_or_drop(message.data)
-                    if isinstance(batch, AuditBatch):
-                        events.extend(batch.events)
-                await self.append(events)
-                for message in messages:
-                    await message.ack()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away, store busy: unacked batches come back
-                log.warning("audit writer: %s", type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await consume(nc, AUDIT_STREAM_CONFIG, subjects.AUDIT_EVENTS, DURABLE, batch=self.batch,
+                      handle=self._append, idle=self._quiet)
+
+    async def _append(self, messages: list[Msg]) -> None:
+        events: list[AuditEvent] = []
+        for message in messages:
+            batch = IDENTITY.decode_or_drop(message.data)
+            if isinstance(batch, AuditBatch):
+                events.extend(batch.events)
+        await self.append(events)
+
+    async def _quiet(self) -> None:
+        if self.uncheckpointed():  # nothing arriving: checkpoint what came in
+            await self.checkpoint()

@@ -9,14 +9,14 @@ is counted exactly once. Undecodable messages are acknowledged and dropped
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from volt.store import UsageLedger
 from volt.wire import USAGE, UsageRecord, subjects
-from volt.wire.jetstream import ensure_usage_stream
+from volt.wire.jetstream import USAGE_STREAM_CONFIG, consume
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +30,14 @@ class UsageSink:
         self.stored = 0
 
     async def run(self, nc: Client) -> None:
-        js = nc.jetstream()
-        backoff = 0.2
-        subscription = None
-        while True:
-            try:
-                if subscription is None:
-                    await ensure_usage_stream(nc)
-                    subscription = await js.pull_subscribe(
-                        subjects.USAGE_ALL, durable=DURABLE, stream=subjects.USAGE_STREAM
-                    )
-                try:
-                    messages = await subscription.fetch(batch=self.batch, timeout=1)
-                except TimeoutError:
-                    continue
-                records: list[UsageRecord] = []
-                for message in messages:
-                    batch = USAGE.decode_or_drop(message.data)
-                    if batch is not None:
-                        records.extend(batch.records)
-                await self.ledger.record(records)
-                for message in messages:
-                    await message.ack()
-                self.stored += len(records)
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away, store busy: unacked batches come back
-                log.warning("usage sink: %s", type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await consume(nc, USAGE_STREAM_CONFIG, subjects.USAGE_ALL, DURABLE, batch=self.batch,
+                      handle=self._store)
+
+    async def _store(self, messages: list[Msg]) -> None:
+        records: list[UsageRecord] = []
+        for message in messages:
+            batch = USAGE.decode_or_drop(message.data)
+            if batch is not None:
+                records.extend(batch.records)
+        await self.ledger.record(records)
+        self.stored += len(records)
