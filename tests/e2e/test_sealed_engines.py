@@ -39,4 +39,5 @@ def test_unsealed_nodes_take_work_only_where_allowed_and_say_so(
         assert status == 200
         assert json.loads(body)["volt"]["seal"] == "insecure"
         models = json.loads(cluster.request("/v1/models")[2])["data"]
-        assert models[0]["volt"] == {"insecure": True}
+        assert models[0]["volt"]["insecure"] is True
+        assert models[0]["volt"]["not_attested"] is True  # test clusters have no TPM
