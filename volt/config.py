@@ -85,6 +85,12 @@ class SchedulerSettings(_Section):
     allow_unsealed: bool = False
     """Development only: place work on nodes started with ``agent.insecure_unsealed``
     (``volt up`` on a machine that cannot seal). Never in production."""
+    metros: list[SubjectToken] = []
+    """The metros the fleet serves, beside any a node has reported since the
+    scheduler started. A pin to one of them with no pod up is a 503 (retry
+    later); a pin to any other metro is a 400 (no retry can succeed)."""
+    tiers: list[SubjectToken] = []
+    """The same for tiers."""
 
 
 class OidcIssuer(_Section):
@@ -264,7 +270,8 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation")
-_LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients")}
+_LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients"),
+                ("scheduler", "metros"), ("scheduler", "tiers")}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

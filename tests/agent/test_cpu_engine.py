@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from transformers import AutoTokenizer
 
@@ -140,15 +141,18 @@ def test_pre_encoded_token_frames_equal_whole_chunks() -> None:
     text_frames = TextShape("cmpl-1", 1700000000, model, str, None, 1).frames()
     for piece in ["hello", " ", '"quotes" and \\ backslash', "ünï ✓", "\x00\n\t", "</script>"]:
         for with_usage in (None, usage):
+            # The engine's frames without usage leave the field out (UNSET);
+            # the API adds OpenAI's "usage": null where the client asked for usage.
+            chunk_usage = msgspec.UNSET if with_usage is None else with_usage
             chat = _json.encode(ChatCompletionChunk(
                 id="chatcmpl-1", created=1700000000, model=model,
-                choices=[ChunkChoice(index=0, delta=Delta(content=piece))], usage=with_usage,
+                choices=[ChunkChoice(index=0, delta=Delta(content=piece))], usage=chunk_usage,
             ))
             assert chat_frames.token(piece, with_usage) == b"data: " + chat + b"\n\n"
             text = _json.encode(Completion(
                 id="cmpl-1", created=1700000000, model=model,
                 choices=[CompletionChoice(index=0, text=piece, finish_reason=None)],
-                usage=with_usage,
+                usage=chunk_usage,
             ))
             assert text_frames.token(piece, with_usage) == b"data: " + text + b"\n\n"
 

@@ -13,9 +13,11 @@ HEARTBEAT_S = 0.3
 
 @pytest.fixture(scope="module")
 def two_metros(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Cluster]:
-    """fra-1 in metro fra and ams-1 in metro ams, behind one API."""
+    """fra-1 in metro fra and ams-1 in metro ams, behind one API; the fleet
+    also serves metro sin, where no node is up."""
     with Cluster(tmp_path_factory.mktemp("cluster"), heartbeat_interval_s=HEARTBEAT_S,
-                 model_cache=tiny_model) as cluster:
+                 model_cache=tiny_model,
+                 extra_env={"VOLT_SCHEDULER_METROS": "fra ams sin"}) as cluster:
         cluster.add_agent("fra-1", metro="fra")
         cluster.add_agent("ams-1", metro="ams")
         cluster.start_api()  # uvicorn, the default

@@ -115,6 +115,8 @@ def test_unpinned_requests_use_both_metros(client: openai.OpenAI) -> None:
 
 
 def test_a_metro_with_no_pod_is_503_with_retry_after(two_metros: Cluster, api_port: int) -> None:
+    """sin is a metro of the fleet (configured) with no node up: try later.
+    A metro the fleet does not serve at all is a 400 (tests/e2e/test_errors.py)."""
     status, headers, body = two_metros.request("/v1/chat/completions", {
         "model": "volt-tiny", "messages": MESSAGES, "volt": {"metro": "sin"},
     }, port=api_port)

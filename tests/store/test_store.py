@@ -50,6 +50,9 @@ async def test_catalog_and_inventory(db: Database) -> None:
                       gpus=[GpuInfo(index=0, name="H100", uuid="GPU-1", memory_total_mib=81559)])
     await inventory.record_node(hello)
     await inventory.record_node(hello)  # a rejoin updates, never duplicates
+    await inventory.record_node(NodeHello(node_id="ams-1", metro="ams", tier="spot", models=[]))
+    # A restarted scheduler still knows every metro and tier it has had a node in.
+    assert await inventory.places() == ({"fra", "ams"}, {"standard", "spot"})
 
 
 async def test_an_older_store_upgrades_keeping_its_orgs_and_usage(tmp_path: Path) -> None:

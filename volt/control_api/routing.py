@@ -51,8 +51,8 @@ class Router:
         self._by_model: dict[str, list[NodeView]] = {}
         self.catalog: dict[str, ModelCard] = {}
         self.metros: set[str] = set()
-        """Every metro and tier the view knows a node in, placeable or not: a pin
-        to anything else can never be served."""
+        """Every metro and tier the fleet serves, with a node up or not: a pin to
+        anything else can never be served."""
         self.tiers: set[str] = set()
         self.inflight: dict[str, int] = {}
         self._local: dict[str, LocalLoad] = {}
@@ -79,8 +79,8 @@ class Router:
         placeable_now = {n.node_id for nodes in by_model.values() for n in nodes}
         self.nodes = view.nodes
         self._candidates, self._by_model = candidates, by_model
-        self.metros = {node.metro for node in view.nodes}
-        self.tiers = {node.tier for node in view.nodes}
+        self.metros = {node.metro for node in view.nodes}.union(view.metros)
+        self.tiers = {node.tier for node in view.nodes}.union(view.tiers)
 
         self.catalog = {card.id: card for card in view.models}
         self.view_received_at = time.monotonic()

@@ -31,6 +31,8 @@ async def run_scheduler(config: VoltConfig) -> None:
         Inventory(db),
         view_interval_s=config.scheduler.view_interval_s,
         sweep_interval_s=config.scheduler.sweep_interval_s,
+        metros=config.scheduler.metros,
+        tiers=config.scheduler.tiers,
     )
     keyring = Keyring(config.secrets_path())
     attestation = AttestationService.from_settings(

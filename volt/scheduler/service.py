@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -45,6 +46,8 @@ class Scheduler:
         view_interval_s: float = 1.0,
         sweep_interval_s: float = 0.1,
         policy: Policy = DEFAULT_POLICY,
+        metros: Iterable[str] = (),
+        tiers: Iterable[str] = (),
     ) -> None:
         self.table = table
         self.inventory = inventory
@@ -53,6 +56,10 @@ class Scheduler:
         self.policy = policy
         self.scheduler_id = "sched-" + secrets.token_hex(4)
         self._catalog: dict[str, ModelCard] = {}
+        # Metros and tiers stay known after their last node goes: a pin to one
+        # is "try later" (503), a pin to anything else "never" (400).
+        self._metros: set[str] = set(metros)
+        self._tiers: set[str] = set(tiers)
         self._seq = 0
         self._nc: Client | None = None
         self._dirty = asyncio.Event()
@@ -64,14 +71,21 @@ class Scheduler:
 
     def view(self) -> PlacementView:
         self._seq += 1
+        nodes = self.table.views()
+        self._metros.update(node.metro for node in nodes)
+        self._tiers.update(node.tier for node in nodes)
         return PlacementView(
-            scheduler_id=self.scheduler_id, seq=self._seq, nodes=self.table.views(),
+            scheduler_id=self.scheduler_id, seq=self._seq, nodes=nodes,
             models=sorted(self._catalog.values(), key=lambda card: card.id),
+            metros=sorted(self._metros), tiers=sorted(self._tiers),
         )
 
     async def run(self, nc: Client) -> None:
         self._nc = nc
         self._catalog = {card.id: card for card in await self.inventory.models()}
+        metros, tiers = await self.inventory.places()
+        self._metros |= metros
+        self._tiers |= tiers
         for subject in (subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE):
             await nc.subscribe(subject, cb=self._on_node_message, pending_msgs_limit=65536)
         await nc.subscribe(subjects.SCHED_VIEW_GET, cb=self._on_view_query)

@@ -31,6 +31,12 @@ class Inventory:
             for model_id in sorted(model_ids - known):
                 session.add(CatalogModel(id=model_id, owned_by="volt"))
 
+    async def places(self) -> tuple[set[str], set[str]]:
+        """The metros and tiers of every node ever recorded."""
+        async with self.db.session() as session:
+            rows = (await session.execute(select(Node.metro, Node.tier).distinct())).all()
+        return {row.metro for row in rows}, {row.tier for row in rows}
+
     async def record_node(self, hello: NodeHello) -> None:
         now = datetime.now(UTC)
         async with self.db.session() as session, session.begin():

@@ -150,6 +150,10 @@ class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
     seq: int
     nodes: list[NodeView]
     models: list[ModelCard]
+    metros: list[str] = []
+    """Every metro the fleet serves (configured, or reported by a node since the
+    scheduler started), with or without a node up now."""
+    tiers: list[str] = []
 
 
 class ViewQuery(WireMessage, frozen=True, kw_only=True, tag="sched.view.get"):
