@@ -18,7 +18,8 @@ def test_garbage_on_every_subject_is_dropped_and_service_continues(two_metros: C
     async def spray() -> None:
         nc = await nats.connect(two_metros.nats.url)
         targets = [
-            subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE,
+            *(subjects.node_event("fra-1", event) for event in subjects.NODE_EVENTS),
+            *(subjects.attest("fra-1", step) for step in subjects.ATTEST_STEPS),
             subjects.SCHED_VIEW, subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE,
             subjects.infer("fra", "fra-1"), subjects.cancel("fra", "fra-1"),
             subjects.infer("ams", "ams-1"),

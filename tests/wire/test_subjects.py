@@ -16,7 +16,8 @@ def test_payload_subjects_are_metro_local() -> None:
 
 
 def test_global_subjects_carry_no_metro() -> None:
-    for subject in (subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE,
+    for subject in (subjects.node_event("n1", "hello"), subjects.node_event("n1", "heartbeat"),
+                    subjects.node_event("n1", "goodbye"), subjects.attest("n1", "evidence"),
                     subjects.SCHED_VIEW, subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE,
                     subjects.usage("fra")):
         assert not subjects.is_metro_local(subject)
@@ -35,3 +36,16 @@ def test_reply_subjects_parse_back_and_nothing_else_does() -> None:
                   "volt.fra.reply.api-1", "volt.fra.reply.api-1.r.extra", "_INBOX.abc",
                   "volt.sched.reply.api.r", "volt.fra.reply.*.r", "volt.fra.reply.a.>"):
         assert subjects.parse_reply(other) is None, other
+
+
+def test_a_nodes_subjects_name_it_and_its_prefix_covers_them() -> None:
+    for subject in [subjects.node_event("n1", e) for e in subjects.NODE_EVENTS] + \
+            [subjects.attest("n1", step) for step in subjects.ATTEST_STEPS]:
+        assert subjects.node_of(subject) == "n1"
+        assert subject.startswith(subjects.node_prefix("n1")[:-1])
+    for other in ("volt.node", "volt.node.*.hello", "volt.fra.node.n1.infer", "volt.sched.view"):
+        assert subjects.node_of(other) is None, other
+    with pytest.raises(ValueError):
+        subjects.node_event("n1", "infer")
+    with pytest.raises(ValueError):
+        subjects.attest("n1.x", "nonce")

@@ -78,14 +78,14 @@ class AttestationClient:
     async def _enrol(self, nc: Client, tpm: Any) -> None:
         ek_public, certificate = await asyncio.to_thread(tpm.endorsement)
         ak_public = await asyncio.to_thread(tpm.attestation_key)
-        challenge = await self._request(nc, subjects.ATTEST_ENROLL, AttestEnroll(
+        challenge = await self._request(nc, subjects.attest(self.node_id, "enroll"), AttestEnroll(
             node_id=self.node_id, ek_public=ek_public, ek_certificate=certificate,
             ak_public=ak_public))
         if not isinstance(challenge, EnrollChallenge) or challenge.refused:
             raise RuntimeError(f"enrolment refused: {getattr(challenge, 'refused', '?')}")
         credential = await asyncio.to_thread(tpm.activate, challenge.credential_blob,
                                              challenge.secret)
-        result = await self._request(nc, subjects.ATTEST_PROOF, EnrollProof(
+        result = await self._request(nc, subjects.attest(self.node_id, "proof"), EnrollProof(
             node_id=self.node_id, credential=credential))
         if not isinstance(result, AttestResult) or not result.passed:
             raise RuntimeError(f"enrolment refused: {getattr(result, 'reasons', '?')}")
@@ -95,11 +95,12 @@ class AttestationClient:
         """One quote pushed; False when the scheduler no longer knows this node."""
         from volt.attestation.tpm import read_event_log
 
-        nonce = await self._request(nc, subjects.ATTEST_NONCE, NonceRequest(node_id=self.node_id))
+        nonce = await self._request(nc, subjects.attest(self.node_id, "nonce"),
+                                    NonceRequest(node_id=self.node_id))
         assert isinstance(nonce, NonceAnswer)
         quote = await asyncio.to_thread(tpm.quote, nonce.nonce, PCRS)
         event_log = await asyncio.to_thread(read_event_log, self.event_log_path)
-        result = await self._request(nc, subjects.ATTEST_EVIDENCE, AttestEvidence(
+        result = await self._request(nc, subjects.attest(self.node_id, "evidence"), AttestEvidence(
             node_id=self.node_id, attest=quote.attest, signature=quote.signature,
             pcrs=quote.pcrs, event_log=event_log))
         assert isinstance(result, AttestResult)

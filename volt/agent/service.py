@@ -157,7 +157,8 @@ class Agent:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await nc.publish(subjects.NODE_GOODBYE, encode(NodeGoodbye(node_id=self.node_id)))
+                await nc.publish(subjects.node_event(self.node_id, "goodbye"),
+                                 encode(NodeGoodbye(node_id=self.node_id)))
                 await nc.flush(timeout=1)
 
     async def _publish_hello(self) -> None:
@@ -167,7 +168,7 @@ class Agent:
             gpus=self.gpus.latest, engine=self.engine_kind,
             heartbeat_interval_s=self.heartbeat_interval_s, capacity=self.capacity,
         )
-        await self._nc.publish(subjects.NODE_HELLO, encode(hello))
+        await self._nc.publish(subjects.node_event(self.node_id, "hello"), encode(hello))
 
     @property
     def _seal_word(self) -> str:
@@ -214,7 +215,8 @@ class Agent:
             # Publishing while NATS is down buffers in the client (bounded);
             # nats-py flushes it after reconnecting.
             with contextlib.suppress(Exception):
-                await self._nc.publish(subjects.NODE_HEARTBEAT, encode(self.heartbeat()))
+                await self._nc.publish(subjects.node_event(self.node_id, "heartbeat"),
+                                       encode(self.heartbeat()))
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.heartbeat_interval_s - elapsed))
 

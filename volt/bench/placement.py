@@ -38,7 +38,7 @@ METROS = ("fra", "ams", "par", "waw", "mad")
 async def _heartbeats(nc: Any, nodes: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
         for i in range(nodes):
-            await nc.publish(subjects.NODE_HEARTBEAT, encode(Heartbeat(
+            await nc.publish(subjects.node_event(f"node-{i}", "heartbeat"), encode(Heartbeat(
                 node_id=f"node-{i}", metro=METROS[i % len(METROS)], tier="standard",
                 models=["volt-tiny"], load=EngineLoad(running=i % 7), heartbeat_interval_s=5.0,
                 inflight_by_replica={"another-api": i % 7} if i % 7 else {}, seal="sealed",

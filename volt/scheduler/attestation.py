@@ -2,7 +2,7 @@
 verify pushed evidence, and gate placement on the verdicts.
 
 Push, not pull: agents dial the scheduler over NATS (request/reply on
-``volt.sched.attest.*``); nothing listens on a node. A node enrols once per
+``volt.node.<node_id>.attest.*``); nothing listens on a node. A node enrols once per
 agent start (a reboot restarts the agent, so every boot is attested afresh),
 then pushes a quote at every interval. A failing verdict quarantines the node
 in the node table at once, and the placement view is republished at once, so
@@ -26,6 +26,7 @@ from volt.attestation.policy import Policy, PolicyError, load_policy
 from volt.attestation.verifier import EnrolledNode, Evidence, SignedVerdict, Verifier
 from volt.config import AttestationSettings
 from volt.scheduler.node_table import NodeTable
+from volt.scheduler.senders import sent_by
 from volt.wire import (
     ATTEST,
     AttestEnroll,
@@ -75,15 +76,14 @@ class AttestationService:
         return cls(table, verifier, Enrolment(cas), settings.verdict_ttl_s, on_change)
 
     async def run(self, nc: Client) -> None:
-        for subject, handler in ((subjects.ATTEST_ENROLL, self._on_enroll),
-                                 (subjects.ATTEST_PROOF, self._on_proof),
-                                 (subjects.ATTEST_NONCE, self._on_nonce),
-                                 (subjects.ATTEST_EVIDENCE, self._on_evidence)):
-            await nc.subscribe(subject, cb=handler)
+        for step, handler in (("enroll", self._on_enroll), ("proof", self._on_proof),
+                              ("nonce", self._on_nonce), ("evidence", self._on_evidence)):
+            await nc.subscribe(subjects.attest_all(step), cb=handler)
 
     async def _on_enroll(self, msg: Msg) -> None:
         message = ATTEST.decode_or_drop(msg.data)
-        if not msg.reply or not isinstance(message, AttestEnroll):
+        if not msg.reply or not isinstance(message, AttestEnroll) \
+                or not sent_by(msg, message.node_id):
             return
         try:
             challenge = self.enrolment.begin(message.node_id, ek_public=message.ek_public,
@@ -100,7 +100,8 @@ class AttestationService:
 
     async def _on_proof(self, msg: Msg) -> None:
         message = ATTEST.decode_or_drop(msg.data)
-        if not msg.reply or not isinstance(message, EnrollProof):
+        if not msg.reply or not isinstance(message, EnrollProof) \
+                or not sent_by(msg, message.node_id):
             return
         try:
             ak_public = self.enrolment.complete(message.node_id, message.credential)
@@ -116,7 +117,7 @@ class AttestationService:
 
     async def _on_nonce(self, msg: Msg) -> None:
         message = ATTEST.decode_or_drop(msg.data)
-        if msg.reply and isinstance(message, NonceRequest):
+        if msg.reply and isinstance(message, NonceRequest) and sent_by(msg, message.node_id):
             node = self.enrolled.get(message.node_id)
             await msg.respond(encode(NonceAnswer(
                 nonce=self.verifier.challenge(message.node_id),
@@ -124,7 +125,8 @@ class AttestationService:
 
     async def _on_evidence(self, msg: Msg) -> None:
         message = ATTEST.decode_or_drop(msg.data)
-        if not msg.reply or not isinstance(message, AttestEvidence):
+        if not msg.reply or not isinstance(message, AttestEvidence) \
+                or not sent_by(msg, message.node_id):
             return
         node = self.enrolled.get(message.node_id)
         if node is None:

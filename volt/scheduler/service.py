@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
+from volt.scheduler.senders import sent_by
 from volt.store import Inventory
 from volt.wire import (
     NODE,
@@ -86,8 +87,9 @@ class Scheduler:
         metros, tiers = await self.inventory.places()
         self._metros |= metros
         self._tiers |= tiers
-        for subject in (subjects.NODE_HELLO, subjects.NODE_HEARTBEAT, subjects.NODE_GOODBYE):
-            await nc.subscribe(subject, cb=self._on_node_message, pending_msgs_limit=65536)
+        for event in subjects.NODE_EVENTS:
+            await nc.subscribe(subjects.node_events(event), cb=self._on_node_message,
+                               pending_msgs_limit=65536)
         await nc.subscribe(subjects.SCHED_VIEW_GET, cb=self._on_view_query)
         await nc.subscribe(subjects.SCHED_PLACE, cb=self._on_place_query)
         log.info("scheduler started", extra={"scheduler_id": self.scheduler_id})
@@ -119,6 +121,8 @@ class Scheduler:
     async def _on_node_message(self, msg: Msg) -> None:
         message = NODE.decode_or_drop(msg.data)
         if message is None:
+            return
+        if not sent_by(msg, message.node_id):
             return
         if self.table.observe(message):
             self._dirty.set()

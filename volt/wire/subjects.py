@@ -17,9 +17,16 @@ from typing import NamedTuple
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Global, metadata only.
-NODE_HELLO = "volt.node.hello"
-NODE_HEARTBEAT = "volt.node.heartbeat"
-NODE_GOODBYE = "volt.node.goodbye"
+#
+# What a node publishes sits under its own prefix, ``volt.node.<node_id>.``, so
+# the bus can allow each node exactly its own subjects (wire/permissions.py) and
+# the scheduler can check that a message names the node whose subject it came on.
+NODE_EVENTS = ("hello", "heartbeat", "goodbye")
+ATTEST_STEPS = ("enroll", "proof", "nonce", "evidence")
+"""Request/reply with the scheduler: ``enroll`` (a node presents its TPM; the answer
+is a credential challenge), ``proof`` (the activated credential; the answer says
+enrolled or not), ``nonce`` (a fresh nonce for the next quote), ``evidence`` (a
+quote and event log; the answer is the verdict)."""
 SCHED_VIEW = "volt.sched.view"
 """The scheduler publishes its placement view here; API replicas route from it."""
 SCHED_VIEW_GET = "volt.sched.view.get"
@@ -37,14 +44,6 @@ def usage(metro: str) -> str:
 
 USAGE_ALL = "volt.usage.*"
 
-ATTEST_ENROLL = "volt.sched.attest.enroll"
-"""Request/reply: a node presents its TPM; the answer is a credential challenge."""
-ATTEST_PROOF = "volt.sched.attest.proof"
-"""Request/reply: the node's activated credential; the answer says enrolled or not."""
-ATTEST_NONCE = "volt.sched.attest.nonce"
-"""Request/reply: a fresh nonce for the node's next quote."""
-ATTEST_EVIDENCE = "volt.sched.attest.evidence"
-"""Request/reply: a quote and event log, pushed by the node; the answer is its verdict."""
 AUDIT_EVENTS = "volt.audit.events"
 """Audit events from the API replicas (metadata only: never a body)."""
 AUDIT_STREAM = "VOLT_AUDIT"
@@ -58,6 +57,54 @@ def token(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise ValueError(f"not a valid subject token: {value!r}")
     return value
+
+
+def node_prefix(node_id: str) -> str:
+    """Everything one node publishes outside its replies: ``volt.node.<node_id>.>``."""
+    return f"volt.node.{token(node_id)}.>"
+
+
+def node_event(node_id: str, event: str) -> str:
+    """A node's hello, heartbeat or goodbye."""
+    if event not in NODE_EVENTS:
+        raise ValueError(f"not a node event: {event!r}")
+    return f"volt.node.{token(node_id)}.{event}"
+
+
+def node_events(event: str) -> str:
+    """One event of every node (the scheduler's subscription)."""
+    if event not in NODE_EVENTS:
+        raise ValueError(f"not a node event: {event!r}")
+    return f"volt.node.*.{event}"
+
+
+def attest(node_id: str, step: str) -> str:
+    """One attestation step of one node (request/reply with the scheduler)."""
+    if step not in ATTEST_STEPS:
+        raise ValueError(f"not an attestation step: {step!r}")
+    return f"volt.node.{token(node_id)}.attest.{step}"
+
+
+def attest_all(step: str) -> str:
+    if step not in ATTEST_STEPS:
+        raise ValueError(f"not an attestation step: {step!r}")
+    return f"volt.node.*.attest.{step}"
+
+
+def node_of(subject: str) -> str | None:
+    """The node a ``volt.node.<node_id>.…`` subject belongs to; None for any other."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != "volt" or parts[1] != "node":
+        return None
+    return parts[2] if _TOKEN.fullmatch(parts[2]) else None
+
+
+def inbox_prefix(role: str, name: str) -> str:
+    """Where one process receives request/reply answers (nats-py's ``inbox_prefix``).
+
+    Per process, so the bus can let it read its own answers and nobody else's
+    (the default ``_INBOX`` would have every process subscribe ``_INBOX.>``)."""
+    return f"_INBOX.{token(role)}.{token(name)}"
 
 
 def infer(metro: str, node_id: str) -> str:
