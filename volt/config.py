@@ -44,6 +44,12 @@ class NatsSettings(_Section):
     """Where services dial NATS. Empty under ``volt up``, which embeds a server."""
     port: Port = 0
     """Port of the embedded server under ``volt up`` (0: pick a free one)."""
+    svid_dir: str = ""
+    """This process's bus identity: a folder with ``svid.pem``, ``svid-key.pem`` and
+    ``bundle.pem`` (an X.509-SVID from Volt's workload CA, ``volt admin bus``). The
+    bus then maps it to this role's least-privilege permissions, and the
+    process takes its node or replica name from it. Empty: a plain bus, for
+    development only (anyone on it may publish and read everything)."""
 
 
 class StoreSettings(_Section):

@@ -30,9 +30,9 @@ def served_by(cluster: Cluster, **extra: object) -> str:
     return pod
 
 
-async def watch_until_not_ready(url: str, node_id: str, timeout_s: float) -> float:
+async def watch_until_not_ready(cluster: Cluster, node_id: str, timeout_s: float) -> float:
     """Seconds until the scheduler's published view no longer offers ``node_id``."""
-    nc = await nats.connect(url)
+    nc = await cluster.connect_bus()
     gone = asyncio.get_running_loop().create_future()
     started = time.monotonic()
 
@@ -66,13 +66,13 @@ def test_a_killed_agent_leaves_placement_and_then_there_is_503(
         killed_at = time.monotonic()
         # Three heartbeat intervals, plus the scheduler's 0.1 s sweep and slack
         # for a loaded 2-core machine.
-        waited = asyncio.run(watch_until_not_ready(cluster.nats.url, "fra-1", timeout_s=10))
+        waited = asyncio.run(watch_until_not_ready(cluster, "fra-1", timeout_s=10))
         assert time.monotonic() - killed_at <= 3 * HEARTBEAT_S + 0.5, waited
         # Everything now goes to the survivor, and nothing failed on the way.
         assert {served_by(cluster) for _ in range(10)} == {"fra-2"}
 
         second.kill()
-        asyncio.run(watch_until_not_ready(cluster.nats.url, "fra-2", timeout_s=10))
+        asyncio.run(watch_until_not_ready(cluster, "fra-2", timeout_s=10))
         status, headers, body = cluster.request("/v1/chat/completions", BODY)
         assert status == 503, body
         assert {k.lower() for k in headers} >= {"retry-after"}

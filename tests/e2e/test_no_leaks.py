@@ -25,7 +25,7 @@ def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
 
     def listen() -> None:
         async def run() -> None:
-            nc = await nats.connect(two_metros.nats.url)
+            nc = await two_metros.connect_bus()
 
             async def record(msg: nats.aio.msg.Msg) -> None:
                 seen.append(msg.subject.encode() + b" " + msg.data)

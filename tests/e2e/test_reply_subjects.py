@@ -19,7 +19,7 @@ def test_a_pod_answers_only_on_its_own_metros_reply_subjects(two_metros: Cluster
                        "messages": [{"role": "user", "content": "steer me"}]}).encode()
 
     async def scenario() -> dict[str, int]:
-        nc = await nats.connect(two_metros.nats.url)
+        nc = await two_metros.connect_bus()
         received: dict[str, int] = {}
 
         async def count(msg: nats.aio.msg.Msg) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 import psutil
 
 from volt.testing import Cluster
@@ -16,7 +15,7 @@ GARBAGE = [b"", b"\x00", b"\xc1", b"not msgpack at all", b"\x81\xa4kind\xa5bogus
 
 def test_garbage_on_every_subject_is_dropped_and_service_continues(two_metros: Cluster) -> None:
     async def spray() -> None:
-        nc = await nats.connect(two_metros.nats.url)
+        nc = await two_metros.connect_bus()
         targets = [
             *(subjects.node_event("fra-1", event) for event in subjects.NODE_EVENTS),
             *(subjects.attest("fra-1", step) for step in subjects.ATTEST_STEPS),

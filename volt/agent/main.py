@@ -20,7 +20,8 @@ from volt.agent.seal import SealUnavailable, check_available
 from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
 from volt.config import ConfigError, VoltConfig
-from volt.wire import bus
+from volt.identity.workload import bus_identity
+from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ async def run_agent(config: VoltConfig) -> None:
     if config.agent.model == MODEL_ID:
         await asyncio.to_thread(ensure_built, config.model_dir())
     node_id = config.node_id()
+    svid_dir, identity = bus_identity(config, "node")
+    if identity is not None and (identity.name, identity.metro) != (node_id, config.agent.metro):
+        raise ConfigError(
+            f"nats.svid_dir: the SVID is node {identity.name} in metro {identity.metro}, but "
+            f"this agent is configured as node {node_id} in metro {config.agent.metro}")
     if not config.agent.insecure_unsealed:
         try:
             check_available()
@@ -76,7 +82,8 @@ async def run_agent(config: VoltConfig) -> None:
             node_id, config.agent.tpm, config.agent.event_log,
             interval_s=config.agent.attestation_interval_s) if config.agent.tpm else None,
     )
-    nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}")
+    nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}", svid_dir=svid_dir,
+                           inbox_prefix=permissions.inbox_for("node", node_id))
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,
                                      "models": [model for model, _ in supervisors]})
     try:

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
@@ -27,7 +28,7 @@ from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from volt.asgi import ASGIApp
-from volt.config import VoltConfig
+from volt.config import ConfigError, VoltConfig
 from volt.control_api.admission import Admission
 from volt.control_api.chat import ChatCompletions
 from volt.control_api.completions import TextCompletions
@@ -54,9 +55,10 @@ from volt.control_api.usage import usage_report
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.policy import AuditLevel, Rule, rule_for
+from volt.identity.workload import bus_identity
 from volt.protocol.common import Model, ModelList, ModelVolt
 from volt.store import Database, UsageLedger
-from volt.wire import ModelCard, NodeView, bus
+from volt.wire import ModelCard, NodeView, bus, permissions
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -85,7 +87,9 @@ def error_response(error: ApiError) -> Response:
 class ApiServices:
     """What the routes use, connected in ``before_serving``."""
 
-    def __init__(self, config: VoltConfig, replica_id: str) -> None:
+    def __init__(self, config: VoltConfig, replica_id: str,
+                 svid_dir: Path | None = None) -> None:
+        self.svid_dir = svid_dir
         self.config = config
         self.replica_id = replica_id
         self.db = Database(config.store_url())
@@ -101,7 +105,8 @@ class ApiServices:
         await self.db.check_current()
         self.nc = await bus.connect(
             self.config.nats.url, name=f"volt-api-{self.replica_id}",
-            on_reconnect=self.router.refresh,
+            on_reconnect=self.router.refresh, svid_dir=self.svid_dir,
+            inbox_prefix=permissions.inbox_for("api", self.replica_id),
         )
         inference = InferenceClient(self.nc, self.replica_id)
         await inference.start()
@@ -141,8 +146,15 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         BODY_TIMEOUT=60,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
+    svid_dir, identity = bus_identity(config, "api")
+    if identity is not None:
+        # On the secured bus the replica is who its certificate says.
+        if config.api.replica_id and config.api.replica_id != identity.name:
+            raise ConfigError(f"api.replica_id is {config.api.replica_id}, but the SVID in "
+                              f"nats.svid_dir is replica {identity.name}")
+        replica_id = identity.name
     replica_id = replica_id or config.api.replica_id or "api-" + secrets.token_hex(4)
-    services = ApiServices(config, replica_id)
+    services = ApiServices(config, replica_id, svid_dir)
     app.extensions["volt"] = services
     openapi_yaml = render_yaml(package_version("volt"))
 

@@ -33,9 +33,11 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from volt.wire import subjects
+
 log = logging.getLogger(__name__)
 
-BUCKET = "volt_limits"
+BUCKET = subjects.LIMITS_BUCKET
 WINDOW_S = 60
 CAS_ATTEMPTS = 8
 

@@ -9,12 +9,13 @@ from volt.config import ConfigError, VoltConfig
 from volt.identity.audit_log import AuditLog
 from volt.identity.audit_writer import AuditWriter
 from volt.identity.keyring import Keyring
+from volt.identity.workload import bus_identity
 from volt.scheduler.attestation import AttestationService
 from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
 from volt.store import Database, Inventory, UsageLedger
-from volt.wire import bus
+from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ async def run_scheduler(config: VoltConfig) -> None:
     audit = AuditWriter(AuditLog(db), keyring.audit_signing_key(),
                         checkpoint_every=config.audit.checkpoint_every,
                         checkpoint_interval_s=config.audit.checkpoint_interval_s)
-    nc = await bus.connect(config.nats.url, name="volt-scheduler")
+    svid_dir, _ = bus_identity(config, "scheduler")
+    nc = await bus.connect(config.nats.url, name="volt-scheduler", svid_dir=svid_dir,
+                           inbox_prefix=permissions.inbox_for("scheduler", ""))
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(scheduler.run(nc))

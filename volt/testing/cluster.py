@@ -23,9 +23,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+import nats
+from nats.aio.client import Client
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.config import VoltConfig, load_config
@@ -35,7 +39,9 @@ from volt.identity.principal import NO_LIMITS, Limits, Role, Scope
 from volt.processes import _die_with_parent
 from volt.store import Catalog, Database
 from volt.up.bootstrap import api_keys, ensure_dev_key
+from volt.up.bus_authority import BusAuthority
 from volt.up.nats_server import NatsServer, free_port
+from volt.wire import bus, permissions
 
 
 class ClusterError(Exception):
@@ -87,7 +93,10 @@ class Cluster:
         model_cache: Path | None = None,
         extra_env: dict[str, str] | None = None,
         api_port: int | None = None,
+        secure_bus: bool = True,
     ) -> None:
+        """``secure_bus``: every process on the bus as its own least-privilege
+        user (mutual TLS with an X.509-SVID each), as in production."""
         self.root = root
         self.data_dir = root / "data"
         self.logs = root / "logs"
@@ -97,6 +106,8 @@ class Cluster:
         self.model_cache = model_cache
         self.extra_env = extra_env or {}
         """``VOLT_*`` settings every service gets (``VOLT_AUDIT_...``)."""
+        self.secure_bus = secure_bus
+        self.bus: BusAuthority | None = None
         self.nats = NatsServer(store_dir=root / "nats", log_file=root / "nats.log")
         self.services: dict[str, ServiceProcess] = {}
         self.api_port = api_port or free_port()
@@ -112,9 +123,32 @@ class Cluster:
             model_dir.symlink_to(ensure_built(self.model_cache))
         ensure_built(model_dir)
         self.api_key = asyncio.run(self._bootstrap())
+        if self.secure_bus:
+            config = self.config
+            self.bus = BusAuthority(self.root / "bus", config.secrets_path(),
+                                    config.identity.trust_domain)
+            self.nats.authority = self.bus
+        scheduler = self._bus_identity(lambda bus: bus.scheduler())
         self.nats.start()
-        self._spawn("scheduler", "scheduler", {})
+        self._spawn("scheduler", "scheduler", scheduler)
         return self
+
+    def _bus_identity(self, issue: Callable[[BusAuthority], Path]) -> dict[str, str]:
+        """A new process's SVID (the bus learns its user at the next reload)."""
+        if self.bus is None:
+            return {}
+        return {"VOLT_NATS_SVID_DIR": str(issue(self.bus))}
+
+    async def connect_bus(self) -> Client:
+        """A NATS client that may publish and read everything (an operator's
+        identity on the secured bus): for tests that watch or attack the bus."""
+        if self.bus is None:
+            return await nats.connect(self.nats.url)
+        folder = self.bus.operator("tests")
+        self.nats.reload()
+        return await bus.connect(self.nats.url, "tests", svid_dir=folder,
+                                 inbox_prefix=permissions.inbox_for("operator", "tests"),
+                                 connect_timeout_s=10)
 
     @property
     def config(self) -> VoltConfig:
@@ -194,6 +228,8 @@ class Cluster:
             "VOLT_AGENT_NODE_ID": node_id, "VOLT_AGENT_METRO": metro, "VOLT_AGENT_TIER": tier,
         }
         extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
+        extra.update(self._bus_identity(lambda bus: bus.node(metro, node_id)))
+        self.nats.reload()
         return self._spawn(node_id, "agent", extra)
 
     def start_api(self, name: str = "api", *, server: str | None = None,
@@ -205,6 +241,8 @@ class Cluster:
         if server is not None:
             extra["VOLT_API_SERVER"] = server
         extra.update({f"VOLT_API_{k.upper()}": v for k, v in settings.items()})
+        extra.update(self._bus_identity(lambda bus: bus.api(name)))
+        self.nats.reload()
         return self._spawn(name, "api", extra)
 
     def add_key(self, org: str, *, role: Role = Role.OWNER, mode: Mode = "live",

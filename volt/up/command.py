@@ -31,6 +31,7 @@ from volt.http1 import Http1Client, HttpError
 from volt.processes import python_command, spawn, terminate
 from volt.store import Database
 from volt.up.bootstrap import ensure_dev_key
+from volt.up.bus_authority import BusAuthority
 from volt.up.nats_server import NatsServer, free_port
 
 SERVICES = ("scheduler", "agent", "api")
@@ -130,6 +131,7 @@ Volt is up.
   Models       {models}
   Engines      {seal}
   Attestation  not_attested (no TPM given to this development node; responses say so)
+  Bus          mutual TLS, one least-privilege identity per process ({data / 'bus'})
   Data folder  {data}   (logs in {data / 'logs'})
 
 Try it with curl:
@@ -170,8 +172,18 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
         finally:
             await db.close()
 
+        # The bus is secured as in production: each process its own X.509-SVID
+        # and only its role's permissions (volt/wire/permissions.py).
+        authority = BusAuthority(data / "bus", config.secrets_path(),
+                                 config.identity.trust_domain)
+        svid_dirs = {
+            "scheduler": authority.scheduler(),
+            "agent": authority.node(config.agent.metro, config.node_id()),
+            "api": authority.api("api"),
+        }
         nats = NatsServer(
-            port=config.nats.port, store_dir=data / "nats", log_file=logs / "nats.log"
+            port=config.nats.port, store_dir=data / "nats", log_file=logs / "nats.log",
+            authority=authority,
         )
         api_port = config.api.port or free_port(config.api.host)
         base_url = f"http://{config.api.host}:{api_port}/v1"
@@ -210,7 +222,8 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 handle = open(logs / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230 - a local log file
                 log_handles.append(handle)
                 children[name] = await spawn(
-                    python_command("volt", name), env=env, stdout=handle, stderr=handle
+                    python_command("volt", name), stdout=handle, stderr=handle,
+                    env={**env, "VOLT_NATS_SVID_DIR": str(svid_dirs[name])},
                 )
             await _wait_ready(api_port, key, children, _probes(config), out)
             state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))

@@ -2,7 +2,8 @@
 
 ``volt up`` runs one with JetStream on, its data in the Volt data folder; the
 tests run one per test on a free port (and restart it on the same port to
-prove that services reconnect).
+prove that services reconnect). With a ``BusAuthority`` it is the secured bus:
+mutual TLS and a least-privilege user per process.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from volt.processes import _die_with_parent
+
+if TYPE_CHECKING:
+    from volt.up.bus_authority import BusAuthority
 
 
 class NatsServerError(Exception):
@@ -79,11 +85,15 @@ class NatsServer:
         host: str = "127.0.0.1",
         store_dir: Path | None = None,
         log_file: Path | None = None,
+        authority: BusAuthority | None = None,
     ) -> None:
+        """``authority``: a secured bus (mutual TLS, a user and least-privilege
+        permissions per process); None: a plain one, for development."""
         self.host = host
         self.port = port or free_port(host)
         self.store_dir = store_dir
         self.log_file = log_file
+        self.authority = authority
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,11 +104,25 @@ class NatsServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def _write_config(self) -> Path:
+        assert self.authority is not None
+        path = self.authority.folder / "nats.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(self.authority.config_text(
+            host=self.host, port=self.port, store_dir=self.store_dir))
+        temporary.replace(path)  # a reload never reads half a file
+        return path
+
     def start(self, timeout_s: float = 10.0) -> NatsServer:
-        command = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
         if self.store_dir is not None:
             self.store_dir.mkdir(parents=True, exist_ok=True)
-            command += ["-js", "-sd", str(self.store_dir)]
+        if self.authority is not None:
+            command = [nats_server_binary(), "-c", str(self._write_config())]
+        else:
+            command = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+            if self.store_dir is not None:
+                command += ["-js", "-sd", str(self.store_dir)]
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
@@ -134,6 +158,13 @@ class NatsServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def reload(self) -> None:
+        """Take the authority's current users (a process added since the start)."""
+        if self.authority is None or self._process is None:
+            return
+        self._write_config()
+        self._process.send_signal(signal.SIGHUP)
 
     def restart(self) -> None:
         self.stop()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -28,13 +30,28 @@ def is_no_responders(msg: Msg) -> bool:
     return msg.headers is not None and msg.headers.get("Status") == NO_RESPONDERS_STATUS
 
 
+def tls_context(svid_dir: Path) -> ssl.SSLContext:
+    """Mutual TLS with this process's X.509-SVID; the bus is verified against the
+    workload CA's bundle, never the system's CAs."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(svid_dir / "bundle.pem"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(svid_dir / "svid.pem", svid_dir / "svid-key.pem")
+    return context
+
+
 async def connect(
     url: str,
     name: str,
     *,
     connect_timeout_s: float = 30.0,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    svid_dir: Path | None = None,
+    inbox_prefix: str | None = None,
 ) -> Client:
+    """``svid_dir``: connect as that identity (mutual TLS); ``inbox_prefix``: where
+    request/reply answers come back (``wire/permissions.inbox_for``; the bus lets a
+    process read only its own)."""
     async def disconnected() -> None:
         log.warning("nats disconnected", extra={"nats_client": name})
 
@@ -63,6 +80,8 @@ async def connect(
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
+                tls=tls_context(svid_dir) if svid_dir is not None else None,
+                inbox_prefix=inbox_prefix or "_INBOX",
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             if time.monotonic() >= deadline:

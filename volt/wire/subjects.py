@@ -48,6 +48,8 @@ AUDIT_EVENTS = "volt.audit.events"
 """Audit events from the API replicas (metadata only: never a body)."""
 AUDIT_STREAM = "VOLT_AUDIT"
 """The JetStream stream that holds audit events until the scheduler has appended them."""
+LIMITS_BUCKET = "volt_limits"
+"""The JetStream key-value bucket where API replicas share rate-limit windows."""
 IDENTITY_REVOKED = "volt.identity.revoked"
 """A key or token family was revoked: every API replica forgets it at once."""
 
@@ -117,6 +119,10 @@ def cancel(metro: str, node_id: str) -> str:
     return f"volt.{token(metro)}.node.{token(node_id)}.cancel"
 
 
+INFER_ALL = "volt.*.node.*.infer"
+CANCEL_ALL = "volt.*.node.*.cancel"
+
+
 def reply(metro: str, replica_id: str, request_id: str) -> str:
     """Payload: where a node streams one request's chunks back to the API replica."""
     return f"volt.{token(metro)}.reply.{token(replica_id)}.{token(request_id)}"
@@ -143,6 +149,11 @@ def parse_reply(subject: str) -> ReplySubject | None:
 def reply_wildcard(replica_id: str) -> str:
     """All reply subjects of one API replica, in every metro it routes to."""
     return f"volt.*.reply.{token(replica_id)}.*"
+
+
+def replies_in(metro: str) -> str:
+    """Every reply subject of one metro (what a node there may answer on)."""
+    return f"volt.{token(metro)}.reply.*.*"
 
 
 def is_metro_local(subject: str) -> bool:

@@ -1,0 +1,118 @@
+"""Volt's own processes as SPIFFE IDs, and a process's bus identity.
+
+    spiffe://<td>/node/<metro>/<node_id>     an agent
+    spiffe://<td>/service/api/<replica_id>   an API replica
+    spiffe://<td>/service/scheduler          the scheduler
+    spiffe://<td>/service/nats               the bus itself (its server certificate)
+    spiffe://<td>/operator/<name>            full access, for a person or tool debugging
+
+A process on the secured bus takes its name from its certificate, never from a
+setting that could disagree with it: the bus grants permissions by the
+certificate, so a node configured as ``n2`` but holding ``n1``'s SVID would
+otherwise publish as one and believe it is the other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from volt.config import ConfigError, VoltConfig
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _segment(value: str) -> str:
+    if not _SEGMENT.fullmatch(value):
+        raise ValueError(f"not a valid SPIFFE ID segment: {value!r}")
+    return value
+
+
+def node_id(trust_domain: str, metro: str, node: str) -> str:
+    return f"spiffe://{trust_domain}/node/{_segment(metro)}/{_segment(node)}"
+
+
+def api_id(trust_domain: str, replica_id: str) -> str:
+    return f"spiffe://{trust_domain}/service/api/{_segment(replica_id)}"
+
+
+def scheduler_id(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}/service/scheduler"
+
+
+def bus_id(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}/service/nats"
+
+
+def operator_id(trust_domain: str, name: str) -> str:
+    return f"spiffe://{trust_domain}/operator/{_segment(name)}"
+
+
+@dataclass(frozen=True)
+class WorkloadIdentity:
+    """What a SPIFFE ID says about a Volt process."""
+
+    role: str
+    """``node``, ``api``, ``scheduler``, ``nats`` or ``operator``."""
+    name: str
+    """The node, replica or operator name ('' for the scheduler and the bus)."""
+    metro: str = ""
+
+
+def parse_id(spiffe_id: str, trust_domain: str) -> WorkloadIdentity:
+    """The role a Volt SPIFFE ID names; ValueError for anything else."""
+    prefix = f"spiffe://{trust_domain}/"
+    if not spiffe_id.startswith(prefix):
+        raise ValueError(f"{spiffe_id!r} is not in trust domain {trust_domain}")
+    parts = spiffe_id[len(prefix):].split("/")
+    if not all(_SEGMENT.fullmatch(part) for part in parts):
+        raise ValueError(f"{spiffe_id!r} is not a Volt workload ID")
+    match parts:
+        case ["node", metro, name]:
+            return WorkloadIdentity("node", name, metro)
+        case ["service", "api", name]:
+            return WorkloadIdentity("api", name)
+        case ["service", "scheduler"]:
+            return WorkloadIdentity("scheduler", "")
+        case ["service", "nats"]:
+            return WorkloadIdentity("nats", "")
+        case ["operator", name]:
+            return WorkloadIdentity("operator", name)
+    raise ValueError(f"{spiffe_id!r} is not a Volt workload ID")
+
+
+def spiffe_id_of(certificate_pem: bytes) -> str:
+    """The one ``spiffe://`` URI SAN of an X.509-SVID."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the certificate has no SPIFFE ID (no SAN)") from None
+    uris = [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if uri.startswith("spiffe://")]
+    if len(uris) != 1:
+        raise ValueError(f"an X.509-SVID has exactly one SPIFFE ID, this one has {len(uris)}")
+    return uris[0]
+
+
+
+
+def bus_identity(config: VoltConfig, role: str) -> tuple[Path | None, WorkloadIdentity | None]:
+    """This process's SVID folder and what its certificate says it is; (None,
+    None) on a plain development bus. ConfigError when the certificate is for
+    another role."""
+    if not config.nats.svid_dir:
+        return None, None
+    folder = Path(config.nats.svid_dir)
+    try:
+        spiffe_id = spiffe_id_of((folder / "svid.pem").read_bytes())
+        identity = parse_id(spiffe_id, config.identity.trust_domain)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"nats.svid_dir: {exc}") from None
+    if identity.role != role:
+        raise ConfigError(f"nats.svid_dir holds the SVID of a {identity.role} ({spiffe_id}), "
+                          f"not of a {role}")
+    return folder, identity
