@@ -129,6 +129,41 @@ def _admin_keys_create(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _bus_authority(args: argparse.Namespace) -> Any:
+    from volt.up.bus_authority import BusAuthority
+
+    config = _config(args)
+    return BusAuthority(config.data_path / "bus", config.secrets_path(),
+                        config.identity.trust_domain)
+
+
+def _admin_bus_issue(args: argparse.Namespace) -> None:
+    authority = _bus_authority(args)
+    try:
+        if args.role == "node":
+            if not args.metro or not args.name:
+                raise SystemExit("volt admin bus issue node: give --metro and --name")
+            folder = authority.node(args.metro, args.name)
+        elif args.role in ("api", "operator"):
+            if not args.name:
+                raise SystemExit(f"volt admin bus issue {args.role}: give --name")
+            folder = getattr(authority, args.role)(args.name)
+        else:
+            folder = authority.scheduler()
+    except ValueError as exc:
+        raise SystemExit(f"volt admin bus issue: {exc}") from None
+    print(folder)
+    print("Give this folder to that process as nats.svid_dir (VOLT_NATS_SVID_DIR), then "
+          "rewrite the bus's configuration (volt admin bus config) and reload nats-server.",
+          file=sys.stderr)
+
+
+def _admin_bus_config(args: argparse.Namespace) -> None:
+    authority = _bus_authority(args)
+    print(authority.config_text(host=args.host, port=args.port, store_dir=args.jetstream),
+          end="")
+
+
 def _orgs_set_catalog(args: argparse.Namespace) -> None:
     from volt.identity.orgs import Orgs
     from volt.store import Catalog
@@ -240,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
                               default="owner")
     admin_create.add_argument("--mode", choices=("live", "test"), default="live")
     admin_create.set_defaults(func=_admin_keys_create)
+
+    admin_bus = admin.add_parser(
+        "bus", help="the secured bus: SVIDs from Volt's workload CA, nats-server's users"
+    ).add_subparsers(dest="admin_bus", required=True)
+    bus_issue = admin_bus.add_parser(
+        "issue", parents=[common],
+        help="issue a process its X.509-SVID and admit it to the bus; prints its folder")
+    bus_issue.add_argument("role", choices=("node", "api", "scheduler", "operator"))
+    bus_issue.add_argument("--name", help="node id, API replica id or operator name")
+    bus_issue.add_argument("--metro", help="a node's metro")
+    bus_issue.set_defaults(func=_admin_bus_issue)
+    bus_config = admin_bus.add_parser(
+        "config", parents=[common],
+        help="print nats-server's configuration for every admitted identity")
+    bus_config.add_argument("--host", default="0.0.0.0")
+    bus_config.add_argument("--port", type=int, default=4222)
+    bus_config.add_argument("--jetstream", type=Path, metavar="DIR",
+                            help="JetStream's store folder")
+    bus_config.set_defaults(func=_admin_bus_config)
 
     from volt.sdk.cli import add_client_commands
 

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from volt.identity.workload_ca import WorkloadCA
 from volt.up.bus_authority import BusAuthority
-from volt.up.nats_server import NatsServer
+from volt.up.nats_server import NatsServer, nats_server_binary
 from volt.wire import bus, permissions, subjects
 
 
@@ -223,3 +223,59 @@ async def test_an_identity_the_bus_does_not_list_is_refused(secured: Bus, tmp_pa
     with pytest.raises(nats.errors.Error, match="Authorization"):
         await nats.connect(secured.server.url, tls=bus.tls_context(folder.certificate.parent),
                            allow_reconnect=False, connect_timeout=3)
+
+
+def test_an_operator_provisions_the_bus_with_the_cli(tmp_path: Path) -> None:
+    """``volt admin bus issue`` per process, then ``volt admin bus config``: the
+    server it configures admits exactly those identities, with their roles."""
+    import subprocess
+    import sys
+
+    env = {"VOLT_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+
+    def volt(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "volt", "admin", "bus", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    node = Path(volt("issue", "node", "--metro", "fra", "--name", "fra-7").strip())
+    scheduler = Path(volt("issue", "scheduler").strip())
+    refused = subprocess.run([sys.executable, "-m", "volt", "admin", "bus", "issue", "node",
+                              "--metro", "fra", "--name", "bad.name"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    server = NatsServer()
+    config = tmp_path / "nats.conf"
+    config.write_text(volt("config", "--host", "127.0.0.1", "--port", str(server.port)))
+    process = subprocess.Popen([nats_server_binary(), "-c", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def check() -> None:
+        async def connect(folder: Path, inbox: str) -> Client:
+            return await bus.connect(server.url, "cli-test", svid_dir=folder,
+                                     inbox_prefix=inbox, connect_timeout_s=10)
+
+        sched = await connect(scheduler, permissions.inbox_for("scheduler", ""))
+        seen: list[str] = []
+
+        async def got(msg: nats.aio.msg.Msg) -> None:
+            seen.append(msg.subject)
+
+        await sched.subscribe(subjects.node_events("heartbeat"), cb=got)
+        await sched.flush()
+        agent = await connect(node, permissions.inbox_for("node", "fra-7"))
+        await agent.publish(subjects.node_event("fra-7", "heartbeat"), b"hb")
+        await agent.publish(subjects.node_event("fra-8", "heartbeat"), b"forged")
+        await agent.flush()
+        await asyncio.sleep(0.3)
+        assert seen == [subjects.node_event("fra-7", "heartbeat")]
+        await agent.close()
+        await sched.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -9,6 +9,11 @@ configuration: mutual TLS required, ``verify_and_map`` (the certificate's
 SPIFFE ID is the user), and nothing allowed to an identity it does not list.
 Adding a process later rewrites the configuration; ``NatsServer.reload``
 makes a running server take it (SIGHUP; connections stay up).
+
+The admitted SPIFFE IDs are kept in ``admitted.json`` beside the SVIDs, so an
+operator can issue identities one at a time (``volt admin bus issue``) and
+write the server's configuration for all of them (``volt admin bus config``);
+permissions are always derived from the ID's role, never stored.
 """
 
 from __future__ import annotations
@@ -34,36 +39,57 @@ class BusUser:
     permissions: Permissions
 
 
+def permissions_for(identity: workload.WorkloadIdentity) -> Permissions:
+    match identity.role:
+        case "node":
+            return permissions.node(identity.metro, identity.name)
+        case "api":
+            return permissions.api(identity.name)
+        case "scheduler":
+            return permissions.scheduler()
+        case "operator":
+            return permissions.operator()
+    raise ValueError(f"no bus permissions for a {identity.role}")
+
+
 class BusAuthority:
     def __init__(self, folder: Path, secrets: Path, trust_domain: str) -> None:
         self.folder = folder
         self.trust_domain = trust_domain
         self.ca = WorkloadCA.in_folder(secrets, trust_domain)
+        self._admitted = folder / "admitted.json"
         self.users: dict[str, BusUser] = {}
+        if self._admitted.exists():
+            for spiffe_id in json.loads(self._admitted.read_text()):
+                self._admit(spiffe_id)
         self._server: SvidFiles | None = None
 
-    def _issue(self, spiffe_id: str, grants: Permissions, folder_name: str,
-               hosts: tuple[str, ...] = ()) -> Path:
+    def _admit(self, spiffe_id: str) -> None:
+        identity = workload.parse_id(spiffe_id, self.trust_domain)
+        self.users[spiffe_id] = BusUser(spiffe_id, permissions_for(identity))
+
+    def _issue(self, spiffe_id: str, folder_name: str) -> Path:
         folder = self.folder / folder_name
-        self.ca.issue(spiffe_id, hosts=hosts, lifetime=SVID_LIFETIME).write(folder)
-        self.users[spiffe_id] = BusUser(spiffe_id, grants)
+        self.ca.issue(spiffe_id, lifetime=SVID_LIFETIME).write(folder)
+        self._admit(spiffe_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self._admitted.with_suffix(".tmp")
+        temporary.write_text(json.dumps(sorted(self.users), indent=1) + "\n")
+        temporary.replace(self._admitted)
         return folder
 
     def node(self, metro: str, node_id: str) -> Path:
         return self._issue(workload.node_id(self.trust_domain, metro, node_id),
-                           permissions.node(metro, node_id), f"node-{node_id}")
+                           f"node-{node_id}")
 
     def api(self, replica_id: str) -> Path:
-        return self._issue(workload.api_id(self.trust_domain, replica_id),
-                           permissions.api(replica_id), f"api-{replica_id}")
+        return self._issue(workload.api_id(self.trust_domain, replica_id), f"api-{replica_id}")
 
     def scheduler(self) -> Path:
-        return self._issue(workload.scheduler_id(self.trust_domain),
-                           permissions.scheduler(), "scheduler")
+        return self._issue(workload.scheduler_id(self.trust_domain), "scheduler")
 
     def operator(self, name: str) -> Path:
-        return self._issue(workload.operator_id(self.trust_domain, name),
-                           permissions.operator(), f"operator-{name}")
+        return self._issue(workload.operator_id(self.trust_domain, name), f"operator-{name}")
 
     def server(self, host: str) -> SvidFiles:
         """The bus's own certificate (for ``host`` and localhost)."""
