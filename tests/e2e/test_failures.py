@@ -191,26 +191,6 @@ def test_an_openai_client_breaking_out_of_a_stream_stops_the_pod(two_metros: Clu
     assert asyncio.run(running()) == 0
 
 
-def _generating(cluster: Cluster, nodes: list[str], timeout_s: float = 20) -> str:
-    """The node whose engine is generating right now."""
-
-    async def find() -> str:
-        engines = {n: EngineClient(cluster.engine_socket(n)) for n in nodes}
-        try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                for node, engine in engines.items():
-                    if (await engine.load()).running:
-                        return node
-                await asyncio.sleep(0.02)
-            raise AssertionError("no engine started generating")
-        finally:
-            for engine in engines.values():
-                await engine.close()
-
-    return asyncio.run(find())
-
-
 def test_a_pod_killed_under_a_request_fails_over(tmp_path: Path, tiny_model: Path) -> None:
     """Non-streaming: the client has seen nothing, so the request moves to another pod."""
     import concurrent.futures
@@ -227,7 +207,7 @@ def test_a_pod_killed_under_a_request_fails_over(tmp_path: Path, tiny_model: Pat
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(cluster.request, "/v1/chat/completions",
                                   {**BODY, "max_tokens": 1500}, timeout_s=120)
-            victim = _generating(cluster, ["fra-1", "fra-2"])
+            victim = cluster.generating(["fra-1", "fra-2"])
             cluster.services[victim].kill()
             status, _, body = pending.result(timeout=120)
         assert status == 200, body

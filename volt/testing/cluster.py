@@ -286,6 +286,26 @@ class Cluster:
     def api_port_of(self, name: str) -> int:
         return int(self.services[name].env["VOLT_API_PORT"])
 
+    def generating(self, nodes: list[str], timeout_s: float = 20) -> str:
+        """The node among ``nodes`` whose engine is generating right now."""
+        from volt.agent.engine.client import EngineClient
+
+        async def find() -> str:
+            engines = {n: EngineClient(self.engine_socket(n)) for n in nodes}
+            try:
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline:
+                    for node, engine in engines.items():
+                        if (await engine.load()).running:
+                            return node
+                    await asyncio.sleep(0.02)
+                raise ClusterError("no engine started generating")
+            finally:
+                for engine in engines.values():
+                    await engine.close()
+
+        return asyncio.run(find())
+
     def engine_socket(self, node_id: str) -> Path:
         return load_config(env=self.services[node_id].env).engine_socket()
 
