@@ -130,7 +130,7 @@ def _admin_keys_create(args: argparse.Namespace) -> None:
 
 
 def _bus_authority(args: argparse.Namespace) -> Any:
-    from volt.up.bus_authority import BusAuthority
+    from volt.identity.bus_authority import BusAuthority
 
     config = _config(args)
     return BusAuthority(config.data_path / "bus", config.secrets_path(),
@@ -140,10 +140,11 @@ def _bus_authority(args: argparse.Namespace) -> Any:
 def _admin_bus_issue(args: argparse.Namespace) -> None:
     authority = _bus_authority(args)
     try:
-        if args.role == "node":
+        if args.role in ("node", "enrol"):
             if not args.metro or not args.name:
-                raise SystemExit("volt admin bus issue node: give --metro and --name")
-            folder = authority.node(args.metro, args.name)
+                raise SystemExit(f"volt admin bus issue {args.role}: give --metro and --name")
+            issue = authority.node if args.role == "node" else authority.enrolling_node
+            folder = issue(args.metro, args.name)
         elif args.role in ("api", "operator"):
             if not args.name:
                 raise SystemExit(f"volt admin bus issue {args.role}: give --name")
@@ -282,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     bus_issue = admin_bus.add_parser(
         "issue", parents=[common],
         help="issue a process its X.509-SVID and admit it to the bus; prints its folder")
-    bus_issue.add_argument("role", choices=("node", "api", "scheduler", "operator"))
+    bus_issue.add_argument(
+        "role", choices=("enrol", "node", "api", "scheduler", "operator"),
+        help="enrol: a node with a TPM, which earns its node SVID by attestation; "
+             "node: one without (development)")
     bus_issue.add_argument("--name", help="node id, API replica id or operator name")
     bus_issue.add_argument("--metro", help="a node's metro")
     bus_issue.set_defaults(func=_admin_bus_issue)

@@ -170,6 +170,11 @@ class AttestationSettings(_Section):
     verdict_ttl_s: PositiveFloat = 900.0
     """A verdict older than this no longer counts (agents re-attest well before)."""
     nonce_ttl_s: PositiveFloat = 60.0
+    certify_nodes: bool = True
+    """Issue an enrolling node (one holding only an ``enrol`` SVID) its bus SVID
+    after its first passing verdict, for the key that verdict's quote vouched
+    for. The scheduler then holds the workload CA (in the keyring folder) and
+    reads the admitted identities from ``<data>/bus``."""
 
 
 class AgentSettings(_Section):

@@ -10,7 +10,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.requirements import require
 from support.swtpm import Swtpm, manufacturer_cas
@@ -243,3 +246,30 @@ def test_a_reboot_fails_until_attested_afresh(swtpm: Swtpm, node: EnrolledNode) 
         fresh = check.verify(node, evidence(after, check.challenge("gpu-1"), log),
                              expect_new_boot=True)
         assert fresh.verdict.passed, reasons(fresh)
+
+
+def test_a_quote_vouches_for_the_one_key_it_was_bound_to(swtpm: Swtpm, tpm: object,
+                                                         node: EnrolledNode) -> None:
+    """The quote that earns a node its bus SVID: its qualifying data binds the
+    verifier's nonce to the public key to be certified."""
+    from volt.attestation.verifier import binding
+
+    check = verifier()
+    key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def bound(nonce: bytes, vouched: bytes, claimed: bytes) -> Evidence:
+        proof = evidence(tpm, binding(nonce, vouched), swtpm.log)
+        return msgspec.structs.replace(proof, bound_key=claimed, nonce=nonce)
+
+    nonce = check.challenge("gpu-1")
+    assert check.verify(node, bound(nonce, key, key)).verdict.passed
+    nonce = check.challenge("gpu-1")
+    assert reasons(check.verify(node, bound(nonce, key, other)))[0] == (
+        "nonce", "the quote does not vouch for the key to be certified")
+    # A quote made with the bare nonce does not vouch for any key.
+    nonce = check.challenge("gpu-1")
+    unbound = msgspec.structs.replace(evidence(tpm, nonce, swtpm.log), bound_key=key, nonce=nonce)
+    assert reasons(check.verify(node, unbound))[0][0] == "nonce"

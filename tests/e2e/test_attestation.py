@@ -4,6 +4,7 @@ quarantined at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -18,6 +19,7 @@ from support.swtpm import Swtpm, manufacturer_cas
 from volt.attestation import event_log
 from volt.attestation.policy import ApprovedVersion, Component, Policy
 from volt.testing import Cluster
+from volt.wire import SCHEDULER, PlacementView, ViewQuery, encode, subjects
 
 BOOT = [(0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),
         (7, event_log.EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1"),
@@ -52,7 +54,9 @@ def trusted(tmp_path_factory: pytest.TempPathFactory,
                      extra_env={"VOLT_ATTESTATION_REQUIRED": "1",
                                 "VOLT_ATTESTATION_POLICY_FILE": str(root / "policy.json"),
                                 "VOLT_ATTESTATION_EK_CA_FILE": str(root / "cas.pem")}) as cluster:
-            cluster.add_agent("tpm-1", metro="fra", tpm=tpm.tcti,
+            # A TPM node joins as production ones do: it holds only an enrolment
+            # SVID and earns its node SVID by its first passing attestation.
+            cluster.add_agent("tpm-1", metro="fra", tpm=tpm.tcti, enrolling=True,
                               event_log=str(tpm.log_path), attestation_interval_s="0.5")
             cluster.add_agent("no-tpm-1", metro="ams")
             cluster.start_api()
@@ -68,6 +72,50 @@ def test_an_attested_node_serves_and_one_without_a_tpm_does_not(
     assert json.loads(body)["volt"]["attestation"] == "attested"
     status, _, body = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "ams"}})
     assert status == 503  # no TPM, and attestation is required
+
+
+def test_the_tpm_node_earned_its_bus_svid_by_attestation(
+        trusted: tuple[Cluster, Swtpm]) -> None:
+    from volt.identity.workload import spiffe_id_of
+
+    cluster, _ = trusted
+    folder = Path(cluster.services["tpm-1"].env["VOLT_NATS_SVID_DIR"])
+    assert spiffe_id_of((folder / "svid.pem").read_bytes()) == \
+        "spiffe://volt.local/enrol/fra/tpm-1"
+    earned = folder / "node" / "svid.pem"
+    assert spiffe_id_of(earned.read_bytes()) == "spiffe://volt.local/node/fra/tpm-1"
+    # Issued by the scheduler for a key it never saw: no private key but the node's.
+    assert "bus SVID issued to an attested node" in cluster.services["scheduler"].log_text()
+
+
+def test_a_node_that_fails_attestation_never_joins_the_bus(
+        trusted: tuple[Cluster, Swtpm], tmp_path: Path) -> None:
+    cluster, _ = trusted
+    with Swtpm(tmp_path / "evil-tpm") as evil:
+        evil.boot([*BOOT[:-1], (9, event_log.EV_IPL, b"vmlinuz 6.12.8-evil")])  # off-policy
+        agent = cluster.add_agent("tpm-evil", metro="fra", tpm=evil.tcti, enrolling=True,
+                                  event_log=str(evil.log_path))
+        deadline = time.monotonic() + 30
+        while "waiting for attestation to earn the bus SVID" not in agent.log_text():
+            assert time.monotonic() < deadline, agent.log_text()[-2000:]
+            time.sleep(0.2)
+        folder = Path(agent.env["VOLT_NATS_SVID_DIR"])
+        assert not (folder / "node").exists()
+        assert "kernel" in agent.log_text()  # the verdict's reason reached the node
+        # It could never say hello: the scheduler's view does not know it at all.
+        assert "tpm-evil" not in {node.node_id for node in asyncio.run(view(cluster)).nodes}
+        cluster.services.pop("tpm-evil").stop()
+
+
+async def view(cluster: Cluster) -> PlacementView:
+    nc = await cluster.connect_bus()
+    try:
+        reply = await nc.request(subjects.SCHED_VIEW_GET, encode(ViewQuery()), timeout=5)
+    finally:
+        await nc.close()
+    answer = SCHEDULER.decode(reply.data)
+    assert isinstance(answer, PlacementView)
+    return answer
 
 
 def test_a_node_whose_log_stops_replaying_is_quarantined(trusted: tuple[Cluster, Swtpm]) -> None:

@@ -10,6 +10,7 @@ getting lost.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from volt.identity.bus_authority import BusAuthority
 from volt.identity.workload_ca import WorkloadCA
-from volt.up.bus_authority import BusAuthority
 from volt.up.nats_server import NatsServer, nats_server_binary
 from volt.wire import bus, permissions, subjects
 
@@ -39,6 +40,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
         "fra-1": authority.node("fra", "fra-1"),
         "fra-2": authority.node("fra", "fra-2"),
         "ams-1": authority.node("ams", "ams-1"),
+        "fra-3 enrolling": authority.enrolling_node("fra", "fra-3"),
         "api-a": authority.api("api-a"),
         "api-b": authority.api("api-b"),
         "scheduler": authority.scheduler(),
@@ -49,7 +51,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
         yield Bus(server, authority, folders)
 
 
-INBOXES = {"fra-1": ("node", "fra-1"), "fra-2": ("node", "fra-2"), "ams-1": ("node", "ams-1"),
+INBOXES = {"fra-3 enrolling": ("node", "fra-3"), "fra-1": ("node", "fra-1"),
+           "fra-2": ("node", "fra-2"), "ams-1": ("node", "ams-1"),
            "api-a": ("api", "api-a"), "api-b": ("api", "api-b"),
            "scheduler": ("scheduler", ""), "operator": ("operator", "watch")}
 
@@ -140,6 +143,10 @@ PUBLISH = [
     ("fra-1", subjects.SCHED_VIEW, False),  # pose as the scheduler
     ("fra-1", subjects.IDENTITY_REVOKED, False),
     ("fra-1", subjects.AUDIT_EVENTS, False),
+    ("fra-3 enrolling", subjects.attest("fra-3", "evidence"), True),
+    ("fra-3 enrolling", subjects.node_event("fra-3", "heartbeat"), False),  # not yet a node
+    ("fra-3 enrolling", subjects.reply("fra", "api-a", "r1"), False),
+    ("fra-3 enrolling", subjects.usage("fra"), False),
     ("api-a", INFER_FRA_1, True),
     ("api-a", subjects.cancel("ams", "ams-1"), True),
     ("api-a", subjects.node_event("fra-1", "heartbeat"), False),  # pose as a node
@@ -159,6 +166,8 @@ SUBSCRIBE = [
     ("fra-1", ">", subjects.infer("fra", "fra-2"), False),
     ("fra-1", "_INBOX.>", "_INBOX.api.api-a.x", False),  # others' request answers
     ("fra-1", "_INBOX.node.fra-1.>", "_INBOX.node.fra-1.x", True),
+    ("fra-3 enrolling", subjects.infer("fra", "fra-3"), subjects.infer("fra", "fra-3"), False),
+    ("fra-3 enrolling", "_INBOX.node.fra-3.>", "_INBOX.node.fra-3.x", True),
     ("api-a", subjects.reply_wildcard("api-a"), subjects.reply("fra", "api-a", "r1"), True),
     ("api-a", subjects.reply_wildcard("api-b"), subjects.reply("fra", "api-b", "r1"), False),
     ("api-a", INFER_FRA_1, INFER_FRA_1, False),  # read prompts meant for a node
@@ -241,6 +250,9 @@ def test_an_operator_provisions_the_bus_with_the_cli(tmp_path: Path) -> None:
 
     node = Path(volt("issue", "node", "--metro", "fra", "--name", "fra-7").strip())
     scheduler = Path(volt("issue", "scheduler").strip())
+    enrol = Path(volt("issue", "enrol", "--metro", "ams", "--name", "ams-4").strip())
+    assert enrol.name == "enrol-ams-4"
+    assert not (enrol.parent / "node-ams-4").exists()  # attestation earns that one
     refused = subprocess.run([sys.executable, "-m", "volt", "admin", "bus", "issue", "node",
                               "--metro", "fra", "--name", "bad.name"], env=env,
                              capture_output=True, text=True, timeout=60)
@@ -249,6 +261,9 @@ def test_an_operator_provisions_the_bus_with_the_cli(tmp_path: Path) -> None:
     server = NatsServer()
     config = tmp_path / "nats.conf"
     config.write_text(volt("config", "--host", "127.0.0.1", "--port", str(server.port)))
+    users = {user["user"] for user in json.loads(config.read_text())["authorization"]["users"]}
+    assert users == {"spiffe://volt.local/node/fra/fra-7", "spiffe://volt.local/service/scheduler",
+                     "spiffe://volt.local/enrol/ams/ams-4", "spiffe://volt.local/node/ams/ams-4"}
     process = subprocess.Popen([nats_server_binary(), "-c", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

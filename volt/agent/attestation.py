@@ -17,8 +17,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client
 
+from volt.attestation.verifier import binding
+from volt.identity.workload import spiffe_id_of
+from volt.identity.workload_ca import Svid
 from volt.wire import (
     ATTEST,
     AttestEnroll,
@@ -70,6 +75,37 @@ class AttestationClient:
                 backoff = min(backoff * 2, 60.0)
         finally:
             await asyncio.to_thread(tpm.close)
+
+    async def certify(self, nc: Client) -> Svid:
+        """Earn this node's bus SVID: enrol, then push one quote whose qualifying
+        data binds the verifier's nonce to a new key (``verifier.binding``); the
+        scheduler certifies that key only if the verdict passes. The private key
+        never leaves this process."""
+        from volt.attestation.tpm import Tpm, read_event_log
+
+        tpm = await asyncio.to_thread(Tpm, self.tcti)
+        try:
+            await self._enrol(nc, tpm)
+            key = ec.generate_private_key(ec.SECP256R1())
+            spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+            nonce = await self._request(nc, subjects.attest(self.node_id, "nonce"),
+                                        NonceRequest(node_id=self.node_id))
+            assert isinstance(nonce, NonceAnswer)
+            quote = await asyncio.to_thread(tpm.quote, binding(nonce.nonce, spki), PCRS)
+            event_log = await asyncio.to_thread(read_event_log, self.event_log_path)
+            result = await self._request(nc, subjects.attest(self.node_id, "evidence"),
+                                         AttestEvidence(
+                node_id=self.node_id, attest=quote.attest, signature=quote.signature,
+                pcrs=quote.pcrs, event_log=event_log, svid_key=spki, nonce=nonce.nonce))
+        finally:
+            await asyncio.to_thread(tpm.close)
+        if not isinstance(result, AttestResult) or not result.passed or not result.svid:
+            raise RuntimeError(f"no SVID: {', '.join(getattr(result, 'reasons', [])) or '?'}")
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return Svid(spiffe_id_of(result.svid), result.svid, key_pem, result.bundle)
 
     async def _request(self, nc: Client, subject: str, message: Any) -> Any:
         reply = await nc.request(subject, encode(message), timeout=REQUEST_TIMEOUT_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 
 from volt.agent.attestation import AttestationClient
 from volt.agent.engine import (
@@ -51,17 +52,45 @@ def _supervisors(config: VoltConfig) -> list[tuple[str, EngineSupervisor]]:
     return engines
 
 
+async def _earn_svid(config: VoltConfig, node_id: str, enrol_dir: Path) -> Path:
+    """Attest as an enrolling node until the scheduler certifies this node; the
+    node's SVID goes to ``<enrol_dir>/node`` (and lasts until the next start)."""
+    client = AttestationClient(node_id, config.agent.tpm, config.agent.event_log)
+    nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}-enrol",
+                           svid_dir=enrol_dir, inbox_prefix=permissions.inbox_for("node", node_id))
+    backoff = 1.0
+    try:
+        while True:
+            try:
+                svid = await client.certify(nc)
+                break
+            except Exception as exc:  # a failing verdict, the scheduler away: retry
+                log.warning("waiting for attestation to earn the bus SVID: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+    finally:
+        await bus.close(nc)
+    log.info("bus SVID earned by attestation", extra={"spiffe_id": svid.spiffe_id})
+    return svid.write(enrol_dir / "node").certificate.parent
+
+
 async def run_agent(config: VoltConfig) -> None:
     if not config.nats.url:
         raise ConfigError("nats.url: the agent needs a NATS URL (VOLT_NATS_URL)")
     if config.agent.model == MODEL_ID:
         await asyncio.to_thread(ensure_built, config.model_dir())
     node_id = config.node_id()
-    svid_dir, identity = bus_identity(config, "node")
+    svid_dir, identity = bus_identity(config, "node", "enrol")
     if identity is not None and (identity.name, identity.metro) != (node_id, config.agent.metro):
         raise ConfigError(
             f"nats.svid_dir: the SVID is node {identity.name} in metro {identity.metro}, but "
             f"this agent is configured as node {node_id} in metro {config.agent.metro}")
+    if identity is not None and identity.role == "enrol":
+        if not config.agent.tpm:
+            raise ConfigError("nats.svid_dir holds an enrolment SVID, which only attestation "
+                              "turns into the node's: set agent.tpm")
+        assert svid_dir is not None
+        svid_dir = await _earn_svid(config, node_id, svid_dir)
     if not config.agent.insecure_unsealed:
         try:
             check_available()

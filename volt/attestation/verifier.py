@@ -131,6 +131,18 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
     pcrs: dict[int, bytes]
     """The SHA-256 values of the quoted PCRs, as the node read them."""
     event_log: bytes
+    bound_key: bytes = b""
+    """A public key (DER SubjectPublicKeyInfo) the quote vouches for: the node
+    asks for it to be certified (its bus SVID). Then the quote's qualifying data
+    is ``binding(nonce, bound_key)`` rather than the nonce itself."""
+    nonce: bytes = b""
+    """With ``bound_key``: the nonce the binding was made with."""
+
+
+def binding(nonce: bytes, bound_key: bytes) -> bytes:
+    """The qualifying data of a quote that vouches for ``bound_key``: only the
+    TPM that holds the AK could have signed it, in this challenge, for this key."""
+    return hashlib.sha256(b"volt svid binding\x00" + nonce + bound_key).digest()
 
 
 @dataclass
@@ -220,6 +232,11 @@ class Verifier:
             attest = parse_attest(evidence.attest)
             nonce = attest.extra_data
             findings += self._signature(node, evidence, attest.qualified_signer)
+            if evidence.bound_key:
+                if attest.extra_data != binding(evidence.nonce, evidence.bound_key):
+                    findings.append(Finding(component="nonce", reason="the quote does not "
+                                            "vouch for the key to be certified"))
+                nonce = evidence.nonce
             findings += self._nonce(node.node_id, nonce)
             findings += self._pcrs(evidence, attest)
             if not findings:

@@ -1,6 +1,8 @@
 """Volt's own processes as SPIFFE IDs, and a process's bus identity.
 
     spiffe://<td>/node/<metro>/<node_id>     an agent
+    spiffe://<td>/enrol/<metro>/<node_id>    an agent before its first passing attestation:
+                                             it may only attest, and earns the node SVID
     spiffe://<td>/service/api/<replica_id>   an API replica
     spiffe://<td>/service/scheduler          the scheduler
     spiffe://<td>/service/nats               the bus itself (its server certificate)
@@ -35,6 +37,10 @@ def node_id(trust_domain: str, metro: str, node: str) -> str:
     return f"spiffe://{trust_domain}/node/{_segment(metro)}/{_segment(node)}"
 
 
+def enrol_id(trust_domain: str, metro: str, node: str) -> str:
+    return f"spiffe://{trust_domain}/enrol/{_segment(metro)}/{_segment(node)}"
+
+
 def api_id(trust_domain: str, replica_id: str) -> str:
     return f"spiffe://{trust_domain}/service/api/{_segment(replica_id)}"
 
@@ -56,7 +62,7 @@ class WorkloadIdentity:
     """What a SPIFFE ID says about a Volt process."""
 
     role: str
-    """``node``, ``api``, ``scheduler``, ``nats`` or ``operator``."""
+    """``node``, ``enrol``, ``api``, ``scheduler``, ``nats`` or ``operator``."""
     name: str
     """The node, replica or operator name ('' for the scheduler and the bus)."""
     metro: str = ""
@@ -73,6 +79,8 @@ def parse_id(spiffe_id: str, trust_domain: str) -> WorkloadIdentity:
     match parts:
         case ["node", metro, name]:
             return WorkloadIdentity("node", name, metro)
+        case ["enrol", metro, name]:
+            return WorkloadIdentity("enrol", name, metro)
         case ["service", "api", name]:
             return WorkloadIdentity("api", name)
         case ["service", "scheduler"]:
@@ -100,10 +108,10 @@ def spiffe_id_of(certificate_pem: bytes) -> str:
 
 
 
-def bus_identity(config: VoltConfig, role: str) -> tuple[Path | None, WorkloadIdentity | None]:
+def bus_identity(config: VoltConfig, *roles: str) -> tuple[Path | None, WorkloadIdentity | None]:
     """This process's SVID folder and what its certificate says it is; (None,
     None) on a plain development bus. ConfigError when the certificate is for
-    another role."""
+    none of ``roles``."""
     if not config.nats.svid_dir:
         return None, None
     folder = Path(config.nats.svid_dir)
@@ -112,7 +120,7 @@ def bus_identity(config: VoltConfig, role: str) -> tuple[Path | None, WorkloadId
         identity = parse_id(spiffe_id, config.identity.trust_domain)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"nats.svid_dir: {exc}") from None
-    if identity.role != role:
+    if identity.role not in roles:
         raise ConfigError(f"nats.svid_dir holds the SVID of a {identity.role} ({spiffe_id}), "
-                          f"not of a {role}")
+                          f"not of a {' or '.join(roles)}")
     return folder, identity

@@ -111,9 +111,15 @@ class WorkloadCA:
 
     def issue(self, spiffe_id: str, *, hosts: tuple[str, ...] = (),
               lifetime: dt.timedelta = SVID_LIFETIME) -> Svid:
-        """An X.509-SVID for ``spiffe_id``; ``hosts`` (DNS names or IP addresses)
-        make it a server certificate too (the bus's own)."""
+        """An X.509-SVID with a new key for ``spiffe_id``; ``hosts`` (DNS names or
+        IP addresses) make it a server certificate too (the bus's own)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        certificate = self.certify(spiffe_id, key.public_key(), hosts=hosts, lifetime=lifetime)
+        return Svid(spiffe_id, certificate, _private_pem(key), self.bundle_pem)
+
+    def certify(self, spiffe_id: str, public_key: ec.EllipticCurvePublicKey, *,
+                hosts: tuple[str, ...] = (), lifetime: dt.timedelta = SVID_LIFETIME) -> bytes:
+        """The X.509-SVID (PEM) for a key someone else holds (an attested node's)."""
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
         for host in hosts:
             try:
@@ -125,7 +131,7 @@ class WorkloadCA:
         certificate = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Volt")]))
-            .issuer_name(self.certificate.subject).public_key(key.public_key())
+            .issuer_name(self.certificate.subject).public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(min(now + lifetime, self.certificate.not_valid_after_utc))
@@ -139,5 +145,4 @@ class WorkloadCA:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256()))
-        return Svid(spiffe_id, certificate.public_bytes(serialization.Encoding.PEM),
-                    _private_pem(key), self.bundle_pem)
+        return certificate.public_bytes(serialization.Encoding.PEM)

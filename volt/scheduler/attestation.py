@@ -11,12 +11,15 @@ API replicas stop routing to it within one view publish.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -25,6 +28,7 @@ from volt.attestation.enrolment import Enrolment, EnrolmentRefused
 from volt.attestation.policy import Policy, PolicyError, load_policy
 from volt.attestation.verifier import EnrolledNode, Evidence, SignedVerdict, Verifier
 from volt.config import AttestationSettings
+from volt.identity.bus_authority import BusAuthority
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.senders import sent_by
 from volt.wire import (
@@ -41,6 +45,8 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
+NODE_SVID_LIFETIME = dt.timedelta(days=1)
+"""An attested node's bus SVID; it earns a new one by attesting again (a restart)."""
 _json = msgspec.json.Encoder()
 
 
@@ -66,14 +72,19 @@ class AttestationService:
     enrolled: dict[str, EnrolledNode] = field(default_factory=dict)
     verdicts: dict[str, SignedVerdict] = field(default_factory=dict)
     """The latest verdict per node (what Vault hands tenants)."""
+    authority: BusAuthority | None = None
+    """Holds the workload CA: a node that passes with a bound key gets its bus
+    SVID (if the operator admitted it). None: nodes get SVIDs elsewhere."""
 
     @classmethod
     def from_settings(cls, settings: AttestationSettings, table: NodeTable,
-                      signing_key: object, on_change: Callable[[], None]) -> AttestationService:
+                      signing_key: object, on_change: Callable[[], None],
+                      authority: BusAuthority | None = None) -> AttestationService:
         cas = load_cas(Path(settings.ek_ca_file).read_bytes()) if settings.ek_ca_file else []
         verifier = Verifier(policy=load_settings_policy(settings), signing_key=signing_key,  # type: ignore[arg-type]
                             nonce_ttl_s=settings.nonce_ttl_s)
-        return cls(table, verifier, Enrolment(cas), settings.verdict_ttl_s, on_change)
+        return cls(table, verifier, Enrolment(cas), settings.verdict_ttl_s, on_change,
+                   authority=authority)
 
     async def run(self, nc: Client) -> None:
         for step, handler in (("enroll", self._on_enroll), ("proof", self._on_proof),
@@ -134,7 +145,8 @@ class AttestationService:
             return
         signed = self.verifier.verify(node, Evidence(
             attest=message.attest, signature=message.signature, pcrs=message.pcrs,
-            event_log=message.event_log), expect_new_boot=node.last_reset_count is None)
+            event_log=message.event_log, bound_key=message.svid_key, nonce=message.nonce),
+            expect_new_boot=node.last_reset_count is None)
         verdict = signed.verdict
         self.verdicts[message.node_id] = signed
         reasons = [f"{f.component}: {f.reason}" for f in verdict.findings
@@ -145,8 +157,33 @@ class AttestationService:
         if not verdict.passed:
             log.error("attestation failed: node quarantined",
                       extra={"node_id": message.node_id, "reasons": reasons})
+        svid, bundle = b"", b""
+        if verdict.passed and message.svid_key:
+            svid, bundle, refused = self._certify(message.node_id, message.svid_key)
+            if refused:
+                reasons = [refused]
         await msg.respond(encode(AttestResult(passed=verdict.passed, reasons=reasons,
-                                              verdict=_json.encode(signed))))
+                                              verdict=_json.encode(signed), svid=svid,
+                                              bundle=bundle)))
+
+    def _certify(self, node_id: str, svid_key: bytes) -> tuple[bytes, bytes, str]:
+        """The node's bus SVID for the key its passing quote vouched for."""
+        if self.authority is None:
+            return b"", b"", "svid: this scheduler does not issue bus SVIDs"
+        spiffe_id = self.authority.admitted_node(node_id)
+        if spiffe_id is None:
+            log.warning("attested node is not admitted to the bus", extra={"node_id": node_id})
+            return b"", b"", "svid: the node is not admitted (volt admin bus issue enrol)"
+        try:
+            public_key = serialization.load_der_public_key(svid_key)
+        except ValueError:
+            return b"", b"", "svid: the key is not a DER SubjectPublicKeyInfo"
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return b"", b"", "svid: the key must be an EC (P-256) key"
+        svid = self.authority.ca.certify(spiffe_id, public_key, lifetime=NODE_SVID_LIFETIME)
+        log.info("bus SVID issued to an attested node",
+                 extra={"node_id": node_id, "spiffe_id": spiffe_id})
+        return svid, self.authority.ca.bundle_pem, ""
 
     def _fail(self, node_id: str, reasons: list[str]) -> None:
         if self.table.set_verdict(node_id, passed=False, reasons=reasons,

@@ -8,6 +8,7 @@ import logging
 from volt.config import ConfigError, VoltConfig
 from volt.identity.audit_log import AuditLog
 from volt.identity.audit_writer import AuditWriter
+from volt.identity.bus_authority import BusAuthority
 from volt.identity.keyring import Keyring
 from volt.identity.workload import bus_identity
 from volt.scheduler.attestation import AttestationService
@@ -36,8 +37,12 @@ async def run_scheduler(config: VoltConfig) -> None:
         tiers=config.scheduler.tiers,
     )
     keyring = Keyring(config.secrets_path())
+    authority = BusAuthority(config.data_path / "bus", config.secrets_path(),
+                             config.identity.trust_domain) \
+        if config.attestation.certify_nodes else None
     attestation = AttestationService.from_settings(
-        config.attestation, scheduler.table, keyring.verifier_signing_key(), scheduler.changed)
+        config.attestation, scheduler.table, keyring.verifier_signing_key(), scheduler.changed,
+        authority)
     sink = UsageSink(UsageLedger(db))
     # The audit log's single writer (the API replicas only publish events).
     audit = AuditWriter(AuditLog(db), keyring.audit_signing_key(),

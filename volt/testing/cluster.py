@@ -34,12 +34,12 @@ from nats.aio.client import Client
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.config import VoltConfig, load_config
 from volt.identity.api_key_format import Mode
+from volt.identity.bus_authority import BusAuthority
 from volt.identity.orgs import Orgs
 from volt.identity.principal import NO_LIMITS, Limits, Role, Scope
 from volt.processes import _die_with_parent
 from volt.store import Catalog, Database
 from volt.up.bootstrap import api_keys, ensure_dev_key
-from volt.up.bus_authority import BusAuthority
 from volt.up.nats_server import NatsServer, free_port
 from volt.wire import bus, permissions
 
@@ -125,7 +125,7 @@ class Cluster:
         self.api_key = asyncio.run(self._bootstrap())
         if self.secure_bus:
             config = self.config
-            self.bus = BusAuthority(self.root / "bus", config.secrets_path(),
+            self.bus = BusAuthority(config.data_path / "bus", config.secrets_path(),
                                     config.identity.trust_domain)
             self.nats.authority = self.bus
         scheduler = self._bus_identity(lambda bus: bus.scheduler())
@@ -223,12 +223,16 @@ class Cluster:
         return service
 
     def add_agent(self, node_id: str, *, metro: str = "local", tier: str = "standard",
-                  **settings: str) -> ServiceProcess:
+                  enrolling: bool = False, **settings: str) -> ServiceProcess:
+        """``enrolling``: the agent gets only an enrolment SVID and must earn its
+        node SVID by a passing attestation (give it a ``tpm``)."""
         extra = {
             "VOLT_AGENT_NODE_ID": node_id, "VOLT_AGENT_METRO": metro, "VOLT_AGENT_TIER": tier,
         }
         extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
-        extra.update(self._bus_identity(lambda bus: bus.node(metro, node_id)))
+        extra.update(self._bus_identity(
+            lambda bus: bus.enrolling_node(metro, node_id) if enrolling
+            else bus.node(metro, node_id)))
         self.nats.reload()
         return self._spawn(node_id, "agent", extra)
 

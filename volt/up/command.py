@@ -28,10 +28,10 @@ from volt.agent.engine.tiny_model import MODEL_ID, ensure_built, is_built
 from volt.agent.seal import SealUnavailable, check_available
 from volt.config import VoltConfig
 from volt.http1 import Http1Client, HttpError
+from volt.identity.bus_authority import BusAuthority
 from volt.processes import python_command, spawn, terminate
 from volt.store import Database
 from volt.up.bootstrap import ensure_dev_key
-from volt.up.bus_authority import BusAuthority
 from volt.up.nats_server import NatsServer, free_port
 
 SERVICES = ("scheduler", "agent", "api")

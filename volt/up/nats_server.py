@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from volt.processes import _die_with_parent
 
 if TYPE_CHECKING:
-    from volt.up.bus_authority import BusAuthority
+    from volt.identity.bus_authority import BusAuthority
 
 
 class NatsServerError(Exception):

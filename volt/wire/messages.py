@@ -417,6 +417,11 @@ class AttestEvidence(WireMessage, frozen=True, kw_only=True, tag="attest.evidenc
     signature: bytes
     pcrs: dict[int, bytes]
     event_log: bytes
+    svid_key: bytes = b""
+    """An enrolling node's request for its bus SVID: the public key (DER
+    SubjectPublicKeyInfo) the quote vouches for (``verifier.binding``)."""
+    nonce: bytes = b""
+    """With ``svid_key``: the nonce the binding was made with."""
 
 
 class AttestResult(WireMessage, frozen=True, kw_only=True, tag="attest.result"):
@@ -426,6 +431,10 @@ class AttestResult(WireMessage, frozen=True, kw_only=True, tag="attest.result"):
     reasons: list[str] = []
     verdict: bytes = b""
     """For evidence: the signed verdict (JSON)."""
+    svid: bytes = b""
+    """For evidence with ``svid_key`` that passed: the node's X.509-SVID (PEM)."""
+    bundle: bytes = b""
+    """...and the workload CA's certificates that verify the bus."""
 
 
 AttestMessage = (AttestEnroll | EnrollChallenge | EnrollProof | NonceRequest | NonceAnswer

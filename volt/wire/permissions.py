@@ -9,6 +9,8 @@ allow lists and the subjects the code uses cannot drift apart.
   metro's reply subjects, publishes its events and attestation under its own
   ``volt.node.<node_id>.`` prefix, and its metro's usage records. It cannot read
   another node's requests, another metro's payloads, or speak for another node.
+* An **enrolling node** (one that has not yet passed attestation) may only
+  attest; its first passing verdict earns it the node SVID.
 * An **API replica** sends requests and cancels to nodes, reads only its own
   reply subjects, asks the scheduler, writes audit events and the shared
   limits (a JetStream key-value bucket).
@@ -59,6 +61,14 @@ def node(metro: str, node_id: str) -> Permissions:
             subjects.cancel(metro, node_id),
             subjects.inbox_prefix("node", node_id) + ".>",
         ),
+    )
+
+
+def enrolling(node_id: str) -> Permissions:
+    """A node before its first passing attestation: it may attest, nothing else."""
+    return Permissions(
+        publish=tuple(subjects.attest(node_id, step) for step in subjects.ATTEST_STEPS),
+        subscribe=(subjects.inbox_prefix("node", node_id) + ".>",),
     )
 
 

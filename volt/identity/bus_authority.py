@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def permissions_for(identity: workload.WorkloadIdentity) -> Permissions:
     match identity.role:
         case "node":
             return permissions.node(identity.metro, identity.name)
+        case "enrol":
+            return permissions.enrolling(identity.name)
         case "api":
             return permissions.api(identity.name)
         case "scheduler":
@@ -72,15 +75,38 @@ class BusAuthority:
         folder = self.folder / folder_name
         self.ca.issue(spiffe_id, lifetime=SVID_LIFETIME).write(folder)
         self._admit(spiffe_id)
+        self._save()
+        return folder
+
+    def _save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self._admitted.with_suffix(".tmp")
+        temporary = self._admitted.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(sorted(self.users), indent=1) + "\n")
         temporary.replace(self._admitted)
-        return folder
 
     def node(self, metro: str, node_id: str) -> Path:
         return self._issue(workload.node_id(self.trust_domain, metro, node_id),
                            f"node-{node_id}")
+
+    def enrolling_node(self, metro: str, node_id: str) -> Path:
+        """Admit a node that earns its SVID by attestation: it gets only the
+        enrolment identity now; the node's own is admitted to the bus (so it can
+        connect once the scheduler has certified it) but not issued."""
+        self._admit(workload.node_id(self.trust_domain, metro, node_id))
+        return self._issue(workload.enrol_id(self.trust_domain, metro, node_id),
+                           f"enrol-{node_id}")
+
+    def admitted_node(self, node_id: str) -> str | None:
+        """The SPIFFE ID under which ``node_id`` is admitted (re-read from disk:
+        the operator admits nodes while the scheduler runs); None if it is not."""
+        if self._admitted.exists():
+            for spiffe_id in json.loads(self._admitted.read_text()):
+                self._admit(spiffe_id)
+        for spiffe_id in self.users:
+            identity = workload.parse_id(spiffe_id, self.trust_domain)
+            if identity.role == "node" and identity.name == node_id:
+                return spiffe_id
+        return None
 
     def api(self, replica_id: str) -> Path:
         return self._issue(workload.api_id(self.trust_domain, replica_id), f"api-{replica_id}")
