@@ -234,3 +234,52 @@ async def test_a_repeated_prompt_reports_its_cached_tokens(engine: EngineClient)
     usage = [c.usage for group in streamed for c in group if c.usage is not None][-1]
     assert usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == details.cached_tokens
+
+
+async def test_echoed_prompt_logprobs_agree_with_generation(tiny_model: Path) -> None:
+    """The prompt's logprobs (``echo``) come from a separate forward pass; scoring
+    a prompt that ends with a greedy completion must give that completion's
+    tokens the logprobs and alternatives generation gave them."""
+    from volt.agent.engine.backends import SamplingParams, TransformersBackend
+
+    backend = TransformersBackend(tiny_model, "volt-tiny")
+    try:
+        prompt = backend.encode_text("Once upon a time")
+        events = [e async for e in backend.generate(
+            "scored", prompt, SamplingParams(max_new_tokens=6, temperature=0, top_logprobs=3))]
+        generated = [entry for event in events for entry in event.logprobs]
+        assert len(generated) == 6
+        scored = backend.prompt_logprobs(prompt + [e.token_id for e in generated], 3)
+        assert (scored[0].logprob, scored[0].top) == (None, None)  # nothing before it
+        assert [e.token_id for e in scored] == prompt + [e.token_id for e in generated]
+        for mine, theirs in zip(scored[len(prompt):], generated, strict=True):
+            assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-4)
+            assert [i for i, _ in mine.top or ()] == [i for i, _ in theirs.top or ()]
+    finally:
+        backend.close()
+
+
+def test_a_token_that_is_part_of_a_character_keeps_its_real_bytes(tiny_model: Path) -> None:
+    from volt.agent.engine.backends import _Tokenizer, logprob_text
+
+    tokenizer = _Tokenizer(tiny_model)
+    ids = tokenizer.encode("🙂 ünï")
+    raws = [tokenizer.token_bytes(i) for i in ids]
+    assert b"".join(raws) == "🙂 ünï".encode()
+    partial = [raw for raw in raws if not _is_utf8(raw)]
+    assert partial, "the emoji should take several byte tokens in this vocabulary"
+    for raw in partial:
+        assert "\ufffd" not in logprob_text(raw)
+        assert logprob_text(raw).startswith("\\x")
+    # No two tokens of the vocabulary look alike, so no list of alternatives
+    # can name one twice.
+    texts = [logprob_text(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size())]
+    assert len(set(texts)) == len(texts)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

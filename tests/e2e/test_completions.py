@@ -176,3 +176,58 @@ def test_cached_prompt_tokens_are_reported(sdk: openai.OpenAI) -> None:
     assert second.usage.prompt_tokens == first.usage.prompt_tokens
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert 0 < cached < second.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_logprobs_covers_the_prompts_tokens(sdk: openai.OpenAI, stream: bool) -> None:
+    prompt = PROMPT + " 🙂"  # an emoji: tokens that hold only part of a character
+    reply = complete(sdk, prompt=prompt, echo=True, logprobs=2, max_tokens=4, temperature=0,
+                     stream=stream, stream_options={"include_usage": True} if stream else None)
+    if stream:
+        chunks = list(reply)
+        parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        tokens = [t for p in parts for t in p.tokens]
+        token_logprobs = [lp for p in parts for lp in p.token_logprobs]
+        tops = [t for p in parts for t in p.top_logprobs]
+        offsets = [o for p in parts for o in p.text_offset]
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        logprobs = reply.choices[0].logprobs
+        tokens, token_logprobs = logprobs.tokens, logprobs.token_logprobs
+        tops, offsets = logprobs.top_logprobs, logprobs.text_offset
+        text, usage = reply.choices[0].text, reply.usage
+    assert text.startswith(prompt)
+    assert len(tokens) == usage.prompt_tokens + usage.completion_tokens
+    # The first prompt token has nothing before it: null, as OpenAI and vLLM answer.
+    assert (token_logprobs[0], tops[0]) == (None, None)
+    assert all(lp <= 0 for lp in token_logprobs[1:])
+    assert all(1 <= len(top) <= 2 for top in tops[1:])
+    assert "\ufffd" not in "".join(tokens)  # a part of the emoji is its bytes, escaped
+    assert any(token.startswith("\\x") for token in tokens)
+    # Offsets count characters of the returned text, from its start: each
+    # token's offset is where its (first whole) character begins.
+    assert offsets[0] == 0
+    assert offsets == sorted(offsets)
+    emoji_at = text.index("🙂")
+    assert emoji_at in offsets
+    assert emoji_at + 1 in offsets or offsets[-1] == emoji_at
+    prompt_offsets = offsets[:usage.prompt_tokens]
+    assert prompt_offsets[-1] <= len(prompt) <= offsets[usage.prompt_tokens]
+
+
+def test_chat_logprobs_carry_real_bytes_and_distinct_alternatives(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(
+        model="volt-tiny", messages=[{"role": "user", "content": "Say 🙂 and ünï"}],
+        max_tokens=40, temperature=1.0, seed=7, logprobs=True, top_logprobs=20)
+    content = reply.choices[0].logprobs.content
+    # The bytes of all tokens together are the text (a token that holds part
+    # of a character carries its real bytes, not U+FFFD's; a random model may
+    # also put out bytes that are no UTF-8 at all, which the text shows as U+FFFD).
+    assert bytes(b for entry in content for b in entry.bytes).decode(errors="replace") == \
+        reply.choices[0].message.content
+    for entry in content:
+        alternatives = [top.token for top in entry.top_logprobs]
+        assert len(alternatives) == len(set(alternatives)) == 20
+        for top in entry.top_logprobs:
+            assert top.token == bytes(top.bytes).decode("utf-8", errors="backslashreplace")

@@ -45,8 +45,12 @@ class _Top(msgspec.Struct):
 
 class _Entry(msgspec.Struct):
     token: str
-    logprob: float
-    top_logprobs: list[_Top] = []
+    logprob: float | None
+    """None: an echoed prompt's first token (nothing came before it)."""
+    top_logprobs: list[_Top] | None = []
+    text_offset: int | None = None
+    """The engine's, where it gave one (it counts characters, not the escaped
+    text of a token that holds part of a character)."""
 
 
 _entries = msgspec.json.Decoder(list[_Entry])
@@ -66,12 +70,13 @@ class _Offsets:
         entries = _entries.decode(delta.logprobs)
         offsets = []
         for entry in entries:
-            offsets.append(offset)
+            offsets.append(entry.text_offset if entry.text_offset is not None else offset)
             offset += len(entry.token)
         return CompletionLogprobs(
             tokens=[e.token for e in entries],
             token_logprobs=[e.logprob for e in entries],
-            top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            top_logprobs=[None if e.top_logprobs is None else
+                          {t.token: t.logprob for t in e.top_logprobs} for e in entries],
             text_offset=offsets,
         )
 

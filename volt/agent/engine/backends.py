@@ -14,6 +14,7 @@ Both tokenize with the tiny model's tokenizer, so usage counts are real.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import AsyncGenerator
@@ -67,6 +68,10 @@ class Backend(Protocol):
 
     def token_text(self, token_id: int) -> str: ...
 
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]: ...
+
     def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]: ...
@@ -103,6 +108,44 @@ class _Tokenizer:
     def vocab_size(self) -> int:
         size: int = self._tok.get_vocab_size()
         return size
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one tokenizer per engine, for its life
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's real bytes: a byte-level BPE token may be part of a UTF-8
+        character (an emoji is often several tokens), which no string can hold."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        try:
+            return bytes(_BYTE_OF_CHAR[char] for char in piece)
+        except KeyError:  # a special token (<|im_end|>): its own text
+            return piece.encode()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (what ``tokenizers``' ByteLevel uses): each
+    byte as a printable character. Inverted: character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def logprob_text(raw: bytes) -> str:
+    """A token's text for logprobs: its UTF-8, or where it holds part of a
+    character, the bytes escaped (``\\xf0\\x9f``), as DeepSeek's API writes them;
+    the real bytes travel beside it (chat's ``bytes``). Never U+FFFD, which would
+    make different tokens look alike."""
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 class IncrementalDetokenizer:
@@ -176,7 +219,10 @@ class _TokenizedBackend:
     tokenizer: _Tokenizer
 
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+        return logprob_text(self.tokenizer.token_bytes(token_id))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.token_bytes(token_id)
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         return self.tokenizer.encode_chat(messages)
@@ -240,7 +286,9 @@ class TransformersBackend(_TokenizedBackend):
         hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
         self.model_id = model_id
+        self.model_dir = model_dir
         self.tokenizer = _Tokenizer(model_dir)
+        self._scorer: Any = None
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.max_context = int(model.config.max_position_embeddings)
         # Sampling happens per request in VoltSampler; the manager only takes the
@@ -263,6 +311,30 @@ class TransformersBackend(_TokenizedBackend):
         self.prefix_hits = PrefixHits()
         self.prefix_hits.install()
         self._manager.start()
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it (``echo`` with
+        ``logprobs``); the first has none. One forward pass of a second copy of
+        the model, outside continuous batching (whose paged attention the
+        batching manager owns). Blocking: call it in a thread."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self._scorer is None:
+            self._scorer = AutoModelForCausalLM.from_pretrained(
+                self.model_dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits = self._scorer(torch.tensor([ids])).logits[0]
+            distribution = torch.log_softmax(logits.float(), dim=-1)
+        entries = [TokenLogprob(ids[0], None, None)]
+        for position in range(1, len(ids)):
+            row = distribution[position - 1]
+            best: list[tuple[int, float]] = []
+            if top:
+                values, top_ids = torch.topk(row, top)
+                best = [(int(i), float(v)) for i, v in zip(top_ids, values, strict=True)]
+            entries.append(TokenLogprob(ids[position], float(row[ids[position]]), best))
+        return entries
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -363,6 +435,9 @@ class InstantBackend(_TokenizedBackend):
     ) -> AsyncGenerator[TokenEvent, None]:
         n, pieces = params.max_new_tokens, self._pieces
         yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        return []  # no model, no probabilities (its tokens carry none either)
 
     def kv_cache_usage(self) -> float:
         return 0.0

@@ -67,19 +67,27 @@ class _Logprobs(msgspec.Struct):
     tokens: list[str] | None = None
     token_logprobs: list[float | None] | None = None
     top_logprobs: list[dict[str, float] | None] | None = None
+    text_offset: list[int] | None = None
 
     def entries(self) -> list[bytes]:
         """Each token's entry as JSON in chat's shape, whichever endpoint answered:
-        one shape travels to the API, which writes it back as its endpoint's."""
+        one shape travels to the API, which writes it back as its endpoint's.
+        Text completions' entries keep what chat has no place for: a null
+        logprob and null alternatives (an echoed prompt's first token) and the
+        engine's ``text_offset``."""
         if self.content is not None:
             return [bytes(entry) for entry in self.content]
         tokens = self.tokens or []
         chosen = self.token_logprobs or [None] * len(tokens)
         tops = self.top_logprobs or [None] * len(tokens)
+        offsets: list[int | None] = [*self.text_offset] if self.text_offset else \
+            [None] * len(tokens)
         return [_entry.encode(_TokenEntry(
-            token=token, logprob=logprob if logprob is not None else -9999.0,  # vLLM's -inf
-            top_logprobs=[_TopEntry(token=t, logprob=lp) for t, lp in (top or {}).items()],
-        )) for token, logprob, top in zip(tokens, chosen, tops, strict=False)]
+            token=token, logprob=logprob,
+            top_logprobs=None if top is None else
+            [_TopEntry(token=t, logprob=lp) for t, lp in top.items()],
+            text_offset=offset,
+        )) for token, logprob, top, offset in zip(tokens, chosen, tops, offsets, strict=False)]
 
 
 class _TopEntry(msgspec.Struct):
@@ -87,10 +95,11 @@ class _TopEntry(msgspec.Struct):
     logprob: float
 
 
-class _TokenEntry(msgspec.Struct):
+class _TokenEntry(msgspec.Struct, omit_defaults=True):
     token: str
-    logprob: float
-    top_logprobs: list[_TopEntry]
+    logprob: float | None
+    top_logprobs: list[_TopEntry] | None
+    text_offset: int | None = None
 
 
 _entry = msgspec.json.Encoder()

@@ -105,6 +105,9 @@ class Generation:
     params: SamplingParams
     stream: bool
     stream_options: StreamOptions | None
+    score_prompts: int | None = None
+    """``echo`` with ``logprobs``: the prompts' own logprobs, with this many
+    alternatives each, go before the completion's."""
 
     @property
     def choices(self) -> int:
@@ -165,6 +168,11 @@ class EngineServer:
             await send_json(send, error.status, error.body())
             return
         self.metrics.prompt_tokens.inc(job.prompt_tokens)
+        if job.score_prompts is not None and isinstance(job.shape, TextShape):
+            top = job.score_prompts
+            job.shape.prompt_logprobs = [
+                await asyncio.to_thread(self.backend.prompt_logprobs, prompt, top)
+                for prompt in job.prompts]
         async with CancelOnDisconnect(receive) as guard:
             if job.stream:
                 await self._stream(send, guard, job)
@@ -197,7 +205,7 @@ class EngineServer:
         params = self._sampling(req, [prompt_ids], req.token_limit(),
                                 (req.top_logprobs or 0) if req.logprobs else None)
         shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
-                          self.backend.token_text)
+                          self.backend.token_bytes)
         return Generation(shape, [prompt_ids], req.n, params, req.stream, req.stream_options)
 
     def _prepare_text(self, body: bytes) -> Generation:
@@ -221,8 +229,9 @@ class EngineServer:
         if req.echo:
             echo = [p if isinstance(p, str) else self.backend.decode(p) for p in req.prompts()]
         shape = TextShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
-                          self.backend.token_text, echo, req.n)
-        return Generation(shape, prompts, req.n, params, req.stream, req.stream_options)
+                          self.backend.token_bytes, echo, req.n)
+        return Generation(shape, prompts, req.n, params, req.stream, req.stream_options,
+                          score_prompts=req.logprobs if req.echo else None)
 
     def _sampling(self, req: ChatCompletionRequest | CompletionRequest,
                   prompts: list[list[int]], limit: int | None,

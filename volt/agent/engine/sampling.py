@@ -49,8 +49,9 @@ class SamplingParams:
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
     token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
+    logprob: float | None
+    """None only for a prompt's first token, which nothing came before."""
+    top: list[tuple[int, float]] | None
 
 
 @dataclass(slots=True)

@@ -7,10 +7,12 @@ the stream's frames, or the whole reply, in OpenAI's (and vLLM's) format.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 
 import msgspec
 
+from volt.agent.engine.backends import logprob_text
 from volt.agent.engine.sampling import TokenLogprob as SampledLogprob
 from volt.protocol.chat import (
     AssistantMessage,
@@ -28,7 +30,8 @@ from volt.protocol.completions import Completion, CompletionChoice, CompletionLo
 
 _json = msgspec.json.Encoder()
 
-TokenText = Callable[[int], str]
+TokenBytes = Callable[[int], bytes]
+"""A token id's real bytes (``Backend.token_bytes``); its text is ``logprob_text``."""
 
 
 class TokenFrames:
@@ -66,8 +69,10 @@ def _sse(event: msgspec.Struct) -> bytes:
 
 
 class ChatShape:
-    def __init__(self, request_id: str, created: int, model: str, text: TokenText) -> None:
-        self.request_id, self.created, self.model, self._text = request_id, created, model, text
+    def __init__(self, request_id: str, created: int, model: str,
+                 token_bytes: TokenBytes) -> None:
+        self.request_id, self.created, self.model = request_id, created, model
+        self._bytes = token_bytes
 
     def frames(self) -> TokenFrames:
         return TokenFrames(_json.encode(ChatCompletionChunk(
@@ -80,18 +85,19 @@ class ChatShape:
         return [self.chunk(i, "", usage=None, role=True) for i in range(choices)]
 
     def logprobs(self, entries: list[SampledLogprob]) -> ChoiceLogprobs:
-        text = self._text
+        token_bytes = self._bytes
 
         def top(token_id: int, logprob: float) -> TopLogprob:
-            piece = text(token_id)
-            return TopLogprob(token=piece, logprob=logprob, bytes=list(piece.encode()))
+            raw = token_bytes(token_id)
+            return TopLogprob(token=logprob_text(raw), logprob=logprob, bytes=list(raw))
 
-        return ChoiceLogprobs(content=[
-            TokenLogprob(token=text(e.token_id), logprob=e.logprob,
-                         bytes=list(text(e.token_id).encode()),
-                         top_logprobs=[top(i, lp) for i, lp in e.top])
-            for e in entries
-        ])
+        content = []
+        for e in entries:
+            raw = token_bytes(e.token_id)
+            content.append(TokenLogprob(
+                token=logprob_text(raw), logprob=e.logprob if e.logprob is not None else -9999.0,
+                bytes=list(raw), top_logprobs=[top(i, lp) for i, lp in e.top or ()]))
+        return ChoiceLogprobs(content=content)
 
     def chunk(self, index: int, text: str | None, finish_reason: str | None = None,
               logprobs: list[SampledLogprob] | None = None,
@@ -127,12 +133,21 @@ class ChatShape:
 class TextShape:
     """``/v1/completions``; ``echo`` puts each choice's prompt before its text."""
 
-    def __init__(self, request_id: str, created: int, model: str, text: TokenText,
+    def __init__(self, request_id: str, created: int, model: str, token_bytes: TokenBytes,
                  echo: list[str] | None, choices_per_prompt: int) -> None:
-        self.request_id, self.created, self.model, self._text = request_id, created, model, text
+        self.request_id, self.created, self.model = request_id, created, model
+        self._bytes = token_bytes
         self.echo = echo
         self.per_prompt = choices_per_prompt
         self._offsets: dict[int, int] = {}  # choice -> characters written so far
+        self.prompt_logprobs: list[list[SampledLogprob]] | None = None
+        """Per prompt, with ``echo`` and ``logprobs``: the echoed tokens' entries
+        (the first token's logprob is null: nothing came before it)."""
+
+    def _echoed_logprobs(self, index: int) -> list[SampledLogprob] | None:
+        if self.prompt_logprobs is None:
+            return None
+        return self.prompt_logprobs[index // self.per_prompt]
 
     def frames(self) -> TokenFrames:
         return TokenFrames(_json.encode(Completion(
@@ -146,20 +161,28 @@ class TextShape:
     def opening(self, choices: int) -> list[bytes]:
         if self.echo is None:
             return []
-        return [self.chunk(i, self._echoed(i)) for i in range(choices) if self._echoed(i)]
+        return [self.chunk(i, self._echoed(i), logprobs=self._echoed_logprobs(i))
+                for i in range(choices) if self._echoed(i)]
 
     def logprobs(self, index: int, entries: list[SampledLogprob]) -> CompletionLogprobs:
-        text = self._text
-        tokens = [text(e.token_id) for e in entries]
-        offsets = []
+        """``text_offset`` counts characters of the returned text: a token that
+        holds only part of a character moves the offset when the character is
+        complete."""
+        token_bytes = self._bytes
+        characters = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens, offsets = [], []
         offset = self._offsets.get(index, 0)
-        for token in tokens:
+        for entry in entries:
+            raw = token_bytes(entry.token_id)
+            tokens.append(logprob_text(raw))
             offsets.append(offset)
-            offset += len(token)
+            offset += len(characters.decode(raw))
         return CompletionLogprobs(
             tokens=tokens,
             token_logprobs=[e.logprob for e in entries],
-            top_logprobs=[{text(i): lp for i, lp in e.top} for e in entries],
+            top_logprobs=[None if e.top is None else
+                          {logprob_text(token_bytes(i)): lp for i, lp in e.top}
+                          for e in entries],
             text_offset=offsets,
         )
 
@@ -185,10 +208,15 @@ class TextShape:
         choices = []
         for i, text in enumerate(texts):
             echoed = self._echoed(i)
-            self._offsets[i] = len(echoed)
+            entries = logprobs[i] if logprobs is not None else None
+            if entries is not None and (prompt := self._echoed_logprobs(i)):
+                self._offsets[i] = 0  # the prompt's tokens first, from the text's start
+                entries = prompt + entries
+            else:
+                self._offsets[i] = len(echoed)
             choices.append(CompletionChoice(
                 index=i, text=echoed + text, finish_reason=finish[i],
-                logprobs=self.logprobs(i, logprobs[i]) if logprobs is not None else None,
+                logprobs=self.logprobs(i, entries) if entries is not None else None,
             ))
         return _json.encode(Completion(
             id=self.request_id, created=self.created, model=self.model, choices=choices,
