@@ -205,6 +205,11 @@ class AgentSettings(_Section):
     """Empty: a private runtime folder (Unix socket paths must stay short)."""
     max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
     engine_startup_timeout_s: PositiveFloat = 300.0
+    engine_probe_interval_s: PositiveFloat = 1.0
+    """How often a running engine is asked ``/health`` (each ask waits as long)."""
+    engine_hang_timeout_s: PositiveFloat = 15.0
+    """An engine that has not answered for this long is killed and restarted; its
+    requests fail over. It leaves placement after two unanswered probes."""
     embedding_model: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
     """Also serve this embedding model (``all-minilm-l6-v2``) from its own engine."""
     vllm_python: str = ""

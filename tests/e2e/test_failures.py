@@ -10,6 +10,7 @@ from typing import Any
 
 import nats
 import openai
+import psutil
 import pytest
 
 from volt.agent.engine.client import EngineClient
@@ -189,6 +190,50 @@ def test_an_openai_client_breaking_out_of_a_stream_stops_the_pod(two_metros: Clu
             await engine.close()
 
     assert asyncio.run(running()) == 0
+
+
+def test_a_hung_engine_leaves_placement_fails_its_requests_over_and_restarts(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """SIGSTOP: the engine neither exits nor answers. Two unanswered probes take
+    its node out of placement; after the hang timeout it is killed, its
+    requests (non-streaming: the client saw nothing) finish on the other pod,
+    and it restarts."""
+    import concurrent.futures
+
+    probing = {"engine_probe_interval_s": "0.5", "engine_hang_timeout_s": "4"}
+    with Cluster(tmp_path, heartbeat_interval_s=HEARTBEAT_S, model_cache=tiny_model) as cluster:
+        cluster.add_agent("fra-1", metro="fra", **probing)
+        cluster.add_agent("fra-2", metro="fra", **probing)
+        cluster.start_api()
+        cluster.wait_routable()
+        deadline = time.monotonic() + 30
+        while {served_by(cluster) for _ in range(12)} != {"fra-1", "fra-2"}:
+            assert time.monotonic() < deadline
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(cluster.request, "/v1/chat/completions",
+                                   {**BODY, "max_tokens": 600}, timeout_s=120)
+                       for _ in range(4)]
+            victim = cluster.generating(["fra-1", "fra-2"])
+            engine = cluster.engine_process(victim)
+            engine.suspend()  # SIGSTOP
+            left_after = asyncio.run(watch_until_not_ready(cluster, victim, timeout_s=20))
+            replies = [p.result(timeout=120) for p in pending]
+        # Two probes of 0.5 s, then the next heartbeat (0.3 s), with slack for a
+        # loaded 2-core machine.
+        assert left_after < 3.0, left_after
+        assert [status for status, _, _ in replies] == [200] * 4, replies
+        assert {json.loads(body)["volt"]["pod"] for _, _, body in replies} <= {"fra-1", "fra-2"}
+        agent_log = cluster.services[victim].log_text()
+        assert "engine not answering: out of placement" in agent_log
+        assert "engine hung: killing it" in agent_log
+        assert not engine.is_running() or engine.status() == psutil.STATUS_ZOMBIE
+        # A new engine, and the node serves again.
+        deadline = time.monotonic() + 60
+        while victim not in {served_by(cluster) for _ in range(6)}:
+            assert time.monotonic() < deadline, "the restarted engine never served"
+        assert cluster.engine_process(victim).pid != engine.pid
 
 
 def test_a_pod_killed_under_a_request_fails_over(tmp_path: Path, tiny_model: Path) -> None:

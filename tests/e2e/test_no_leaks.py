@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nats
 import openai
-import psutil
 import pytest
 
 from volt.testing import Cluster
@@ -110,12 +109,6 @@ def test_payloads_and_keys_stay_out_of_logs_store_and_global_subjects(
     assert_nowhere(two_metros, seen, secrets_to_find)
 
 
-def _engine_of(cluster: Cluster, node_id: str) -> psutil.Process:
-    agent = psutil.Process(cluster.services[node_id].pid)
-    return next(child for child in agent.children(recursive=True)
-                if "volt.agent.engine.cpu_server" in " ".join(child.cmdline()))
-
-
 def test_failure_paths_leak_nothing(tmp_path: Path, tiny_model: Path) -> None:
     """A request failed over from a SIGKILLed pod, and a stream whose engine
     crashed under it: the prompts reach no log (the dying agent's and the
@@ -145,7 +138,7 @@ def test_failure_paths_leak_nothing(tmp_path: Path, tiny_model: Path) -> None:
                 stream = sdk.chat.completions.create(
                     model="volt-tiny", messages=[{"role": "user", "content": crashed}],
                     max_tokens=4000, stream=True)  # the survivor is the only pod left
-                engine = _engine_of(cluster, survivor)
+                engine = cluster.engine_process(survivor)
 
                 def read_and_crash() -> None:
                     for chunk in stream:

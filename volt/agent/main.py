@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from pathlib import Path
@@ -34,18 +35,20 @@ def _supervisors(config: VoltConfig) -> list[tuple[str, EngineSupervisor]]:
     # The sockets' folder is private (0700): only this user reaches the engines.
     socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     sealed = not config.agent.insecure_unsealed
+    probing = functools.partial(EngineSupervisor,
+                                probe_interval_s=config.agent.engine_probe_interval_s,
+                                hang_timeout_s=config.agent.engine_hang_timeout_s)
     if config.agent.engine == "vllm":
-        main = EngineSupervisor(vllm_engine_command(config), EngineClient(socket),
-                                startup_timeout_s=timeout, env={**os.environ, **VLLM_ENV},
-                                sealed=sealed)
+        main = probing(vllm_engine_command(config), EngineClient(socket),
+                       startup_timeout_s=timeout, env={**os.environ, **VLLM_ENV}, sealed=sealed)
     else:
-        main = EngineSupervisor(cpu_engine_command(config), EngineClient(socket),
-                                startup_timeout_s=timeout, sealed=sealed)
+        main = probing(cpu_engine_command(config), EngineClient(socket),
+                       startup_timeout_s=timeout, sealed=sealed)
     engines = [(config.agent.model, main)]
     if config.agent.embedding_model:
         if config.agent.embedding_model == config.agent.model:
             raise ConfigError("agent.embedding_model: must differ from agent.model")
-        engines.append((config.agent.embedding_model, EngineSupervisor(
+        engines.append((config.agent.embedding_model, probing(
             embedding_engine_command(config), EngineClient(config.embedding_socket()),
             startup_timeout_s=timeout, sealed=sealed,
         )))

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 import nats
+import psutil
 from nats.aio.client import Client
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
@@ -309,6 +310,15 @@ class Cluster:
                     await engine.close()
 
         return asyncio.run(find())
+
+    def engine_process(self, node_id: str) -> psutil.Process:
+        """The CPU engine child of ``node_id``'s agent, as it runs now."""
+        agent = psutil.Process(self.services[node_id].pid)
+        for child in agent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "volt.agent.engine.cpu_server" in " ".join(child.cmdline()):
+                    return child
+        raise ClusterError(f"{node_id} runs no CPU engine now")
 
     def engine_socket(self, node_id: str) -> Path:
         return load_config(env=self.services[node_id].env).engine_socket()

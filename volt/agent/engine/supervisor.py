@@ -1,9 +1,16 @@
-"""Keeps the engine child process alive.
+"""Keeps the engine child process alive, and answering.
 
 The engine (the CPU engine or ``vllm serve``) runs as a child of the agent. A
 crash kills only the child: the supervisor notices, marks the engine not
 ready (heartbeats say so and the scheduler stops placing work here), and
 restarts it with exponential backoff.
+
+An engine can also hang without exiting (a deadlock, a stopped process, a
+wedged GPU): it is asked ``/health`` every ``probe_interval_s``. Two
+unanswered probes in a row take it out of placement (the next heartbeat says
+so); one that answers again comes back. Silent for ``hang_timeout_s``, it is
+killed, which is then a crash like any other: its requests fail over (those
+that sent nothing yet) and it restarts.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class EngineSupervisor:
         startup_timeout_s: float = 300.0,
         env: Mapping[str, str] | None = None,
         sealed: bool = True,
+        probe_interval_s: float = 1.0,
+        hang_timeout_s: float = 15.0,
     ) -> None:
         self.command = list(command)
         self.sealed = sealed
@@ -41,8 +50,12 @@ class EngineSupervisor:
         self.client = client
         self.startup_timeout_s = startup_timeout_s
         self.env = env
+        self.probe_interval_s = probe_interval_s
+        self.hang_timeout_s = hang_timeout_s
         self.ready = asyncio.Event()
         self.restarts = 0
+        self.hangs = 0
+        """Engines killed for not answering (each also counts as a restart)."""
         self.pid: int | None = None
 
     async def run(self) -> None:
@@ -62,7 +75,12 @@ class EngineSupervisor:
                 self.ready.set()
                 backoff = 0.5
                 log.info("engine ready", extra={"pid": process.pid})
-                code = await process.wait()
+                watch = asyncio.create_task(self._watch(process))
+                try:
+                    code = await process.wait()
+                finally:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
                 log.error("engine exited", extra={"pid": process.pid, "exit_code": code})
             except EngineStartFailed as exc:
                 log.error("engine failed to start: %s", exc, extra={"pid": process.pid})
@@ -72,6 +90,34 @@ class EngineSupervisor:
             self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        """Probe the running engine; out of placement when silent, killed when hung."""
+        unanswered = 0
+        silent_since = 0.0
+        while process.returncode is None:
+            asked = time.monotonic()
+            if await self.client.healthy(timeout_s=self.probe_interval_s):
+                if unanswered >= 2:
+                    log.warning("engine answers again", extra={"pid": process.pid})
+                    self.ready.set()
+                unanswered = 0
+                await asyncio.sleep(max(0.0, self.probe_interval_s - (time.monotonic() - asked)))
+                continue
+            if unanswered == 0:
+                silent_since = asked
+            unanswered += 1
+            if unanswered == 2:
+                log.error("engine not answering: out of placement", extra={"pid": process.pid})
+                self.ready.clear()
+            if time.monotonic() - silent_since >= self.hang_timeout_s:
+                log.error("engine hung: killing it", extra={
+                    "pid": process.pid, "silent_s": round(time.monotonic() - silent_since, 1)})
+                self.hangs += 1
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()  # works on a stopped process too
+                return
+            await asyncio.sleep(max(0.0, self.probe_interval_s - (time.monotonic() - asked)))
 
     def seal_check(self) -> SealCheck:
         """The running engine's seal, as the kernel sees it now."""
