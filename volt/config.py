@@ -175,6 +175,10 @@ class AttestationSettings(_Section):
     after its first passing verdict, for the key that verdict's quote vouched
     for. The scheduler then holds the workload CA (in the keyring folder) and
     reads the admitted identities from ``<data>/bus``."""
+    node_svid_lifetime_s: PositiveFloat = 3600.0
+    """How long an attested node's bus SVID lasts. The node renews it with every
+    passing attestation (``agent.attestation_interval_s``), so one that stops
+    attesting, or fails, cannot reconnect to the bus once it expires."""
 
 
 class AgentSettings(_Section):

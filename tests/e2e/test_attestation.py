@@ -9,10 +9,12 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography import x509
 from support.requirements import require
 from support.swtpm import Swtpm, manufacturer_cas
 
@@ -52,6 +54,8 @@ def trusted(tmp_path_factory: pytest.TempPathFactory,
         tpm.boot(BOOT)
         with Cluster(root / "cluster", engine_mode="instant", model_cache=tiny_model,
                      extra_env={"VOLT_ATTESTATION_REQUIRED": "1",
+                                # Earned SVIDs last 4 s: renewal is what keeps the node on.
+                                "VOLT_ATTESTATION_NODE_SVID_LIFETIME_S": "4",
                                 "VOLT_ATTESTATION_POLICY_FILE": str(root / "policy.json"),
                                 "VOLT_ATTESTATION_EK_CA_FILE": str(root / "cas.pem")}) as cluster:
             # A TPM node joins as production ones do: it holds only an enrolment
@@ -86,6 +90,25 @@ def test_the_tpm_node_earned_its_bus_svid_by_attestation(
     assert spiffe_id_of(earned.read_bytes()) == "spiffe://volt.local/node/fra/tpm-1"
     # Issued by the scheduler for a key it never saw: no private key but the node's.
     assert "bus SVID issued to an attested node" in cluster.services["scheduler"].log_text()
+
+
+def test_the_earned_svid_is_renewed_under_the_running_agent(
+        trusted: tuple[Cluster, Swtpm]) -> None:
+    """Every passing attestation (every 0.5 s here) renews the node's SVID, which
+    lasts 4 s here: after a NATS restart the node reconnects and serves, which it
+    could not with the SVID it started with."""
+    cluster, _ = trusted
+    earned = Path(cluster.services["tpm-1"].env["VOLT_NATS_SVID_DIR"]) / "node" / "svid.pem"
+    first = x509.load_pem_x509_certificate(earned.read_bytes())
+    time.sleep(5)  # the first SVID has expired
+    renewed = x509.load_pem_x509_certificate(earned.read_bytes())
+    assert renewed.serial_number != first.serial_number
+    assert renewed.not_valid_after_utc > first.not_valid_after_utc
+    assert first.not_valid_after_utc < datetime.now(UTC)
+    cluster.nats.restart()
+    cluster.wait_routable(metro="fra", timeout_s=30)
+    status, _, body = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "fra"}})
+    assert status == 200, body
 
 
 def test_a_node_that_fails_attestation_never_joins_the_bus(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,16 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _svid(result: AttestResult, key: ec.EllipticCurvePrivateKey) -> Svid | None:
+    if not result.passed or not result.svid:
+        return None
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return Svid(spiffe_id_of(result.svid), result.svid, key_pem, result.bundle)
+
+
 PCRS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 """Quoted every time; the scheduler's policy says which of them it checks."""
 REQUEST_TIMEOUT_S = 10.0
@@ -49,6 +60,8 @@ class AttestationClient:
     tcti: str
     event_log_path: str
     interval_s: float = 300.0
+    renew: Callable[[Svid], None] | None = None
+    """Given: each attestation also asks for a new bus SVID, handed to this."""
     attested: bool = False
     """The last verdict passed (the volt block of this node's responses says so)."""
 
@@ -81,31 +94,40 @@ class AttestationClient:
         data binds the verifier's nonce to a new key (``verifier.binding``); the
         scheduler certifies that key only if the verdict passes. The private key
         never leaves this process."""
-        from volt.attestation.tpm import Tpm, read_event_log
+        from volt.attestation.tpm import Tpm
 
         tpm = await asyncio.to_thread(Tpm, self.tcti)
         try:
             await self._enrol(nc, tpm)
             key = ec.generate_private_key(ec.SECP256R1())
-            spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
-            nonce = await self._request(nc, subjects.attest(self.node_id, "nonce"),
-                                        NonceRequest(node_id=self.node_id))
-            assert isinstance(nonce, NonceAnswer)
-            quote = await asyncio.to_thread(tpm.quote, binding(nonce.nonce, spki), PCRS)
-            event_log = await asyncio.to_thread(read_event_log, self.event_log_path)
-            result = await self._request(nc, subjects.attest(self.node_id, "evidence"),
-                                         AttestEvidence(
-                node_id=self.node_id, attest=quote.attest, signature=quote.signature,
-                pcrs=quote.pcrs, event_log=event_log, svid_key=spki, nonce=nonce.nonce))
+            result = await self._evidence(nc, tpm, key)
         finally:
             await asyncio.to_thread(tpm.close)
-        if not isinstance(result, AttestResult) or not result.passed or not result.svid:
-            raise RuntimeError(f"no SVID: {', '.join(getattr(result, 'reasons', [])) or '?'}")
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return Svid(spiffe_id_of(result.svid), result.svid, key_pem, result.bundle)
+        svid = _svid(result, key)
+        if svid is None:
+            raise RuntimeError(f"no SVID: {', '.join(result.reasons) or '?'}")
+        return svid
+
+    async def _evidence(self, nc: Client, tpm: Any,
+                        key: ec.EllipticCurvePrivateKey | None) -> AttestResult:
+        """One quote with a fresh nonce, and the log, pushed; with ``key``, the
+        quote also vouches for that key (the scheduler answers with its SVID)."""
+        from volt.attestation.tpm import read_event_log
+
+        nonce = await self._request(nc, subjects.attest(self.node_id, "nonce"),
+                                    NonceRequest(node_id=self.node_id))
+        assert isinstance(nonce, NonceAnswer)
+        spki = b"" if key is None else key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        qualifying = binding(nonce.nonce, spki) if spki else nonce.nonce
+        quote = await asyncio.to_thread(tpm.quote, qualifying, PCRS)
+        event_log = await asyncio.to_thread(read_event_log, self.event_log_path)
+        result = await self._request(nc, subjects.attest(self.node_id, "evidence"), AttestEvidence(
+            node_id=self.node_id, attest=quote.attest, signature=quote.signature,
+            pcrs=quote.pcrs, event_log=event_log, svid_key=spki,
+            nonce=nonce.nonce if spki else b""))
+        assert isinstance(result, AttestResult)
+        return result
 
     async def _request(self, nc: Client, subject: str, message: Any) -> Any:
         reply = await nc.request(subject, encode(message), timeout=REQUEST_TIMEOUT_S)
@@ -128,19 +150,13 @@ class AttestationClient:
         log.info("enrolled with the scheduler")
 
     async def _attest(self, nc: Client, tpm: Any) -> bool:
-        """One quote pushed; False when the scheduler no longer knows this node."""
-        from volt.attestation.tpm import read_event_log
-
-        nonce = await self._request(nc, subjects.attest(self.node_id, "nonce"),
-                                    NonceRequest(node_id=self.node_id))
-        assert isinstance(nonce, NonceAnswer)
-        quote = await asyncio.to_thread(tpm.quote, nonce.nonce, PCRS)
-        event_log = await asyncio.to_thread(read_event_log, self.event_log_path)
-        result = await self._request(nc, subjects.attest(self.node_id, "evidence"), AttestEvidence(
-            node_id=self.node_id, attest=quote.attest, signature=quote.signature,
-            pcrs=quote.pcrs, event_log=event_log))
-        assert isinstance(result, AttestResult)
+        """One quote pushed; False when the scheduler no longer knows this node.
+        A node whose bus SVID was earned by attestation renews it every time."""
+        key = ec.generate_private_key(ec.SECP256R1()) if self.renew is not None else None
+        result = await self._evidence(nc, tpm, key)
         self.attested = result.passed
+        if key is not None and self.renew is not None and (svid := _svid(result, key)):
+            self.renew(svid)
         if result.reasons == ["not enrolled"]:
             return False
         if not result.passed:

@@ -23,6 +23,7 @@ from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
 from volt.config import ConfigError, VoltConfig
 from volt.identity.workload import bus_identity
+from volt.identity.workload_ca import Svid
 from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,18 @@ async def run_agent(config: VoltConfig) -> None:
                               "turns into the node's: set agent.tpm")
         assert svid_dir is not None
         svid_dir = await _earn_svid(config, node_id, svid_dir)
+        earned = True
+    else:
+        earned = False
+    tls = bus.tls_context(svid_dir) if svid_dir is not None else None
+
+    def renew(svid: Svid) -> None:
+        """A new SVID from this attestation: the next reconnection presents it."""
+        assert svid_dir is not None
+        assert tls is not None
+        files = svid.write(svid_dir)
+        tls.load_cert_chain(files.certificate, files.key)
+
     if not config.agent.insecure_unsealed:
         try:
             check_available()
@@ -112,9 +125,10 @@ async def run_agent(config: VoltConfig) -> None:
         capacity=config.agent.capacity, insecure=config.agent.insecure_unsealed,
         attestation=AttestationClient(
             node_id, config.agent.tpm, config.agent.event_log,
-            interval_s=config.agent.attestation_interval_s) if config.agent.tpm else None,
+            interval_s=config.agent.attestation_interval_s,
+            renew=renew if earned else None) if config.agent.tpm else None,
     )
-    nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}", svid_dir=svid_dir,
+    nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}", tls=tls,
                            inbox_prefix=permissions.inbox_for("node", node_id))
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,
                                      "models": [model for model, _ in supervisors]})

@@ -45,8 +45,6 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
-NODE_SVID_LIFETIME = dt.timedelta(days=1)
-"""An attested node's bus SVID; it earns a new one by attesting again (a restart)."""
 _json = msgspec.json.Encoder()
 
 
@@ -75,6 +73,7 @@ class AttestationService:
     authority: BusAuthority | None = None
     """Holds the workload CA: a node that passes with a bound key gets its bus
     SVID (if the operator admitted it). None: nodes get SVIDs elsewhere."""
+    node_svid_lifetime: dt.timedelta = dt.timedelta(hours=1)
 
     @classmethod
     def from_settings(cls, settings: AttestationSettings, table: NodeTable,
@@ -84,7 +83,8 @@ class AttestationService:
         verifier = Verifier(policy=load_settings_policy(settings), signing_key=signing_key,  # type: ignore[arg-type]
                             nonce_ttl_s=settings.nonce_ttl_s)
         return cls(table, verifier, Enrolment(cas), settings.verdict_ttl_s, on_change,
-                   authority=authority)
+                   authority=authority,
+                   node_svid_lifetime=dt.timedelta(seconds=settings.node_svid_lifetime_s))
 
     async def run(self, nc: Client) -> None:
         for step, handler in (("enroll", self._on_enroll), ("proof", self._on_proof),
@@ -180,7 +180,7 @@ class AttestationService:
             return b"", b"", "svid: the key is not a DER SubjectPublicKeyInfo"
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             return b"", b"", "svid: the key must be an EC (P-256) key"
-        svid = self.authority.ca.certify(spiffe_id, public_key, lifetime=NODE_SVID_LIFETIME)
+        svid = self.authority.ca.certify(spiffe_id, public_key, lifetime=self.node_svid_lifetime)
         log.info("bus SVID issued to an attested node",
                  extra={"node_id": node_id, "spiffe_id": spiffe_id})
         return svid, self.authority.ca.bundle_pem, ""

@@ -47,11 +47,16 @@ async def connect(
     connect_timeout_s: float = 30.0,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     svid_dir: Path | None = None,
+    tls: ssl.SSLContext | None = None,
     inbox_prefix: str | None = None,
 ) -> Client:
-    """``svid_dir``: connect as that identity (mutual TLS); ``inbox_prefix``: where
-    request/reply answers come back (``wire/permissions.inbox_for``; the bus lets a
-    process read only its own)."""
+    """``svid_dir``: connect as that identity (mutual TLS), or ``tls``: with this
+    context (``tls_context``; a process that renews its SVID reloads the context's
+    certificate, and every reconnection presents the new one); ``inbox_prefix``:
+    where request/reply answers come back (``wire/permissions.inbox_for``; the bus
+    lets a process read only its own)."""
+    if tls is None and svid_dir is not None:
+        tls = tls_context(svid_dir)
     async def disconnected() -> None:
         log.warning("nats disconnected", extra={"nats_client": name})
 
@@ -80,7 +85,7 @@ async def connect(
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
-                tls=tls_context(svid_dir) if svid_dir is not None else None,
+                tls=tls,
                 inbox_prefix=inbox_prefix or "_INBOX",
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
