@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +89,38 @@ def test_echo_puts_the_prompt_first(sdk: openai.OpenAI, stream: bool) -> None:
     assert text == PROMPT + plain
 
 
+@dataclass
+class Logprobs:
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    tops: list[dict[str, float] | None]
+    offsets: list[int]
+    text: str
+    usage: Any
+
+
+def logprobs_of(reply: Any, stream: bool) -> Logprobs:
+    """The first choice's log-probabilities and text, from a whole reply or a
+    stream (usage included) put together."""
+    if not stream:
+        logprobs = reply.choices[0].logprobs
+        return Logprobs(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs,
+                        logprobs.text_offset, reply.choices[0].text, reply.usage)
+    chunks = list(reply)
+    parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    return Logprobs(
+        [t for p in parts for t in p.tokens], [lp for p in parts for lp in p.token_logprobs],
+        [t for p in parts for t in p.top_logprobs], [o for p in parts for o in p.text_offset],
+        "".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_logprobs_list_tokens_with_their_alternatives(sdk: openai.OpenAI, stream: bool) -> None:
     reply = complete(sdk, logprobs=3, max_tokens=8, temperature=0, stream=stream,
                      stream_options={"include_usage": True} if stream else None)
-    if stream:
-        chunks = list(reply)
-        parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
-        tokens = [t for p in parts for t in p.tokens]
-        token_logprobs = [lp for p in parts for lp in p.token_logprobs]
-        tops = [t for p in parts for t in p.top_logprobs]
-        offsets = [o for p in parts for o in p.text_offset]
-        text = "".join(c.choices[0].text for c in chunks if c.choices)
-        completion_tokens = chunks[-1].usage.completion_tokens
-    else:
-        logprobs = reply.choices[0].logprobs
-        tokens, token_logprobs = logprobs.tokens, logprobs.token_logprobs
-        tops, offsets = logprobs.top_logprobs, logprobs.text_offset
-        text, completion_tokens = reply.choices[0].text, reply.usage.completion_tokens
+    got = logprobs_of(reply, stream)
+    tokens, token_logprobs, tops, offsets = got.tokens, got.token_logprobs, got.tops, got.offsets
+    text, completion_tokens = got.text, got.usage.completion_tokens
     assert len(tokens) == len(token_logprobs) == len(tops) == len(offsets) == completion_tokens
     assert all(lp <= 0 for lp in token_logprobs)
     for chosen, top in zip(token_logprobs, tops, strict=True):
@@ -183,20 +198,9 @@ def test_echo_with_logprobs_covers_the_prompts_tokens(sdk: openai.OpenAI, stream
     prompt = PROMPT + " 🙂"  # an emoji: tokens that hold only part of a character
     reply = complete(sdk, prompt=prompt, echo=True, logprobs=2, max_tokens=4, temperature=0,
                      stream=stream, stream_options={"include_usage": True} if stream else None)
-    if stream:
-        chunks = list(reply)
-        parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
-        tokens = [t for p in parts for t in p.tokens]
-        token_logprobs = [lp for p in parts for lp in p.token_logprobs]
-        tops = [t for p in parts for t in p.top_logprobs]
-        offsets = [o for p in parts for o in p.text_offset]
-        text = "".join(c.choices[0].text for c in chunks if c.choices)
-        usage = chunks[-1].usage
-    else:
-        logprobs = reply.choices[0].logprobs
-        tokens, token_logprobs = logprobs.tokens, logprobs.token_logprobs
-        tops, offsets = logprobs.top_logprobs, logprobs.text_offset
-        text, usage = reply.choices[0].text, reply.usage
+    got = logprobs_of(reply, stream)
+    tokens, token_logprobs, tops, offsets = got.tokens, got.token_logprobs, got.tops, got.offsets
+    text, usage = got.text, got.usage
     assert text.startswith(prompt)
     assert len(tokens) == usage.prompt_tokens + usage.completion_tokens
     # The first prompt token has nothing before it: null, as OpenAI and vLLM answer.

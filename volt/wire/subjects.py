@@ -66,31 +66,29 @@ def node_prefix(node_id: str) -> str:
     return f"volt.node.{token(node_id)}.>"
 
 
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"not {what}: {value!r}")
+    return value
+
+
 def node_event(node_id: str, event: str) -> str:
     """A node's hello, heartbeat or goodbye."""
-    if event not in NODE_EVENTS:
-        raise ValueError(f"not a node event: {event!r}")
-    return f"volt.node.{token(node_id)}.{event}"
+    return f"volt.node.{token(node_id)}.{_one_of(event, NODE_EVENTS, 'a node event')}"
 
 
 def node_events(event: str) -> str:
     """One event of every node (the scheduler's subscription)."""
-    if event not in NODE_EVENTS:
-        raise ValueError(f"not a node event: {event!r}")
-    return f"volt.node.*.{event}"
+    return f"volt.node.*.{_one_of(event, NODE_EVENTS, 'a node event')}"
 
 
 def attest(node_id: str, step: str) -> str:
     """One attestation step of one node (request/reply with the scheduler)."""
-    if step not in ATTEST_STEPS:
-        raise ValueError(f"not an attestation step: {step!r}")
-    return f"volt.node.{token(node_id)}.attest.{step}"
+    return f"volt.node.{token(node_id)}.attest.{_one_of(step, ATTEST_STEPS, 'an attestation step')}"
 
 
 def attest_all(step: str) -> str:
-    if step not in ATTEST_STEPS:
-        raise ValueError(f"not an attestation step: {step!r}")
-    return f"volt.node.*.attest.{step}"
+    return f"volt.node.*.attest.{_one_of(step, ATTEST_STEPS, 'an attestation step')}"
 
 
 def node_of(subject: str) -> str | None:
