@@ -9,6 +9,7 @@ request and writes the pod's replies as a ``chat.completion`` or as
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -93,7 +94,8 @@ class ChatCompletions:
         )
         call = await self.dispatcher.start(job, arrived, principal)
         if req.stream:
-            return StreamReply(self._events(call, req))
+            return StreamReply(self._events(call, req),
+                               functools.partial(self.dispatcher.close, call))
         return await self._complete(call, req)
 
     async def _complete(self, call: PodCall, req: ChatCompletionRequest) -> JsonReply:

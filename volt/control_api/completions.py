@@ -8,6 +8,7 @@ last one before ``[DONE]``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -126,7 +127,8 @@ class TextCompletions:
         )
         call = await self.dispatcher.start(job, arrived, principal)
         if req.stream:
-            return StreamReply(self._events(call, req))
+            return StreamReply(self._events(call, req),
+                               functools.partial(self.dispatcher.close, call))
         return await self._complete(call, req)
 
     async def _complete(self, call: PodCall, req: CompletionRequest) -> JsonReply:

@@ -127,6 +127,7 @@ class HotPath:
     async def _serve(self, endpoint: Endpoint, body: bytes, arrived: float,
                      principal: Principal, receive: Receive, send: Send) -> None:
         async with CancelOnDisconnect(receive) as guard:
+            reply: JsonReply | StreamReply | None = None
             try:
                 reply = await endpoint.create(body, arrived, principal)
                 if isinstance(reply, JsonReply):
@@ -148,6 +149,9 @@ class HotPath:
                 guard.finish()
                 failure = ApiError("The server had an error processing your request.")
                 await _send_error(send, failure)
+            finally:
+                if isinstance(reply, StreamReply):
+                    await reply.close()  # a no-op when the stream ran to its end
 
 
 def endpoint_of(services: Any, path: str) -> Endpoint:

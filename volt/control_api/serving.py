@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -75,6 +75,10 @@ class StreamReply:
 
     events: AsyncIterator[tuple[bytes, bool]]
     """(bytes, last): ``last`` lets the server end the response in the same write."""
+    close: Callable[[], Awaitable[None]]
+    """Always awaited by whoever got this reply, consumed or not: a stream whose
+    client left before the first event never runs its generator, whose own
+    cleanup would then never run (the pod slot, the channel, the pod's work)."""
 
 
 def decode_request(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
@@ -164,6 +168,8 @@ class PodCall:
     dispatched: float
     deadline: float
     principal: Principal
+    closed: bool = False
+    """The slot is given back and the channel forgotten (``Dispatcher.close``)."""
 
 
 class Dispatcher:
@@ -188,6 +194,21 @@ class Dispatcher:
         """The request on ``node`` is over: free its slot for the next in turn."""
         self.router.finished(node.node_id)
         self.admission.released(node)
+
+    async def close(self, call: PodCall, *, finished: bool = False) -> None:
+        """The one end of every call, however it ends, and at most once: forget
+        its channel (cancelling the pod's work unless ``finished``) and give its
+        slot back. Every path calls it; the second call does nothing."""
+        if call.closed:
+            return
+        call.closed = True
+        try:
+            if finished:
+                self.inference.forget(call.request_id)
+            else:
+                await self.inference.cancel(call.node, call.request_id)
+        finally:
+            self._release(call.node)
 
     async def _place(self, query: PlacementQuery, skipped: list[str], tenant_id: str,
                      deadline: float) -> NodeView:
@@ -289,23 +310,21 @@ class Dispatcher:
             reply = call.first
             while not isinstance(reply, Final):
                 if isinstance(reply, InferenceError):
+                    await self.close(call, finished=True)  # the pod ended it
                     raise UpstreamError(reply.status, reply.code, reply.message)
                 if isinstance(reply, PodGone):
+                    await self.close(call, finished=True)
                     raise ServiceUnavailable("The pod serving this request went away; retry.")
                 if parts is not None:
                     parts.append(reply)
                 reply = await call.replies.get(call.deadline)
             self._used(call, reply)
+            await self.close(call, finished=True)
             return reply
         except TimeoutError as exc:
-            await self.inference.cancel(call.node, call.request_id)
             raise DeadlineExceeded("The request ran past its deadline.") from exc
-        except asyncio.CancelledError:
-            await self.inference.cancel(call.node, call.request_id)
-            raise
         finally:
-            self.inference.forget(call.request_id)
-            self._release(call.node)
+            await self.close(call)  # the pod's work is cancelled unless it finished
 
     async def relay(
         self, call: PodCall, render: Callable[[Reply, list[bytes]], bool],
@@ -344,11 +363,7 @@ class Dispatcher:
                     yield error_event(late) + DONE, True
                     return
         finally:
-            if done:
-                self.inference.forget(call.request_id)
-            else:
-                await self.inference.cancel(call.node, call.request_id)
-            self._release(call.node)
+            await self.close(call, finished=done)
 
 
 class ChunkFormat(Protocol):

@@ -1,0 +1,219 @@
+"""In-flight accounting: however a request ends, its pod slot, its reply channel
+and its place in line are given back, exactly once.
+
+One API component (router, admission, dispatcher, inference client) against a
+real nats-server and a small pod that answers on the node's subject as an
+agent does. Every case ends by checking every counter is zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from volt.control_api.admission import Admission
+from volt.control_api.errors import PayloadTooLarge, ServiceUnavailable
+from volt.control_api.inference import InferenceClient
+from volt.control_api.routing import Router
+from volt.control_api.serving import Dispatcher, Job
+from volt.identity.principal import AuthMethod, Principal, Role, Scope
+from volt.scheduler.placement import PlacementQuery
+from volt.up.nats_server import NatsServer
+from volt.wire import (
+    INFERENCE,
+    Cancel,
+    ChoiceDelta,
+    Final,
+    InferenceRequest,
+    ModelCard,
+    NodeView,
+    PlacementView,
+    encode,
+    subjects,
+)
+
+NODE = NodeView(node_id="n1", metro="fra", tier="standard", models=["m"], state="ready")
+PRINCIPAL = Principal(org_id="org-1", org_name="acme", spiffe_id="spiffe://t/org/org-1/key/k",
+                      method=AuthMethod.API_KEY, credential_id="k", role=Role.OWNER,
+                      scopes=frozenset(Scope))
+
+
+@dataclass
+class Pod:
+    """Answers requests on n1's subject: at once, or only when told to."""
+
+    nc: Client
+    hold: bool = False
+    held: list[tuple[str, str]] = field(default_factory=list)
+    """(request id, reply subject) of the requests it has not answered."""
+    cancelled: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.nc.subscribe(subjects.infer("fra", "n1"), cb=self._on_request)
+        await self.nc.subscribe(subjects.cancel("fra", "n1"), cb=self._on_cancel)
+        await self.nc.flush()
+
+    async def _on_request(self, msg: Msg) -> None:
+        request = INFERENCE.decode(msg.data)
+        assert isinstance(request, InferenceRequest)
+        if self.hold:
+            self.held.append((request.request_id, msg.reply))
+        else:
+            await self.answer(request.request_id, msg.reply)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        cancel = INFERENCE.decode(msg.data)
+        assert isinstance(cancel, Cancel)
+        self.cancelled.append(cancel.request_id)
+
+    async def answer(self, request_id: str, reply: str) -> None:
+        await self.nc.publish(reply, encode(Final(
+            request_id=request_id, pod="n1", metro="fra", tier="standard",
+            choices=[ChoiceDelta(content="hi", finish_reason="stop")])))
+
+    async def release_all(self) -> None:
+        held, self.held = self.held, []
+        for request_id, reply in held:
+            await self.answer(request_id, reply)
+
+
+@dataclass
+class Api:
+    nc: Client
+    router: Router
+    inference: InferenceClient
+    admission: Admission
+    dispatcher: Dispatcher
+
+    def assert_idle(self) -> None:
+        assert self.router.inflight == {}
+        assert self.inference._channels == {}
+        assert self.inference._by_node == {}
+        assert self.admission._queues == {}
+
+
+@pytest.fixture
+async def api(nats_server: NatsServer) -> AsyncIterator[Api]:
+    nc = await nats.connect(nats_server.url)
+    router = Router(max_inflight_per_pod=1, replica_id="api-1")
+    router.apply(PlacementView(scheduler_id="s", seq=1, nodes=[NODE],
+                               models=[ModelCard(id="m", created=0)]))
+    inference = InferenceClient(nc, "api-1")
+    await inference.start()
+    admission = Admission(queue_limit=8, per_tenant_limit=8)
+    yield Api(nc, router, inference, admission, Dispatcher(router, inference, 10.0, admission))
+    await nc.close()
+
+
+@pytest.fixture
+async def pod(nats_server: NatsServer) -> AsyncIterator[Pod]:
+    pod = Pod(await nats.connect(nats_server.url))
+    await pod.start()
+    yield pod
+    await pod.nc.close()
+
+
+def job(body: bytes = b"{}") -> Job:
+    return Job(endpoint="chat.completions", model="m", stream=False, body=body,
+               query=PlacementQuery(model="m"))
+
+
+async def test_a_whole_request_gives_everything_back(api: Api, pod: Pod) -> None:
+    call = await api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL)
+    final = await api.dispatcher.finish(call)
+    assert final.choices[0].content == "hi"
+    api.assert_idle()
+    await api.dispatcher.close(call)  # a second close does nothing
+    api.assert_idle()
+
+
+async def test_a_publish_that_fails_gives_everything_back(api: Api, pod: Pod) -> None:
+    too_big = b"x" * (api.nc.max_payload + 1)
+    with pytest.raises(PayloadTooLarge):
+        await api.dispatcher.start(job(too_big), time.perf_counter(), PRINCIPAL)
+    api.assert_idle()
+    # And while NATS is unreachable (a reconnect): the publish fails after the
+    # slot was taken.
+    await api.nc.close()
+    with pytest.raises(Exception):  # noqa: B017 - nats-py's connection-closed error
+        await api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL)
+    api.assert_idle()
+
+
+async def test_a_request_across_a_nats_restart_gives_everything_back(
+        nats_server: NatsServer, pod: Pod) -> None:
+    nc = await nats.connect(nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    router = Router(max_inflight_per_pod=1, replica_id="api-2")
+    router.apply(PlacementView(scheduler_id="s", seq=1, nodes=[NODE],
+                               models=[ModelCard(id="m", created=0)]))
+    inference = InferenceClient(nc, "api-2")
+    await inference.start()
+    admission = Admission(queue_limit=8, per_tenant_limit=8)
+    api = Api(nc, router, inference, admission, Dispatcher(router, inference, 3.0, admission))
+    pod.hold = True
+    pending = asyncio.create_task(api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL))
+    while not pod.held:
+        await asyncio.sleep(0.01)
+    nats_server.restart()  # the pod's answer is lost with the old connection
+    with pytest.raises(Exception):  # noqa: B017 - the deadline passes: 504
+        await pending
+    api.assert_idle()
+    await nc.close()
+
+
+async def test_a_cancelled_waiter_and_a_cancelled_request_give_everything_back(
+        api: Api, pod: Pod) -> None:
+    pod.hold = True
+    first = asyncio.create_task(api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL))
+    while not pod.held:
+        await asyncio.sleep(0.01)
+    # The pod's one slot is taken: the next request waits in line.
+    second = asyncio.create_task(api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL))
+    while not api.admission._queues:
+        await asyncio.sleep(0.01)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert api.admission._queues == {}
+    # The first is cancelled while waiting for its pod (its client left):
+    # its slot comes back and the pod is told to stop.
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    api.assert_idle()
+    await asyncio.sleep(0.2)
+    assert len(pod.cancelled) == 1
+
+
+async def test_a_stream_nobody_read_is_closed_by_its_reply(api: Api, pod: Pod) -> None:
+    """A stream whose client left before its first event: the reply's close
+    gives everything back and stops the pod (its generator never ran)."""
+    from volt.control_api.chat import ChatCompletions
+
+    pod.hold = True
+    chat = ChatCompletions(api.dispatcher)
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+    starting = asyncio.create_task(chat.create(body, time.perf_counter(), PRINCIPAL))
+    while not pod.held:
+        await asyncio.sleep(0.01)
+    await pod.release_all()  # the pod answers its first (and last) message
+    reply = await starting
+    assert api.router.inflight == {"n1": 1}
+    await reply.close()  # what the HTTP layer does in its finally
+    api.assert_idle()
+
+
+async def test_no_pod_at_all_takes_nothing(api: Api) -> None:
+    api.router.apply(PlacementView(scheduler_id="s", seq=2, nodes=[],
+                                   models=[ModelCard(id="m", created=0)]))
+    with pytest.raises(ServiceUnavailable):
+        await api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL)
+    api.assert_idle()
+
