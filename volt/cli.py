@@ -42,7 +42,7 @@ def _up(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         try:
-            await run_up(config, config_path=args.config)
+            await run_up(config, config_path=args.config, software_tpm=not args.no_tpm)
         except (AlreadyRunning, StartFailed) as exc:
             failure.append(str(exc))
 
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", parents=[common], help="run a whole Volt on this machine")
     up.add_argument("--api-port", type=int, help="API port (0: a free port); default 8080")
     up.add_argument("--nats-port", type=int, help="embedded NATS port (default: a free port)")
+    up.add_argument("--no-tpm", action="store_true",
+                    help="do not give the node a software TPM (swtpm): it runs not_attested")
     up.add_argument("--no-embeddings", action="store_true",
                     help="do not serve the embedding model (all-minilm-l6-v2)")
     up.set_defaults(func=_up)

@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.requirements import require
-from support.swtpm import Swtpm, manufacturer_cas
 
 from volt.attestation import event_log
 from volt.attestation.ek import load_cas
 from volt.attestation.enrolment import Enrolment, EnrolmentRefused
 from volt.attestation.policy import ApprovedVersion, Component, Policy
 from volt.attestation.verifier import EnrolledNode, Evidence, Verifier, check_verdict
+from volt.up.software_tpm import Swtpm, manufacturer_cas
 
 BOOT = [
     (0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),

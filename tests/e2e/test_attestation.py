@@ -16,11 +16,11 @@ import msgspec
 import pytest
 from cryptography import x509
 from support.requirements import require
-from support.swtpm import Swtpm, manufacturer_cas
 
 from volt.attestation import event_log
 from volt.attestation.policy import ApprovedVersion, Component, Policy
 from volt.testing import Cluster
+from volt.up.software_tpm import Swtpm, manufacturer_cas
 from volt.wire import SCHEDULER, PlacementView, ViewQuery, encode, subjects
 
 BOOT = [(0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),

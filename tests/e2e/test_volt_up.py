@@ -16,9 +16,11 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
+from support.requirements import require
 
 from volt.agent.engine.tiny_model import MODEL_ID
 from volt.testing import free_port
+from volt.up.software_tpm import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +78,15 @@ def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> 
                 model=MODEL_ID, messages=[{"role": "user", "content": "hello"}], max_tokens=4
             )
             assert reply.model_extra["volt"]["pod"]  # type: ignore[index]
+            # With swtpm installed (CI has it), the node attests: a software TPM,
+            # enrolment, its bus SVID earned by attestation, a passing verdict.
+            if unavailable() is None:
+                assert "Attestation  attested by a software TPM" in banner
+                assert reply.model_extra["volt"]["attestation"] == "attested"  # type: ignore[index]
+                assert [(folder / "node" / "svid.pem").exists()
+                        for folder in (data / "bus").glob("enrol-*")] == [True]
+            else:
+                require(f"volt up's software TPM: {unavailable()}")
             # The embedding model is served beside the chat model.
             assert "all-minilm-l6-v2" in banner
             vectors = sdk.embeddings.create(model="all-minilm-l6-v2", input=["a", "b"])
@@ -124,19 +135,22 @@ def test_a_bad_config_file_is_named(tmp_path: Path) -> None:
 
 
 def test_volt_up_without_embeddings_on_any_free_port(tmp_path: Path, tiny_model: Path) -> None:
-    """The options the README offers: --no-embeddings and --api-port 0."""
+    """The options the README offers: --no-embeddings, --no-tpm and --api-port 0."""
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     (data / "models" / MODEL_ID).symlink_to(tiny_model)
-    up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings")
+    up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings", "--no-tpm")
     try:
         banner = Output(up).until(r"Press Ctrl-C to stop", timeout_s=180)
         base_url = re.search(r"Base URL\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
         key = re.search(r"API key\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
         assert re.search(r"Models\s+volt-tiny\s*$", banner, re.MULTILINE), banner
-        assert "Attestation  not_attested" in banner
+        assert "Attestation  not_attested (volt up --no-tpm" in banner
         with openai.OpenAI(base_url=base_url, api_key=key) as sdk:
             assert [m.id for m in sdk.models.list()] == [MODEL_ID]
+            reply = sdk.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "hello"}], max_tokens=1)
+            assert reply.model_extra["volt"]["attestation"] == "not_attested"  # type: ignore[index]
             with pytest.raises(openai.NotFoundError):
                 sdk.embeddings.create(model="all-minilm-l6-v2", input="a")
         up.send_signal(signal.SIGINT)

@@ -33,6 +33,13 @@ from volt.processes import python_command, spawn, terminate
 from volt.store import Database
 from volt.up.bootstrap import ensure_dev_key
 from volt.up.nats_server import NatsServer, free_port
+from volt.up.software_tpm import (
+    DEVELOPMENT_BOOT,
+    Swtpm,
+    development_policy,
+    manufacturer_cas,
+    unavailable,
+)
 
 SERVICES = ("scheduler", "agent", "api")
 READY_TIMEOUT_S = 300.0
@@ -119,10 +126,13 @@ async def _wait_ready(port: int, key: str, children: dict[str, asyncio.subproces
 
 
 def _banner(base_url: str, key: str, data: Path, embedding_model: str,
-            unsealed: str | None) -> str:
+            unsealed: str | None, no_tpm: str | None) -> str:
     models = f"{MODEL_ID}, {embedding_model} (embeddings)" if embedding_model else MODEL_ID
     seal = ("sealed (each in a network namespace of its own: no egress)" if unsealed is None
             else f"NOT SEALED — {unsealed}; development only (responses say \"insecure\")")
+    attestation = ("attested by a software TPM (swtpm, a fixed development boot: it proves "
+                   "nothing about this machine)" if no_tpm is None
+                   else f"not_attested ({no_tpm}; responses say so)")
     return f"""
 Volt is up.
 
@@ -130,7 +140,7 @@ Volt is up.
   API key      {key}
   Models       {models}
   Engines      {seal}
-  Attestation  not_attested (no TPM given to this development node; responses say so)
+  Attestation  {attestation}
   Bus          mutual TLS, one least-privilege identity per process ({data / 'bus'})
   Data folder  {data}   (logs in {data / 'logs'})
 
@@ -154,7 +164,8 @@ Press Ctrl-C to stop.
 
 
 async def run_up(config: VoltConfig, *, config_path: Path | None = None,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO = sys.stdout, software_tpm: bool = True) -> None:
+    """``software_tpm``: give the node swtpm where it is installed, so it attests."""
     data = config.data_path
     with data_dir_lock(data) as state_path:
         logs = data / "logs"
@@ -172,13 +183,36 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
         finally:
             await db.close()
 
+        # The node attests as in production where swtpm is installed: a software
+        # TPM, a fixed development "boot" and a policy approving exactly it.
+        no_tpm = "volt up --no-tpm" if not software_tpm else unavailable()
+        tpm = None if no_tpm else Swtpm(data / "tpm")
+        attestation_env = {"VOLT_ATTESTATION_REQUIRED": "0"}
+        if tpm is not None:
+            out.write("Starting a software TPM (swtpm) for the node…\n")
+            out.flush()
+            await asyncio.to_thread(tpm.start)
+            await asyncio.to_thread(tpm.boot, DEVELOPMENT_BOOT)
+            folder = data / "attestation"
+            folder.mkdir(exist_ok=True)
+            (folder / "policy.json").write_bytes(development_policy())
+            (folder / "ek-cas.pem").write_bytes(await asyncio.to_thread(manufacturer_cas))
+            attestation_env = {
+                "VOLT_ATTESTATION_REQUIRED": "1",
+                "VOLT_ATTESTATION_POLICY_FILE": str(folder / "policy.json"),
+                "VOLT_ATTESTATION_EK_CA_FILE": str(folder / "ek-cas.pem"),
+                "VOLT_AGENT_TPM": tpm.tcti,
+                "VOLT_AGENT_EVENT_LOG": str(tpm.log_path),
+            }
         # The bus is secured as in production: each process its own X.509-SVID
-        # and only its role's permissions (volt/wire/permissions.py).
+        # and only its role's permissions (volt/wire/permissions.py). With a TPM
+        # the node starts with an enrolment identity and earns its own.
         authority = BusAuthority(data / "bus", config.secrets_path(),
                                  config.identity.trust_domain)
+        issue_node = authority.node if tpm is None else authority.enrolling_node
         svid_dirs = {
             "scheduler": authority.scheduler(),
-            "agent": authority.node(config.agent.metro, config.node_id()),
+            "agent": issue_node(config.agent.metro, config.node_id()),
             "api": authority.api("api"),
         }
         nats = NatsServer(
@@ -196,9 +230,9 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
             unsealed = str(exc)
         env = {
             **os.environ,
-            # No TPM here (volt up gives its agent none): the node runs visibly
-            # not_attested, which production's attestation.required refuses.
-            "VOLT_ATTESTATION_REQUIRED": "0",
+            # Without a TPM the node runs visibly not_attested, which production's
+            # attestation.required refuses.
+            **attestation_env,
             "VOLT_AGENT_INSECURE_UNSEALED": "1" if unsealed else "0",
             "VOLT_SCHEDULER_ALLOW_UNSEALED": "1" if unsealed else "0",
             "VOLT_DATA_DIR": str(data),
@@ -227,7 +261,8 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 )
             await _wait_ready(api_port, key, children, _probes(config), out)
             state_path.write_text(json.dumps({"pid": os.getpid(), "base_url": base_url}))
-            out.write(_banner(base_url, key, data, config.agent.embedding_model, unsealed))
+            out.write(_banner(base_url, key, data, config.agent.embedding_model, unsealed,
+                              no_tpm))
             out.flush()
             waits = {asyncio.ensure_future(child.wait()): name for name, child in children.items()}
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -241,5 +276,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 if name in children:
                     await terminate(children[name])
             await asyncio.to_thread(nats.stop)
+            if tpm is not None:
+                await asyncio.to_thread(tpm.stop)
             for handle in log_handles:
                 handle.close()

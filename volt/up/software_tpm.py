@@ -1,6 +1,12 @@
-"""A software TPM for the tests: swtpm on free loopback ports, manufactured by
-``swtpm_setup`` with an EK certificate from swtpm's local CA, booted with a
-measured-boot event log the tests choose.
+"""A software TPM: swtpm on free loopback ports, manufactured by ``swtpm_setup``
+with an EK certificate from swtpm's local CA, booted with a measured-boot event
+log of the caller's choosing.
+
+``volt up`` gives its node one where swtpm is installed, so a development
+machine runs the whole attestation path (enrolment, the node's bus SVID earned
+by attestation, quotes) instead of skipping it; the tests use it the same way.
+It proves nothing about the machine it runs on: its "boot" is a fixed list of
+measurements (``DEVELOPMENT_BOOT``), and its policy approves exactly those.
 
 ``boot`` plays firmware: it extends the measurements into the PCRs and keeps
 the matching TCG2 event log. ``reboot`` restarts swtpm on the same state
@@ -12,6 +18,8 @@ must not lock the next one out); ``Tpm`` flushes leftover transient objects.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -22,7 +30,64 @@ from volt.attestation import event_log
 from volt.processes import _die_with_parent
 from volt.up.nats_server import free_port
 
-LOCALCA = Path("/var/lib/swtpm-localca")
+DEVELOPMENT_BOOT = [
+    (0, event_log.EV_S_CRTM_VERSION, b"volt development firmware (swtpm)"),
+    (7, event_log.EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1"),
+    (4, event_log.EV_EFI_BOOT_SERVICES_APPLICATION, b"volt development bootloader"),
+    (9, event_log.EV_IPL, b"volt development kernel"),
+]
+"""What ``volt up``'s software TPM measures at each start (it has no real boot)."""
+
+
+def unavailable() -> str | None:
+    """Why this machine cannot run a software TPM (None: it can)."""
+    missing = [tool for tool in ("swtpm", "swtpm_setup") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        return "tpm2-pytss is not installed (pip install 'volt[tpm]')"
+    return None
+
+
+def localca_dir() -> Path:
+    """Where swtpm's local CA keeps its certificates (its configuration says)."""
+    for config in (Path.home() / ".config" / "swtpm-localca.conf",
+                   Path("/etc/swtpm-localca.conf")):
+        with contextlib.suppress(OSError):
+            for line in config.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "statedir":
+                    return Path(value.strip())
+    return Path("/var/lib/swtpm-localca")
+
+
+def manufacturer_cas() -> bytes:
+    """swtpm's local CA (its root and the issuer of EK certificates), as PEM."""
+    folder = localca_dir()
+    return (folder / "issuercert.pem").read_bytes() + \
+        (folder / "swtpm-localca-rootca-cert.pem").read_bytes()
+
+
+def development_policy() -> bytes:
+    """The reference policy (JSON) that approves exactly ``DEVELOPMENT_BOOT``."""
+    import hashlib
+
+    import msgspec
+
+    from volt.attestation.policy import ApprovedVersion, Component, Policy
+
+    def approved(data: bytes) -> list[ApprovedVersion]:
+        return [ApprovedVersion(version="dev", digests=[hashlib.sha256(data).hexdigest()])]
+
+    firmware, secure_boot, bootloader, kernel = (data for _, _, data in DEVELOPMENT_BOOT)
+    return msgspec.json.encode(Policy(name="volt-up-development", version=1, pcrs=[0, 4, 7, 9],
+                                      components={
+        "firmware": Component(pcrs=[0], approved=approved(firmware)),
+        "bootloader": Component(pcrs=[4], approved=approved(bootloader)),
+        "secure_boot": Component(pcrs=[7], approved=approved(secure_boot)),
+        "kernel": Component(pcrs=[9], approved=approved(kernel))}))
 
 
 def _free(port: int) -> bool:
@@ -32,12 +97,6 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def manufacturer_cas() -> bytes:
-    """swtpm's local CA (its root and the issuer of EK certificates), as PEM."""
-    return (LOCALCA / "issuercert.pem").read_bytes() + \
-        (LOCALCA / "swtpm-localca-rootca-cert.pem").read_bytes()
 
 
 class Swtpm:
@@ -58,6 +117,9 @@ class Swtpm:
 
     def manufacture(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:  # swtpm's local CA then lives in the user's folders
+            subprocess.run(["swtpm_setup", "--create-config-files", "skip-if-exist"],
+                           check=True, capture_output=True, timeout=60)
         subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(self.state),
                         "--create-ek-cert", "--create-platform-cert", "--lock-nvram",
                         "--overwrite"], check=True, capture_output=True, timeout=60)
@@ -81,9 +143,17 @@ class Swtpm:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError((self.root / "swtpm.log").read_text()[-2000:])
             time.sleep(0.05)
-        subprocess.run(["tpm2_dictionarylockout", "--clear-lockout", "-T", self.tcti],
-                       check=True, capture_output=True, timeout=30)
+        self._clear_lockout()
         return self
+
+    def _clear_lockout(self) -> None:
+        """A client that failed mid-way must not lock the next one out."""
+        from tpm2_pytss.constants import ESYS_TR
+
+        from volt.attestation.tpm import Tpm
+
+        with Tpm(self.tcti) as tpm:
+            tpm.esapi.dictionary_attack_lock_reset(ESYS_TR.LOCKOUT)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
