@@ -201,8 +201,11 @@ class AgentSettings(_Section):
     ``insecure``, and only a scheduler with ``allow_unsealed`` places work here."""
     heartbeat_interval_s: PositiveFloat = 2.0
     engine: Literal["cpu", "vllm"] = "cpu"
-    engine_mode: Literal["model", "instant"] = "model"
-    """``instant`` returns fixed tokens with no model: for measuring Volt itself."""
+    engine_mode: Literal["model", "instant", "paced"] = "model"
+    """``instant`` returns fixed tokens with no model: for measuring Volt itself;
+    ``paced`` the same tokens at a GPU's cadence (``paced_ttft_ms``, ``paced_itl_ms``)."""
+    paced_ttft_ms: PositiveFloat = 100.0
+    paced_itl_ms: PositiveFloat = 20.0
     model: SubjectToken = "volt-tiny"
     engine_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
     engine_socket: str = ""

@@ -283,3 +283,34 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+async def test_the_paced_engine_sends_each_token_on_its_own_schedule(tiny_model: Path,
+                                                                     tmp_path: Path) -> None:
+    """``paced``: the first token no sooner than TTFT after the request, then one
+    per ITL, each in its own event (what a GPU's decoding steps look like)."""
+    import time
+
+    from volt.testing.engine import start_cpu_engine
+
+    socket = tmp_path / "paced.sock"
+    process = start_cpu_engine(tiny_model, socket, mode="paced")  # 100 ms, then 20 ms
+    client = EngineClient(socket)
+    try:
+        started = time.monotonic()
+        arrivals = []
+        async for batch in client.stream("/v1/chat/completions",
+                                         chat(max_tokens=10, stream=True)):
+            contents = [c for c in batch.chunks if c.choices and c.choices[0].delta
+                        and c.choices[0].delta.content]
+            if contents:
+                arrivals.append((time.monotonic() - started, len(contents)))
+        # Lower bounds only (a late wake-up may bunch tokens, never hurry them).
+        assert arrivals[0][0] >= 0.1
+        assert arrivals[-1][0] >= 0.1 + 9 * 0.02
+        assert sum(count for _, count in arrivals) == 10
+        assert len(arrivals) >= 5  # spread out, not one burst
+    finally:
+        await client.close()
+        process.terminate()
+        process.wait(10)

@@ -94,6 +94,17 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     overhead.add_argument("--json", type=Path, help="also write the figures here")
     overhead.set_defaults(func=run)
 
+    relay = bench.add_parser(
+        "relay", help="CPU per relayed token and added TTFT/ITL, with the paced engine")
+    relay.add_argument("--tokens", type=int, default=50, help="tokens per stream")
+    relay.add_argument("--concurrency", type=_concurrencies, default=[64, 256, 1024],
+                       help="comma-separated concurrent streams (default 64,256,1024)")
+    relay.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    relay.add_argument("--ttft-ms", type=float, default=100.0)
+    relay.add_argument("--itl-ms", type=float, default=20.0)
+    relay.add_argument("--json", type=Path, help="also write the figures here")
+    relay.set_defaults(func=run)
+
     identity = bench.add_parser(
         "identity", help="what authentication, limits and audit add per request; the audit log "
                          "at a million events")
@@ -153,6 +164,11 @@ def run_bench(args: argparse.Namespace) -> None:
         run_overhead(tokens=args.tokens, concurrencies=args.concurrency,
                      sequential_requests=args.requests, duration_s=args.duration,
                      json_path=args.json, api_servers=servers)
+    elif args.bench == "relay":
+        from volt.bench.relay import run_relay
+
+        run_relay(tokens=args.tokens, concurrencies=args.concurrency, duration_s=args.duration,
+                  ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, json_path=args.json)
     elif args.bench == "identity":
         from volt.bench.identity import run_identity_bench
 

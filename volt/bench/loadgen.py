@@ -25,6 +25,9 @@ class Sample:
     ok: bool
     latency_s: float
     ttft_s: float | None = None
+    gaps_s: tuple[float, ...] = ()
+    """Streams: the time between consecutive arrivals that carried tokens (ITL
+    as the client sees it; tokens that arrive together count as one arrival)."""
 
 
 @dataclass
@@ -85,11 +88,18 @@ async def _one(http: Http1Client, path: str, body: bytes, stream: bool) -> Sampl
                 return Sample(response.status == 200, time.perf_counter() - started)
             ttft = None
             tail = b""
+            gaps: list[float] = []
+            last = 0.0
             async for data in response.chunks():
-                if ttft is None and b'"content"' in data:
-                    ttft = time.perf_counter() - started
+                if b'"content"' in data:
+                    now = time.perf_counter()
+                    if ttft is None:
+                        ttft = now - started
+                    else:
+                        gaps.append(now - last)
+                    last = now
                 tail = (tail + data)[-64:]
-            return Sample(b"[DONE]" in tail, time.perf_counter() - started, ttft)
+            return Sample(b"[DONE]" in tail, time.perf_counter() - started, ttft, tuple(gaps))
     except (HttpError, OSError):
         return Sample(False, time.perf_counter() - started)
 

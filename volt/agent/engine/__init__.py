@@ -17,6 +17,8 @@ def cpu_engine_command(config: VoltConfig) -> list[str]:
         "--model-id", config.agent.model,
         "--mode", config.agent.engine_mode,
         "--threads", str(config.agent.engine_threads),
+        "--ttft-ms", str(config.agent.paced_ttft_ms),
+        "--itl-ms", str(config.agent.paced_itl_ms),
     )
 
 

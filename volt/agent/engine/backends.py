@@ -420,6 +420,44 @@ class TransformersBackend(_TokenizedBackend):
 INSTANT_TEXT = "Volt serves tokens from sovereign metros. "
 
 
+class PacedBackend(_TokenizedBackend):
+    """A GPU's token cadence without a GPU: the first token ``ttft_s`` after the
+    request, then one every ``itl_s``, each its own event, as a decoding step
+    produces it. No model: a 2-core machine can pace hundreds of streams, so
+    what Volt spends relaying each token can be measured at a GPU's rate."""
+
+    def __init__(self, model_dir: Path, model_id: str, *, ttft_s: float, itl_s: float) -> None:
+        self.model_id = model_id
+        self.max_context = 1 << 20
+        self.tokenizer = _Tokenizer(model_dir)
+        self.ttft_s, self.itl_s = ttft_s, itl_s
+        ids = self.tokenizer.encode(INSTANT_TEXT)
+        self._pieces = [self.tokenizer.decode([i]) for i in ids]
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[TokenEvent, None]:
+        loop = asyncio.get_running_loop()
+        started, n, pieces = loop.time(), params.max_new_tokens, self._pieces
+        for i in range(n):
+            # On a schedule from the start, so a late wake-up does not push
+            # every later token back.
+            delay = started + self.ttft_s + i * self.itl_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield TokenEvent([pieces[i % len(pieces)]], "length" if i == n - 1 else None,
+                             tokens=1)
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        return []
+
+    def kv_cache_usage(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass
+
+
 class InstantBackend(_TokenizedBackend):
     """Fixed tokens, produced instantly: measures everything but the model."""
 

@@ -34,6 +34,7 @@ from volt.agent.engine.backends import (
     Backend,
     EngineFailure,
     InstantBackend,
+    PacedBackend,
     SamplingParams,
     TokenEvent,
     TransformersBackend,
@@ -435,7 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--port", type=int, help="127.0.0.1 TCP instead (benchmarks only)")
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--model-id", default=MODEL_ID)
-    parser.add_argument("--mode", choices=["model", "instant"], default="model")
+    parser.add_argument("--mode", choices=["model", "instant", "paced"], default="model")
+    parser.add_argument("--ttft-ms", type=float, default=100.0, help="paced: first token after")
+    parser.add_argument("--itl-ms", type=float, default=20.0, help="paced: then one token every")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--default-max-tokens", type=int, default=256)
     args = parser.parse_args(argv)
@@ -446,6 +449,9 @@ def main(argv: list[str] | None = None) -> None:
     backend: Backend
     if args.mode == "instant":
         backend = InstantBackend(args.model_dir, args.model_id)
+    elif args.mode == "paced":
+        backend = PacedBackend(args.model_dir, args.model_id, ttft_s=args.ttft_ms / 1000,
+                               itl_s=args.itl_ms / 1000)
     else:
         backend = TransformersBackend(args.model_dir, args.model_id, threads=args.threads)
     server = EngineServer(backend, default_max_tokens=args.default_max_tokens)
