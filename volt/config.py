@@ -212,6 +212,10 @@ class AgentSettings(_Section):
     """Empty: a private runtime folder (Unix socket paths must stay short)."""
     max_inflight: Annotated[int, msgspec.Meta(ge=1)] = 512
     engine_startup_timeout_s: PositiveFloat = 300.0
+    stream_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 3.0
+    """Stream chunks for one API replica produced within this long travel in one
+    bus message (a stream's first token, final answers and errors never wait;
+    0: every chunk its own message)."""
     engine_probe_interval_s: PositiveFloat = 1.0
     """How often a running engine is asked ``/health`` (each ask waits as long)."""
     engine_hang_timeout_s: PositiveFloat = 15.0

@@ -69,6 +69,10 @@ def test_n_choices(sdk: openai.OpenAI) -> None:
         assert 3 <= reply.usage.completion_tokens < 3 * 6
     chunks = list(complete(sdk, n=2, max_tokens=4, stream=True))
     assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+    # One choice per chunk, as OpenAI streams them, finishes included.
+    assert all(len(c.choices) <= 1 for c in chunks)
+    assert sorted(c.choices[0].index for c in chunks
+                  if c.choices and c.choices[0].finish_reason) == [0, 1]
 
 
 def test_logprobs_and_top_logprobs(sdk: openai.OpenAI) -> None:

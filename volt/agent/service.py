@@ -29,6 +29,7 @@ from volt.agent.engine.client import (
     EngineRejected,
     EngineUnavailable,
 )
+from volt.agent.outbox import ReplyOutbox
 from volt.agent.seal import Seal, SealCheck
 from volt.agent.telemetry import GpuCollector, GpuTelemetry
 from volt.agent.usage import UsagePublisher
@@ -105,8 +106,12 @@ class Agent:
         gpu_interval_s: float = 5.0,
         insecure: bool = False,
         attestation: AttestationClient | None = None,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self.node_id = subjects.token(node_id)
+        self.stream_interval_s = stream_interval_s
+        """Replies to one API replica within this long ride in one bus message."""
+        self.outbox: ReplyOutbox | None = None
         self.metro = subjects.token(metro)
         self.tier = tier
         self.capacity = capacity
@@ -131,6 +136,7 @@ class Agent:
     async def run(self, nc: Client) -> None:
         """Serve until cancelled, then say goodbye so placement drops us at once."""
         self._nc = nc
+        self.outbox = ReplyOutbox(nc.publish, self.stream_interval_s)
         await nc.subscribe(
             subjects.infer(self.metro, self.node_id), cb=self._on_request,
             pending_msgs_limit=65536,
@@ -154,6 +160,7 @@ class Agent:
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
+            await self.outbox.flush_all()
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             with contextlib.suppress(Exception):
@@ -284,8 +291,8 @@ class Agent:
     async def _reply(
         self, subject: str, message: StreamChunk | EmbeddingChunk | Final | InferenceError
     ) -> None:
-        assert self._nc is not None
-        await self._nc.publish(subject, encode(message))
+        assert self.outbox is not None
+        await self.outbox.send(subject, message)
 
     async def _serve(self, request: InferenceRequest, reply: str) -> None:
         received = time.perf_counter()

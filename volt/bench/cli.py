@@ -102,6 +102,8 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     relay.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     relay.add_argument("--ttft-ms", type=float, default=100.0)
     relay.add_argument("--itl-ms", type=float, default=20.0)
+    relay.add_argument("--stream-interval-ms", type=float, default=3.0,
+                       help="the agent's agent.stream_interval_ms (0: one message per chunk)")
     relay.add_argument("--json", type=Path, help="also write the figures here")
     relay.set_defaults(func=run)
 
@@ -168,7 +170,8 @@ def run_bench(args: argparse.Namespace) -> None:
         from volt.bench.relay import run_relay
 
         run_relay(tokens=args.tokens, concurrencies=args.concurrency, duration_s=args.duration,
-                  ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, json_path=args.json)
+                  ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, json_path=args.json,
+                  stream_interval_ms=args.stream_interval_ms)
     elif args.bench == "identity":
         from volt.bench.identity import run_identity_bench
 

@@ -124,10 +124,12 @@ def render(rows: list[Row], deltas: list[dict[str, Any]]) -> str:
 
 
 def run_relay(*, tokens: int, concurrencies: list[int], duration_s: float, ttft_ms: float,
-              itl_ms: float, json_path: Path | None) -> dict[str, Any]:
+              itl_ms: float, json_path: Path | None,
+              stream_interval_ms: float = 3.0) -> dict[str, Any]:
     from volt.testing import Cluster
 
     pacing = {"VOLT_AGENT_PACED_TTFT_MS": str(ttft_ms), "VOLT_AGENT_PACED_ITL_MS": str(itl_ms),
+              "VOLT_AGENT_STREAM_INTERVAL_MS": str(stream_interval_ms),
               "VOLT_AGENT_MAX_INFLIGHT": "100000", "VOLT_API_MAX_INFLIGHT_PER_POD": "100000"}
     with tempfile.TemporaryDirectory(prefix="volt-bench-") as tmp, \
             Cluster(Path(tmp), heartbeat_interval_s=1.0, engine_mode="paced",
@@ -152,7 +154,7 @@ def run_relay(*, tokens: int, concurrencies: list[int], duration_s: float, ttft_
                     "platform": platform.platform()},
         "settings": {"tokens": tokens, "concurrencies": concurrencies,
                      "duration_s": duration_s, "ttft_ms": ttft_ms, "itl_ms": itl_ms,
-                     "engine": "paced"},
+                     "engine": "paced", "stream_interval_ms": stream_interval_ms},
         "goals": GOALS,
         "results": [asdict(r) for r in rows],
         "added": deltas,

@@ -25,7 +25,16 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 
 from volt.control_api.errors import PayloadTooLarge
-from volt.wire import REPLY, Cancel, InferenceRequest, NodeView, encode, subjects
+from volt.wire import (
+    REPLIES,
+    REPLY,
+    Cancel,
+    InferenceRequest,
+    NodeView,
+    ReplyBatch,
+    encode,
+    subjects,
+)
 from volt.wire.bus import is_no_responders
 from volt.wire.messages import ReplyMessage
 
@@ -102,7 +111,16 @@ class InferenceClient:
         )
 
     async def _on_reply(self, msg: Msg) -> None:
-        channel = self._channels.get(msg.subject.rpartition(".")[2])
+        last = msg.subject.rpartition(".")[2]
+        if last == subjects.BATCH:
+            batch = REPLIES.decode_or_drop(msg.data)
+            if isinstance(batch, ReplyBatch):
+                for one in batch.replies:
+                    # Only this replica's own requests: a batch cannot reach others'.
+                    if (channel := self._channels.get(one.request_id)) is not None:
+                        channel.put(one)
+            return
+        channel = self._channels.get(last)
         if channel is None:
             return  # a late reply for a request that already ended
         if is_no_responders(msg):

@@ -407,15 +407,14 @@ def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
 
     def render_deltas(deltas: list[ChoiceDelta], out: list[bytes]) -> None:
         nonlocal first_token
-        choices = []
         for delta in deltas:
             if delta.finish_reason is not None:
                 finish[delta.index] = delta.finish_reason
             if delta.content or delta.logprobs:
-                choices.append(fmt.choice(delta))
-        if choices:
-            first_token = first_token or time.perf_counter()
-            out.append(fmt.chunk(choices, usage=pending_usage))
+                # One choice per chunk, as OpenAI streams them (with n > 1 the
+                # pod's deltas for several choices may arrive together).
+                first_token = first_token or time.perf_counter()
+                out.append(fmt.chunk([fmt.choice(delta)], usage=pending_usage))
 
     def render(reply: Reply, out: list[bytes]) -> bool:
         if isinstance(reply, StreamChunk):
@@ -424,13 +423,17 @@ def stream_events(dispatcher: Dispatcher, call: PodCall, fmt: ChunkFormat,
         assert isinstance(reply, Final)
         render_deltas(reply.choices, out)
         volt = dispatcher.volt_block(call, reply, first_token)
-        closing = [fmt.closing(i, reason) for i, reason in sorted(finish.items())] \
-            or [fmt.closing(0, "stop")]
+        # Each choice's finish in a chunk of its own, as OpenAI sends them; the
+        # volt block rides on the last chunk before [DONE].
+        closing = sorted(finish.items()) or [(0, "stop")]
+        for position, (index, reason) in enumerate(closing):
+            last = position == len(closing) - 1 and not include_usage
+            if include_usage:
+                out.append(fmt.chunk([fmt.closing(index, reason)], usage=None))
+            else:
+                out.append(fmt.chunk([fmt.closing(index, reason)], volt=volt if last else None))
         if include_usage:
-            out.append(fmt.chunk(closing, usage=None))
             out.append(fmt.chunk([], usage=usage_of(reply), volt=volt))
-        else:
-            out.append(fmt.chunk(closing, volt=volt))
         out.append(DONE)
         return True
 

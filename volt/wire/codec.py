@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from volt.wire.messages import (
     WIRE_VERSION,
     AttestMessage,
+    BatchedReplyMessage,
     IdentityMessage,
     InferenceMessage,
     NodeMessage,
@@ -105,6 +106,8 @@ NODE: FamilyDecoder[NodeMessage] = FamilyDecoder("node", NodeMessage)
 SCHEDULER: FamilyDecoder[SchedulerMessage] = FamilyDecoder("scheduler", SchedulerMessage)
 INFERENCE: FamilyDecoder[InferenceMessage] = FamilyDecoder("inference", InferenceMessage)
 REPLY: FamilyDecoder[ReplyMessage] = FamilyDecoder("reply", ReplyMessage)
+REPLIES: FamilyDecoder[BatchedReplyMessage] = FamilyDecoder("reply", BatchedReplyMessage)
+"""What the API reads on its reply subjects: one reply, or a batch of them."""
 USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)
 IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMessage)
 ATTEST: FamilyDecoder[AttestMessage] = FamilyDecoder("attest", AttestMessage)

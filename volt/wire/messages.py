@@ -279,6 +279,18 @@ InferenceMessage = InferenceRequest | Cancel
 ReplyMessage = StreamChunk | EmbeddingChunk | Final | InferenceError
 
 
+class ReplyBatch(WireMessage, frozen=True, kw_only=True, tag="infer.batch"):
+    """Replies to several requests of one API replica that a pod produced within
+    one stream interval, in one bus message (``subjects.batch_reply``): a busy pod
+    sends one message per tick per replica instead of one per token per stream.
+    Each reply names its request; they are in the order they were produced."""
+
+    replies: list[StreamChunk | EmbeddingChunk | Final | InferenceError]
+
+
+BatchedReplyMessage = ReplyMessage | ReplyBatch
+
+
 # --- usage family: agent -> JetStream -> scheduler (global, counts only) --------
 
 

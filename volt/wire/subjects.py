@@ -144,6 +144,15 @@ def parse_reply(subject: str) -> ReplySubject | None:
     return ReplySubject(parts[1], parts[3], parts[4])
 
 
+BATCH = "batch"
+"""The last token of a batch reply subject (request ids are hex: never this)."""
+
+
+def batch_reply(metro: str, replica_id: str) -> str:
+    """Payload: a pod's replies to many requests of one API replica (``ReplyBatch``)."""
+    return f"volt.{token(metro)}.reply.{token(replica_id)}.{BATCH}"
+
+
 def reply_wildcard(replica_id: str) -> str:
     """All reply subjects of one API replica, in every metro it routes to."""
     return f"volt.*.reply.{token(replica_id)}.*"
