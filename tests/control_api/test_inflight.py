@@ -99,16 +99,22 @@ class Api:
         assert self.admission._queues == {}
 
 
+async def api_component(nc: Client, replica_id: str, timeout_s: float) -> Api:
+    """The API's request path on ``nc``: one pod slot on node n1."""
+    router = Router(max_inflight_per_pod=1, replica_id=replica_id)
+    router.apply(PlacementView(scheduler_id="s", seq=1, nodes=[NODE],
+                               models=[ModelCard(id="m", created=0)]))
+    inference = InferenceClient(nc, replica_id)
+    await inference.start()
+    admission = Admission(queue_limit=8, per_tenant_limit=8)
+    return Api(nc, router, inference, admission,
+               Dispatcher(router, inference, timeout_s, admission))
+
+
 @pytest.fixture
 async def api(nats_server: NatsServer) -> AsyncIterator[Api]:
     nc = await nats.connect(nats_server.url)
-    router = Router(max_inflight_per_pod=1, replica_id="api-1")
-    router.apply(PlacementView(scheduler_id="s", seq=1, nodes=[NODE],
-                               models=[ModelCard(id="m", created=0)]))
-    inference = InferenceClient(nc, "api-1")
-    await inference.start()
-    admission = Admission(queue_limit=8, per_tenant_limit=8)
-    yield Api(nc, router, inference, admission, Dispatcher(router, inference, 10.0, admission))
+    yield await api_component(nc, "api-1", 10.0)
     await nc.close()
 
 
@@ -150,13 +156,7 @@ async def test_a_publish_that_fails_gives_everything_back(api: Api, pod: Pod) ->
 async def test_a_request_across_a_nats_restart_gives_everything_back(
         nats_server: NatsServer, pod: Pod) -> None:
     nc = await nats.connect(nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
-    router = Router(max_inflight_per_pod=1, replica_id="api-2")
-    router.apply(PlacementView(scheduler_id="s", seq=1, nodes=[NODE],
-                               models=[ModelCard(id="m", created=0)]))
-    inference = InferenceClient(nc, "api-2")
-    await inference.start()
-    admission = Admission(queue_limit=8, per_tenant_limit=8)
-    api = Api(nc, router, inference, admission, Dispatcher(router, inference, 3.0, admission))
+    api = await api_component(nc, "api-2", 3.0)
     pod.hold = True
     pending = asyncio.create_task(api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL))
     while not pod.held:
