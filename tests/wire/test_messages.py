@@ -24,6 +24,7 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
+    "reply batch": (wire.REPLIES, (wire.ReplyBatch,)),
     "usage": (wire.USAGE, (wire.UsageBatch,)),
     "identity": (wire.IDENTITY, (wire.AuditBatch, wire.CredentialRevoked)),
     "attest": (wire.ATTEST, (wire.AttestEnroll, wire.EnrollChallenge, wire.EnrollProof,

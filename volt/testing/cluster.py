@@ -293,7 +293,7 @@ class Cluster:
 
     def generating(self, nodes: list[str], timeout_s: float = 20) -> str:
         """The node among ``nodes`` whose engine is generating right now."""
-        from volt.agent.engine.client import EngineClient
+        from volt.agent.engine.client import EngineClient, EngineUnavailable
 
         async def find() -> str:
             engines = {n: EngineClient(self.engine_socket(n)) for n in nodes}
@@ -301,8 +301,9 @@ class Cluster:
                 deadline = time.monotonic() + timeout_s
                 while time.monotonic() < deadline:
                     for node, engine in engines.items():
-                        if (await engine.load()).running:
-                            return node
+                        with contextlib.suppress(EngineUnavailable):  # still starting
+                            if (await engine.load()).running:
+                                return node
                     await asyncio.sleep(0.02)
                 raise ClusterError("no engine started generating")
             finally:
