@@ -41,7 +41,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
                  heartbeat_interval_s=0.5) as cluster:
         cluster.add_agent(
             "gpu-1", metro="fra", engine="vllm", vllm_python=str(vllm_python),
-            vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8",
+            # --enforce-eager skips vLLM's torch.compile step (minutes of g++ on
+            # two cores, at every start and restart); what is tested here is the
+            # adapter (its own environment, the socket, streaming, restarts).
+            vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8 --enforce-eager",
             engine_startup_timeout_s="400",
         )
         cluster.start_api()
