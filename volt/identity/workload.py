@@ -16,21 +16,30 @@ otherwise publish as one and believe it is the other.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
 from volt.config import ConfigError, VoltConfig
-
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+from volt.wire import subjects
 
 
 def _segment(value: str) -> str:
-    if not _SEGMENT.fullmatch(value):
-        raise ValueError(f"not a valid SPIFFE ID segment: {value!r}")
-    return value
+    """A name in a workload ID. Node, replica and metro names also name bus
+    subjects, so they obey the one rule for subject tokens (``subjects.token``)."""
+    try:
+        return subjects.token(value)
+    except ValueError:
+        raise ValueError(f"not a valid SPIFFE ID segment: {value!r}") from None
+
+
+def _is_segment(value: str) -> bool:
+    try:
+        _segment(value)
+    except ValueError:
+        return False
+    return True
 
 
 def node_id(trust_domain: str, metro: str, node: str) -> str:
@@ -74,7 +83,7 @@ def parse_id(spiffe_id: str, trust_domain: str) -> WorkloadIdentity:
     if not spiffe_id.startswith(prefix):
         raise ValueError(f"{spiffe_id!r} is not in trust domain {trust_domain}")
     parts = spiffe_id[len(prefix):].split("/")
-    if not all(_SEGMENT.fullmatch(part) for part in parts):
+    if not all(_is_segment(part) for part in parts):
         raise ValueError(f"{spiffe_id!r} is not a Volt workload ID")
     match parts:
         case ["node", metro, name]:
