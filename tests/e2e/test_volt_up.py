@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
+from support.readme import NOT_RUN, Example, Reader, examples
 from support.requirements import require
 
 from volt.agent.engine.tiny_model import MODEL_ID
@@ -92,6 +95,8 @@ def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> 
             vectors = sdk.embeddings.create(model="all-minilm-l6-v2", input=["a", "b"])
             assert [len(item.embedding) for item in vectors.data] == [384, 384]
 
+        run_readme_examples(Reader(base_url.removesuffix("/v1"), key, data, tmp_path))
+
         # A second volt up on the same data folder refuses, clearly.
         second = volt("up", "--data-dir", str(data), "--api-port", str(free_port()))
         refusal, _ = second.communicate(timeout=60)
@@ -115,6 +120,42 @@ def test_volt_up_serves_then_stops_cleanly(tmp_path: Path, tiny_model: Path) -> 
             up.kill()
 
 
+def run_readme_examples(reader: Reader) -> None:
+    """Every example the README shows, as a reader would run it (``support/readme.py``)."""
+    blocks = examples()
+    openai_example = next(e for e in blocks if e.first_line == "from openai import OpenAI")
+    # What the embeddings example continues from: the client the one before it made.
+    client_setup = openai_example.code[:openai_example.code.index("reply =")]
+    ran: list[Example] = []
+    for example in blocks:
+        if any(example.first_line.startswith(first) for first in NOT_RUN):
+            continue
+        if example.first_line.startswith("curl "):
+            [reply] = reader.shell(example)
+            assert json.loads(reply)["choices"][0]["message"]["content"] is not None
+        elif example.first_line.startswith("volt admin orgs create"):
+            outputs = reader.shell(example)
+            assert outputs[0].startswith("org_"), outputs   # the org's id
+            assert "deploy-bot" in outputs[3]                # volt keys list
+            assert "Revoked" in outputs[4]
+            assert "MODEL" in outputs[5].upper()             # volt usage, by model and day
+        elif example is openai_example:
+            output = reader.python(example)
+            assert "'pod':" in output, output
+            assert "'timing':" in output, output
+        elif example.first_line.startswith("vectors = client.embeddings"):
+            assert reader.python(example, prelude=client_setup).strip() == "384"
+        elif example.first_line == "from volt.sdk import Client":
+            output = reader.python(example)
+            assert output.startswith("spiffe://"), output
+            assert "/v1/orgs/{org_id}/api-keys" in output, output
+        else:
+            raise AssertionError(f"README line {example.line}: an example no test runs "
+                                 f"({example.first_line!r}); run it here or say in NOT_RUN why not")
+        ran.append(example)
+    assert len(ran) == 5, [e.first_line for e in ran]
+
+
 def test_a_bad_setting_stops_volt_up_naming_the_field(tmp_path: Path) -> None:
     env = {**os.environ, "VOLT_API_PORT": "not-a-port", "VOLT_DATA_DIR": str(tmp_path)}
     process = volt("up", env=env)
@@ -135,13 +176,18 @@ def test_a_bad_config_file_is_named(tmp_path: Path) -> None:
 
 
 def test_volt_up_without_embeddings_on_any_free_port(tmp_path: Path, tiny_model: Path) -> None:
-    """The options the README offers: --no-embeddings, --no-tpm and --api-port 0."""
+    """The options the README offers: --no-embeddings, --no-tpm and --api-port 0, and
+    the rest of ``volt up --help``: --nats-port (--config and --data-dir: above)."""
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     (data / "models" / MODEL_ID).symlink_to(tiny_model)
-    up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings", "--no-tpm")
+    nats_port = free_port()
+    up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings", "--no-tpm",
+              "--nats-port", str(nats_port))
     try:
         banner = Output(up).until(r"Press Ctrl-C to stop", timeout_s=180)
+        with socket.create_connection(("127.0.0.1", nats_port), timeout=5) as bus:
+            assert bus.recv(4) == b"INFO"  # nats-server greets every client on that port
         base_url = re.search(r"Base URL\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
         key = re.search(r"API key\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
         assert re.search(r"Models\s+volt-tiny\s*$", banner, re.MULTILINE), banner
