@@ -50,6 +50,11 @@ class NatsSettings(_Section):
     bus then maps it to this role's least-privilege permissions, and the
     process takes its node or replica name from it. Empty: a plain bus, for
     development only (anyone on it may publish and read everything)."""
+    spiffe_socket: str = ""
+    """Take the bus identity from the SPIFFE Workload API at this Unix socket
+    instead of ``svid_dir``: SPIRE as the issuer (its spire-agent's socket, e.g.
+    ``/run/spire/agent/public/api.sock``), which also rotates the SVID. The
+    process picks the SVID whose SPIFFE ID names its role (an agent: its node)."""
 
 
 class StoreSettings(_Section):

@@ -22,7 +22,7 @@ from volt.agent.seal import SealUnavailable, check_available
 from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
 from volt.config import ConfigError, VoltConfig
-from volt.identity.workload import bus_identity
+from volt.identity.bus_credentials import bus_credentials
 from volt.identity.workload_ca import Svid
 from volt.wire import bus, permissions
 
@@ -84,10 +84,14 @@ async def run_agent(config: VoltConfig) -> None:
     if config.agent.model == MODEL_ID:
         await asyncio.to_thread(ensure_built, config.model_dir())
     node_id = config.node_id()
-    svid_dir, identity = bus_identity(config, "node", "enrol")
+    # Under SPIRE, SPIRE attests the node before it issues the node's SVID; the
+    # enrolment identity (attestation earns the node SVID) is Volt's own CA's.
+    roles = ("node",) if config.nats.spiffe_socket else ("node", "enrol")
+    credentials = bus_credentials(config, *roles, name=node_id)
+    svid_dir, identity = credentials.folder, credentials.identity
     if identity is not None and (identity.name, identity.metro) != (node_id, config.agent.metro):
         raise ConfigError(
-            f"nats.svid_dir: the SVID is node {identity.name} in metro {identity.metro}, but "
+            f"the bus SVID is node {identity.name} in metro {identity.metro}, but "
             f"this agent is configured as node {node_id} in metro {config.agent.metro}")
     if identity is not None and identity.role == "enrol":
         if not config.agent.tpm:
@@ -98,7 +102,7 @@ async def run_agent(config: VoltConfig) -> None:
         earned = True
     else:
         earned = False
-    tls = bus.tls_context(svid_dir) if svid_dir is not None else None
+    tls = bus.tls_context(svid_dir) if svid_dir is not None else credentials.tls()
 
     def renew(svid: Svid) -> None:
         """A new SVID from this attestation: the next reconnection presents it."""
@@ -142,3 +146,4 @@ async def run_agent(config: VoltConfig) -> None:
         for _, supervisor in supervisors:
             await supervisor.client.close()
         await bus.close(nc)
+        credentials.close()

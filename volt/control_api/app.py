@@ -19,7 +19,6 @@ import logging
 import re
 import secrets
 from importlib.metadata import version as package_version
-from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
@@ -54,8 +53,8 @@ from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
+from volt.identity.bus_credentials import BusCredentials, bus_credentials
 from volt.identity.policy import AuditLevel, Rule, rule_for
-from volt.identity.workload import bus_identity
 from volt.protocol.common import Model, ModelList, ModelVolt
 from volt.store import Database, UsageLedger
 from volt.wire import ModelCard, NodeView, bus, permissions
@@ -88,8 +87,8 @@ class ApiServices:
     """What the routes use, connected in ``before_serving``."""
 
     def __init__(self, config: VoltConfig, replica_id: str,
-                 svid_dir: Path | None = None) -> None:
-        self.svid_dir = svid_dir
+                 credentials: BusCredentials | None = None) -> None:
+        self.credentials = credentials or BusCredentials(None)
         self.config = config
         self.replica_id = replica_id
         self.db = Database(config.store_url())
@@ -105,7 +104,7 @@ class ApiServices:
         await self.db.check_current()
         self.nc = await bus.connect(
             self.config.nats.url, name=f"volt-api-{self.replica_id}",
-            on_reconnect=self.router.refresh, svid_dir=self.svid_dir,
+            on_reconnect=self.router.refresh, tls=self.credentials.tls(),
             inbox_prefix=permissions.inbox_for("api", self.replica_id),
         )
         inference = InferenceClient(self.nc, self.replica_id)
@@ -135,6 +134,7 @@ class ApiServices:
             except Exception:
                 with contextlib.suppress(Exception):
                     await self.nc.close()
+        self.credentials.close()
         await self.db.close()
 
 
@@ -146,15 +146,16 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         BODY_TIMEOUT=60,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    svid_dir, identity = bus_identity(config, "api")
+    credentials = bus_credentials(config, "api", name=config.api.replica_id)
+    identity = credentials.identity
     if identity is not None:
         # On the secured bus the replica is who its certificate says.
         if config.api.replica_id and config.api.replica_id != identity.name:
-            raise ConfigError(f"api.replica_id is {config.api.replica_id}, but the SVID in "
-                              f"nats.svid_dir is replica {identity.name}")
+            raise ConfigError(f"api.replica_id is {config.api.replica_id}, but the bus SVID "
+                              f"is replica {identity.name}")
         replica_id = identity.name
     replica_id = replica_id or config.api.replica_id or "api-" + secrets.token_hex(4)
-    services = ApiServices(config, replica_id, svid_dir)
+    services = ApiServices(config, replica_id, credentials)
     app.extensions["volt"] = services
     openapi_yaml = render_yaml(package_version("volt"))
 

@@ -10,6 +10,11 @@ SPIFFE ID is the user), and nothing allowed to an identity it does not list.
 Adding a process later rewrites the configuration; ``NatsServer.reload``
 makes a running server take it (SIGHUP; connections stay up).
 
+Under SPIRE (``nats.spiffe_socket``) SPIRE issues every SVID, the bus's own
+included: the authority then only admits SPIFFE IDs (``admit``) and writes the
+configuration around the server certificate and trust bundle it is given
+(``server_tls``).
+
 The admitted SPIFFE IDs are kept in ``admitted.json`` beside the SVIDs, so an
 operator can issue identities one at a time (``volt admin bus issue``) and
 write the server's configuration for all of them (``volt admin bus config``);
@@ -30,8 +35,9 @@ from volt.wire import permissions
 from volt.wire.permissions import Permissions
 
 SVID_LIFETIME = dt.timedelta(days=30)
-"""Launcher-issued SVIDs last this long; renewing them under a running process is
-not built yet (SPIRE, later, rotates them)."""
+"""Launcher-issued SVIDs last this long and are not renewed under a running
+process (a restart issues new ones); where that matters, SPIRE is the issuer
+and rotates them (``nats.spiffe_socket``)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,15 @@ class BusAuthority:
         if self._admitted.exists():
             for spiffe_id in json.loads(self._admitted.read_text()):
                 self._admit(spiffe_id)
-        self._server: SvidFiles | None = None
+        self.server_tls: SvidFiles | None = None
+        """The bus's certificate and trust bundle from another issuer (SPIRE);
+        None: issued by the workload CA."""
+
+    def admit(self, spiffe_id: str) -> None:
+        """Let an identity another issuer (SPIRE) gives a process onto the bus,
+        with its role's permissions."""
+        self._admit(spiffe_id)
+        self._save()
 
     def _admit(self, spiffe_id: str) -> None:
         identity = workload.parse_id(spiffe_id, self.trust_domain)
@@ -119,12 +133,12 @@ class BusAuthority:
 
     def server(self, host: str) -> SvidFiles:
         """The bus's own certificate (for ``host`` and localhost)."""
-        if self._server is None:
+        if self.server_tls is None:
             folder = self.folder / "nats"
             hosts = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
-            self._server = self.ca.issue(workload.bus_id(self.trust_domain), hosts=hosts,
-                                         lifetime=SVID_LIFETIME).write(folder)
-        return self._server
+            self.server_tls = self.ca.issue(workload.bus_id(self.trust_domain), hosts=hosts,
+                                            lifetime=SVID_LIFETIME).write(folder)
+        return self.server_tls
 
     def config_text(self, *, host: str, port: int, store_dir: Path | None) -> str:
         """nats-server's configuration (JSON, which its parser reads)."""

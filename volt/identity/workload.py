@@ -17,11 +17,9 @@ otherwise publish as one and believe it is the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 
-from volt.config import ConfigError, VoltConfig
 from volt.wire import subjects
 
 
@@ -113,23 +111,3 @@ def spiffe_id_of(certificate_pem: bytes) -> str:
     if len(uris) != 1:
         raise ValueError(f"an X.509-SVID has exactly one SPIFFE ID, this one has {len(uris)}")
     return uris[0]
-
-
-
-
-def bus_identity(config: VoltConfig, *roles: str) -> tuple[Path | None, WorkloadIdentity | None]:
-    """This process's SVID folder and what its certificate says it is; (None,
-    None) on a plain development bus. ConfigError when the certificate is for
-    none of ``roles``."""
-    if not config.nats.svid_dir:
-        return None, None
-    folder = Path(config.nats.svid_dir)
-    try:
-        spiffe_id = spiffe_id_of((folder / "svid.pem").read_bytes())
-        identity = parse_id(spiffe_id, config.identity.trust_domain)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"nats.svid_dir: {exc}") from None
-    if identity.role not in roles:
-        raise ConfigError(f"nats.svid_dir holds the SVID of a {identity.role} ({spiffe_id}), "
-                          f"not of a {' or '.join(roles)}")
-    return folder, identity

@@ -141,7 +141,9 @@ class WorkloadCA:
                 data_encipherment=False, key_agreement=False, key_cert_sign=False,
                 crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.SubjectAlternativeName(names), critical=True)
+            # Not critical: the subject is not empty (RFC 5280 4.2.1.6; verifiers
+            # built on it, cryptography's among them, refuse a critical one here).
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256()))

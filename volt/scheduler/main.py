@@ -9,8 +9,8 @@ from volt.config import ConfigError, VoltConfig
 from volt.identity.audit_log import AuditLog
 from volt.identity.audit_writer import AuditWriter
 from volt.identity.bus_authority import BusAuthority
+from volt.identity.bus_credentials import bus_credentials
 from volt.identity.keyring import Keyring
-from volt.identity.workload import bus_identity
 from volt.scheduler.attestation import AttestationService
 from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
@@ -48,8 +48,8 @@ async def run_scheduler(config: VoltConfig) -> None:
     audit = AuditWriter(AuditLog(db), keyring.audit_signing_key(),
                         checkpoint_every=config.audit.checkpoint_every,
                         checkpoint_interval_s=config.audit.checkpoint_interval_s)
-    svid_dir, _ = bus_identity(config, "scheduler")
-    nc = await bus.connect(config.nats.url, name="volt-scheduler", svid_dir=svid_dir,
+    credentials = bus_credentials(config, "scheduler")
+    nc = await bus.connect(config.nats.url, name="volt-scheduler", tls=credentials.tls(),
                            inbox_prefix=permissions.inbox_for("scheduler", ""))
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -59,4 +59,5 @@ async def run_scheduler(config: VoltConfig) -> None:
             await attestation.run(nc)
     finally:
         await bus.close(nc)
+        credentials.close()
         await db.close()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import nats
 import psutil
@@ -34,10 +35,13 @@ from nats.aio.client import Client
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.config import VoltConfig, load_config
+from volt.identity import workload
 from volt.identity.api_key_format import Mode
 from volt.identity.bus_authority import BusAuthority
 from volt.identity.orgs import Orgs
 from volt.identity.principal import NO_LIMITS, Limits, Role, Scope
+from volt.identity.spiffe_workload import WorkloadApiSvid
+from volt.identity.workload_ca import SvidFiles
 from volt.processes import _die_with_parent
 from volt.store import Catalog, Database
 from volt.up.bootstrap import api_keys, ensure_dev_key
@@ -83,6 +87,19 @@ class ServiceProcess:
         self.process.wait()
 
 
+class SpiffeIssuer(Protocol):
+    """An issuer of bus identities outside Volt, reached over the SPIFFE
+    Workload API: a SPIRE (``tests/support/spire.py``)."""
+
+    socket: Path
+    trust_domain: str
+
+    def register(self, spiffe_id: str, *, ttl_s: int = 3600,
+                 dns: tuple[str, ...] = ()) -> None: ...
+
+    def svid_files(self, spiffe_id: str, folder: Path) -> SvidFiles: ...
+
+
 class Cluster:
     def __init__(
         self,
@@ -95,9 +112,13 @@ class Cluster:
         extra_env: dict[str, str] | None = None,
         api_port: int | None = None,
         secure_bus: bool = True,
+        spiffe_issuer: SpiffeIssuer | None = None,
+        svid_ttl_s: int = 3600,
     ) -> None:
         """``secure_bus``: every process on the bus as its own least-privilege
-        user (mutual TLS with an X.509-SVID each), as in production."""
+        user (mutual TLS with an X.509-SVID each), as in production; the SVIDs
+        come from Volt's workload CA, or with ``spiffe_issuer`` from that SPIRE
+        (lasting ``svid_ttl_s``; the services take them from its Workload API)."""
         self.root = root
         self.data_dir = root / "data"
         self.logs = root / "logs"
@@ -105,11 +126,19 @@ class Cluster:
         self.engine_mode = engine_mode
         self.store_url = store_url or f"sqlite+aiosqlite:///{self.data_dir / 'volt.db'}"
         self.model_cache = model_cache
-        self.extra_env = extra_env or {}
+        self.extra_env = dict(extra_env or {})
         """``VOLT_*`` settings every service gets (``VOLT_AUDIT_...``)."""
+        if spiffe_issuer is not None:
+            self.extra_env["VOLT_IDENTITY_TRUST_DOMAIN"] = spiffe_issuer.trust_domain
         self.secure_bus = secure_bus
+        self.spiffe_issuer = spiffe_issuer if secure_bus else None
+        self.svid_ttl_s = svid_ttl_s
+        self._registered: set[str] = set()
+        self._sources: list[WorkloadApiSvid] = []
         self.bus: BusAuthority | None = None
-        self.nats = NatsServer(store_dir=root / "nats", log_file=root / "nats.log")
+        # SPIRE names the bus's certificate by DNS names only (no IP addresses).
+        self.nats = NatsServer(store_dir=root / "nats", log_file=root / "nats.log",
+                               host="localhost" if self.spiffe_issuer else "127.0.0.1")
         self.services: dict[str, ServiceProcess] = {}
         self.api_port = api_port or free_port()
         self.api_key = ""
@@ -129,15 +158,32 @@ class Cluster:
             self.bus = BusAuthority(config.data_path / "bus", config.secrets_path(),
                                     config.identity.trust_domain)
             self.nats.authority = self.bus
-        scheduler = self._bus_identity(lambda bus: bus.scheduler())
+            if self.spiffe_issuer is not None:
+                bus_id = workload.bus_id(config.identity.trust_domain)
+                self.spiffe_issuer.register(bus_id, dns=("localhost",))
+                self.bus.server_tls = self.spiffe_issuer.svid_files(
+                    bus_id, config.data_path / "bus" / "nats-spire")
+        scheduler = self._bus_identity(
+            workload.scheduler_id(self.trust_domain), lambda bus: bus.scheduler())
         self.nats.start()
         self._spawn("scheduler", "scheduler", scheduler)
         return self
 
-    def _bus_identity(self, issue: Callable[[BusAuthority], Path]) -> dict[str, str]:
+    @property
+    def trust_domain(self) -> str:
+        return self.config.identity.trust_domain
+
+    def _bus_identity(self, spiffe_id: str,
+                      issue: Callable[[BusAuthority], Path]) -> dict[str, str]:
         """A new process's SVID (the bus learns its user at the next reload)."""
         if self.bus is None:
             return {}
+        if self.spiffe_issuer is not None:
+            if spiffe_id not in self._registered:
+                self.spiffe_issuer.register(spiffe_id, ttl_s=self.svid_ttl_s)
+                self._registered.add(spiffe_id)
+            self.bus.admit(spiffe_id)
+            return {"VOLT_NATS_SPIFFE_SOCKET": str(self.spiffe_issuer.socket)}
         return {"VOLT_NATS_SVID_DIR": str(issue(self.bus))}
 
     async def connect_bus(self) -> Client:
@@ -145,9 +191,18 @@ class Cluster:
         identity on the secured bus): for tests that watch or attack the bus."""
         if self.bus is None:
             return await nats.connect(self.nats.url)
-        folder = self.bus.operator("tests")
+        env = self._bus_identity(workload.operator_id(self.trust_domain, "tests"),
+                                 lambda bus: bus.operator("tests"))
         self.nats.reload()
-        return await bus.connect(self.nats.url, "tests", svid_dir=folder,
+        if self.spiffe_issuer is not None:
+            source = await asyncio.to_thread(
+                WorkloadApiSvid, str(self.spiffe_issuer.socket), self.trust_domain,
+                lambda identity: identity.role == "operator")
+            self._sources.append(source)
+            tls = source.follow()
+        else:
+            tls = bus.tls_context(Path(env["VOLT_NATS_SVID_DIR"]))
+        return await bus.connect(self.nats.url, "tests", tls=tls,
                                  inbox_prefix=permissions.inbox_for("operator", "tests"),
                                  connect_timeout_s=10)
 
@@ -169,6 +224,8 @@ class Cluster:
                            key=lambda n: (not n.startswith("api"), n == "scheduler")):
             self.services[name].stop()
         self.nats.stop()
+        for source in self._sources:
+            source.close()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -231,7 +288,10 @@ class Cluster:
             "VOLT_AGENT_NODE_ID": node_id, "VOLT_AGENT_METRO": metro, "VOLT_AGENT_TIER": tier,
         }
         extra.update({f"VOLT_AGENT_{k.upper()}": v for k, v in settings.items()})
+        if enrolling and self.spiffe_issuer is not None:
+            raise ClusterError("under SPIRE, SPIRE attests nodes: there is no enrolment SVID")
         extra.update(self._bus_identity(
+            workload.node_id(self.trust_domain, metro, node_id),
             lambda bus: bus.enrolling_node(metro, node_id) if enrolling
             else bus.node(metro, node_id)))
         self.nats.reload()
@@ -246,7 +306,8 @@ class Cluster:
         if server is not None:
             extra["VOLT_API_SERVER"] = server
         extra.update({f"VOLT_API_{k.upper()}": v for k, v in settings.items()})
-        extra.update(self._bus_identity(lambda bus: bus.api(name)))
+        extra.update(self._bus_identity(workload.api_id(self.trust_domain, name),
+                                        lambda bus: bus.api(name)))
         self.nats.reload()
         return self._spawn(name, "api", extra)
 
