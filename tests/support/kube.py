@@ -45,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from support.go_built import built
 
 from volt.processes import _die_with_parent
 from volt.up.nats_server import free_port
@@ -61,10 +62,7 @@ class KubeError(Exception):
 
 def kubernetes_binaries() -> Path:
     """The folder holding kube-apiserver & co., building them on first use."""
-    result = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        raise KubeError(f"{BUILD_SCRIPT} failed with status {result.returncode}")
-    return Path(result.stdout.strip().splitlines()[-1])
+    return built(BUILD_SCRIPT)
 
 
 def etcd_binary() -> str | None:

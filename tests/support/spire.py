@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from support.go_built import built
 
 from volt.identity.workload_ca import SvidFiles
 from volt.processes import _die_with_parent
@@ -37,18 +38,11 @@ class SpireError(Exception):
     pass
 
 
-def binaries() -> Path:
-    result = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        raise SpireError(f"{BUILD_SCRIPT} failed with status {result.returncode}")
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 class Spire:
     def __init__(self, root: Path, *, trust_domain: str) -> None:
         self.root = root
         self.trust_domain = trust_domain
-        self.bin = binaries()
+        self.bin = built(BUILD_SCRIPT)
         self.port = free_port()
         self.server_socket = root / "server" / "api.sock"
         self.socket = root / "agent" / "public" / "api.sock"
@@ -97,6 +91,8 @@ agent {{
   server_port = "{self.port}"
   socket_path = "{self.socket}"
   trust_domain = "{self.trust_domain}"
+  # Trust the server's bundle at first contact: a test has no channel to hand it
+  # over beforehand (production sets trust_bundle_path instead).
   insecure_bootstrap = true
 }}
 plugins {{
