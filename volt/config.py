@@ -76,6 +76,11 @@ class ApiSettings(_Section):
     """Names this replica's reply subjects. Empty: a random id per process."""
     auth_cache_s: PositiveFloat = 30.0
     """How long a verified API key is trusted before the store is asked again."""
+    routing: Literal["prefix_aware", "least_load", "prefix_only", "round_robin", "random"] = \
+        "prefix_aware"
+    """How a request picks among the pods that may serve it: ``prefix_aware`` (load,
+    plus the pod that probably holds its prompt prefix or session), ``least_load``,
+    or the baselines ``volt bench prefix`` compares them with."""
     max_inflight_per_pod: Annotated[int, msgspec.Meta(ge=1)] = 256
     """Requests this replica sends one pod at once; beyond, they queue (fairly)."""
     queue_limit: Annotated[int, msgspec.Meta(ge=0)] = 1024

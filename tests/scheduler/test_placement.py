@@ -94,3 +94,29 @@ def test_a_routers_own_share_of_the_reported_load_is_replaced_by_its_live_count(
     me = LocalLoad(replica_id="api-1")
     decision = DEFAULT_POLICY.place(query, [mine_finished, others_busy], default=me)
     assert decision.scores["a"] > decision.scores["b"]
+
+
+def test_each_routing_policy_does_what_its_name_says() -> None:
+    """``api.routing``: where a prefix lives on a busy node, prefix-aware weighs
+    the two, least-load ignores the prefix, prefix-only ignores the load, and
+    round-robin takes every node in turn whatever either says."""
+    from volt.scheduler.placement import ROUTING, routing_policy
+
+    nodes = [node("a", running=2), node("b"), node("c")]
+    holds = PlacementQuery(model="m", affinity={"a": 1.0})
+
+    def pick(name: str, query: PlacementQuery = holds) -> str:
+        chosen = routing_policy(name).place(query, nodes).node
+        assert chosen is not None
+        return chosen.node_id
+
+    assert pick("prefix_aware") == "a"   # 1/3 * (1 + 3) beats 1: worth two queued requests
+    assert pick("least_load") in {"b", "c"}
+    assert pick("prefix_only") == "a"
+    crowded = [node("a", running=9), node("b")]
+    assert DEFAULT_POLICY.place(holds, crowded).node.node_id == "b"  # type: ignore[union-attr]
+    assert routing_policy("prefix_only").place(holds, crowded).node.node_id == "a"  # type: ignore[union-attr]
+    rotation = routing_policy("round_robin")
+    assert [rotation.place(holds, nodes).node.node_id for _ in range(6)] == \
+        ["b", "c", "a", "b", "c", "a"]  # type: ignore[union-attr]
+    assert set(ROUTING) == {"prefix_aware", "least_load", "prefix_only", "round_robin", "random"}

@@ -56,6 +56,7 @@ from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
 from volt.identity.policy import AuditLevel, Rule, rule_for
 from volt.protocol.common import Model, ModelList, ModelVolt
+from volt.scheduler.placement import routing_policy
 from volt.store import Database, UsageLedger
 from volt.wire import ModelCard, NodeView, bus, permissions
 
@@ -94,7 +95,8 @@ class ApiServices:
         self.db = Database(config.store_url())
         self.identity = Identity(config, self.db)
         self.usage = UsageLedger(self.db)
-        self.router = Router(max_inflight_per_pod=config.api.max_inflight_per_pod,
+        self.router = Router(routing_policy(config.api.routing),
+                             max_inflight_per_pod=config.api.max_inflight_per_pod,
                              replica_id=replica_id)
         self.nc: Client | None = None
         self.endpoints: dict[str, Endpoint] = {}

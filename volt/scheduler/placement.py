@@ -141,10 +141,29 @@ def _prefix_affinity(query: PlacementQuery, node: NodeView, local: LocalLoad) ->
 prefix_affinity = Scorer("prefix_affinity", 3.0, _prefix_affinity)
 
 
+class Rotation:
+    """Break ties in turn rather than at random: round-robin routing, for a
+    policy with no scorers (every kept node ties)."""
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def __call__(self, tied: Sequence[NodeView], rng: random.Random | None) -> NodeView:
+        ordered = sorted(tied, key=lambda n: n.node_id)
+        self._turn += 1
+        return ordered[self._turn % len(ordered)]
+
+
+def _at_random(tied: Sequence[NodeView], rng: random.Random | None) -> NodeView:
+    return (rng or random).choice(tied)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     filters: tuple[Filter, ...]
     scorers: tuple[Scorer, ...]
+    tie_break: Callable[[Sequence[NodeView], random.Random | None], NodeView] = _at_random
+    """Which of the nodes with the best total wins (at random: equal nodes share)."""
 
     def place(
         self,
@@ -182,17 +201,39 @@ class Policy:
                     best.append(node)
                 continue
         if best:
-            decision.node = best[0] if len(best) == 1 else (rng or random).choice(best)
+            decision.node = best[0] if len(best) == 1 else self.tie_break(best, rng)
         return decision
 
 
-DEFAULT_POLICY = Policy(
-    filters=(serves_model, in_metro, in_tier, on_capacity, healthy),
-    scorers=(least_load, prefix_affinity),
-)
+FILTERS = (serves_model, in_metro, in_tier, on_capacity, healthy)
+DEFAULT_POLICY = Policy(filters=FILTERS, scorers=(least_load, prefix_affinity))
+
+
+def _prefix_only(query: PlacementQuery, node: NodeView, local: LocalLoad) -> float:
+    return query.affinity.get(node.node_id, 0.0)
+
+
+ROUTING: dict[str, Callable[[], Policy]] = {
+    "prefix_aware": lambda: DEFAULT_POLICY,
+    "least_load": lambda: Policy(filters=FILTERS, scorers=(least_load,)),
+    # Baselines for ``volt bench prefix``: the context alone (load only breaks
+    # ties), turns, and chance.
+    "prefix_only": lambda: Policy(filters=FILTERS, scorers=(
+        Scorer("prefix_only", 1000.0, _prefix_only), least_load)),
+    "round_robin": lambda: Policy(filters=FILTERS, scorers=(), tie_break=Rotation()),
+    "random": lambda: Policy(filters=FILTERS, scorers=()),
+}
+"""The routing policies ``api.routing`` names; each call makes a fresh one
+(round-robin keeps its turn per router)."""
+
+
+def routing_policy(name: str) -> Policy:
+    return ROUTING[name]()
+
 
 __all__ = [
     "DEFAULT_POLICY",
+    "ROUTING",
     "Decision",
     "Filter",
     "LocalLoad",
@@ -206,5 +247,6 @@ __all__ = [
     "least_load",
     "on_capacity",
     "prefix_affinity",
+    "routing_policy",
     "serves_model",
 ]
