@@ -42,9 +42,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
         cluster.add_agent(
             "gpu-1", metro="fra", engine="vllm", vllm_python=str(vllm_python),
             # --enforce-eager skips vLLM's torch.compile step (minutes of g++ on
-            # two cores, at every start and restart); what is tested here is the
-            # adapter (its own environment, the socket, streaming, restarts).
-            vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8 --enforce-eager",
+            # two cores, at every start and restart); the in-process executor
+            # (uni) spares a worker process that imports vLLM again (~40 s here).
+            # What is tested is the adapter (its own environment, the socket,
+            # streaming, restarts), and the engine-core helper process remains.
+            vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8 --enforce-eager "
+                      "--distributed-executor-backend uni",
             engine_startup_timeout_s="400",
         )
         cluster.start_api()

@@ -21,7 +21,6 @@ from volt.attestation import event_log
 from volt.attestation.policy import ApprovedVersion, Component, Policy
 from volt.testing import Cluster
 from volt.up.software_tpm import Swtpm, manufacturer_cas
-from volt.wire import SCHEDULER, PlacementView, ViewQuery, encode, subjects
 
 BOOT = [(0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),
         (7, event_log.EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1"),
@@ -126,19 +125,8 @@ def test_a_node_that_fails_attestation_never_joins_the_bus(
         assert not (folder / "node").exists()
         assert "kernel" in agent.log_text()  # the verdict's reason reached the node
         # It could never say hello: the scheduler's view does not know it at all.
-        assert "tpm-evil" not in {node.node_id for node in asyncio.run(view(cluster)).nodes}
+        assert "tpm-evil" not in {node.node_id for node in asyncio.run(cluster.view()).nodes}
         cluster.services.pop("tpm-evil").stop()
-
-
-async def view(cluster: Cluster) -> PlacementView:
-    nc = await cluster.connect_bus()
-    try:
-        reply = await nc.request(subjects.SCHED_VIEW_GET, encode(ViewQuery()), timeout=5)
-    finally:
-        await nc.close()
-    answer = SCHEDULER.decode(reply.data)
-    assert isinstance(answer, PlacementView)
-    return answer
 
 
 def test_a_node_whose_log_stops_replaying_is_quarantined(trusted: tuple[Cluster, Swtpm]) -> None:

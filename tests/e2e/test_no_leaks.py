@@ -123,6 +123,8 @@ def test_failure_paths_leak_nothing(tmp_path: Path, tiny_model: Path) -> None:
         cluster.add_agent("fra-2", metro="fra")
         cluster.start_api()
         cluster.wait_routable()
+        # Both pods, or the request has nowhere to fail over to.
+        cluster.wait_placeable(["fra-1", "fra-2"])
         body = {"model": "volt-tiny", "max_tokens": 1500}
         with global_subjects(cluster) as seen:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -132,6 +132,15 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     placement.add_argument("--json", type=Path, help="also write the figures here")
     placement.set_defaults(func=run)
 
+    prefix = bench.add_parser(
+        "prefix", help="prefix-aware routing vs least-load and round-robin: cache hits, TTFT, "
+                       "throughput, on several pods")
+    prefix.add_argument("--pods", type=int, default=3)
+    prefix.add_argument("--policies", default="prefix_aware,least_load,round_robin,prefix_only",
+                        help="comma-separated api.routing policies, each behind its own API")
+    prefix.add_argument("--json", type=Path, help="also write the figures here")
+    prefix.set_defaults(func=run)
+
     serve = bench.add_parser(
         "serve", help="OpenAI-compatible serving benchmark against any base URL",
     )
@@ -186,6 +195,15 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_placement(nodes=args.nodes, decisions=args.decisions,
                       concurrency=args.concurrency, json_path=args.json)
+    elif args.bench == "prefix":
+        from volt.bench.prefix import run_prefix
+        from volt.scheduler.placement import ROUTING
+
+        policies = tuple(p for p in args.policies.split(",") if p)
+        if unknown := [p for p in policies if p not in ROUTING]:
+            raise SystemExit(f"volt bench prefix: unknown routing policies {unknown}; "
+                             f"choose from {', '.join(ROUTING)}")
+        run_prefix(pods=args.pods, policies=policies, json_path=args.json)
     elif args.bench == "serve":
         import os
 

@@ -46,7 +46,7 @@ from volt.processes import _die_with_parent
 from volt.store import Catalog, Database
 from volt.up.bootstrap import api_keys, ensure_dev_key
 from volt.up.nats_server import NatsServer, free_port
-from volt.wire import bus, permissions
+from volt.wire import SCHEDULER, PlacementView, ViewQuery, bus, encode, permissions, subjects
 
 
 class ClusterError(Exception):
@@ -389,7 +389,32 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/v1"
 
+    async def view(self) -> PlacementView:
+        """The scheduler's placement view, asked over the bus."""
+        nc = await self.connect_bus()
+        try:
+            reply = await nc.request(subjects.SCHED_VIEW_GET, encode(ViewQuery()), timeout=5)
+        finally:
+            await nc.close()
+        answer = SCHEDULER.decode(reply.data)
+        if not isinstance(answer, PlacementView):
+            raise ClusterError(f"the scheduler answered {answer!r}")
+        return answer
+
     # -- waiting ---------------------------------------------------------------
+
+    def wait_placeable(self, nodes: list[str], *, timeout_s: float = 120.0) -> None:
+        """Until every one of ``nodes`` is ready and serving the tiny model."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = {n.node_id for n in asyncio.run(self.view()).nodes
+                     if n.state == "ready" and MODEL_ID in n.models}
+            if ready >= set(nodes):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"not placeable within {timeout_s}s: "
+                                   f"{sorted(set(nodes) - ready)}")
+            time.sleep(0.3)
 
     def request(
         self, path: str, body: dict[str, object] | None = None, *, key: str | None = None,
