@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import time
 from collections.abc import Iterator
@@ -36,16 +35,20 @@ def vllm_python() -> Path:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
             vllm_python: Path) -> Iterator[Cluster]:
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the agent passes it on to vLLM
+    vllm_env = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the agent passes its environment on to vLLM
+        # With the uni executor below (which vLLM's CPU platform accepts only
+        # with this), the model runs in the engine-core process: no worker
+        # process importing vLLM once more (~45 s here, at every start).
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
     with Cluster(tmp_path_factory.mktemp("vllm"), model_cache=tiny_model,
-                 heartbeat_interval_s=0.5) as cluster:
+                 heartbeat_interval_s=0.5, extra_env=vllm_env) as cluster:
         cluster.add_agent(
             "gpu-1", metro="fra", engine="vllm", vllm_python=str(vllm_python),
             # --enforce-eager skips vLLM's torch.compile step (minutes of g++ on
-            # two cores, at every start and restart); the in-process executor
-            # (uni) spares a worker process that imports vLLM again (~40 s here).
-            # What is tested is the adapter (its own environment, the socket,
-            # streaming, restarts), and the engine-core helper process remains.
+            # two cores, at every start and restart). What is tested here is
+            # the adapter (its own environment, the socket, streaming, restarts).
             vllm_args="--dtype float32 --max-model-len 1024 --max-num-seqs 8 --enforce-eager "
                       "--distributed-executor-backend uni",
             engine_startup_timeout_s="400",
@@ -148,9 +151,9 @@ def test_load_is_read_from_vllm_metrics(cluster: Cluster) -> None:
 
 def test_a_crashed_vllm_is_restarted_and_serves_again(cluster: Cluster) -> None:
     first = vllm_process(cluster)
-    # vLLM's engine-core and worker processes: SIGKILL gives its server no
-    # chance to stop them, so the supervisor must (a leftover worker keeps
-    # its GPU memory, and the next vLLM could not start).
+    # vLLM's engine-core process: SIGKILL gives its server no chance to stop
+    # it, so the supervisor must (a leftover one keeps its GPU memory, and the
+    # next vLLM could not start).
     helpers = first.children(recursive=True)
     assert helpers
     first.kill()
