@@ -5,10 +5,13 @@ replica per routing policy (``api.routing``), all on the same pods. Each
 scenario runs once per policy, in one process and one run, so the figures
 compare:
 
-- ``shared_prefixes``: many users in multi-turn chats, each under one of a few
-  long system prompts (an assistant product: a shared instruction block,
-  then a conversation that grows turn by turn). The pod holding a chat's
-  earlier turns, or at least its system prompt, can skip their prefill.
+- ``shared_prefixes``: many users in multi-turn chats, each under one of many
+  long system prompts (assistant products: a shared instruction block, then a
+  conversation that grows turn by turn). Together the prompts need about
+  twice what one pod's prefix cache holds, and less than all pods hold: the
+  pod holding a chat's earlier turns, or its system prompt, skips their
+  prefill, and a router that spreads each prompt over every pod makes every
+  pod's cache churn.
 - ``hot_prefix``: everyone under one system prompt, single turns, more users
   at once. Every pod soon holds the prefix; sending everything to the pod
   that held it first only makes a queue. Here the load scorer must win.
@@ -57,7 +60,9 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("shared_prefixes", system_prompts=4, users=32, turns=4, concurrency=8),
+    # The CPU engine's cache: 64 blocks of 256 tokens (16k tokens) per pod;
+    # 24 prompts of ~1,500 tokens need ~36k.
+    Scenario("shared_prefixes", system_prompts=24, users=72, turns=3, concurrency=8),
     Scenario("hot_prefix", system_prompts=1, users=64, turns=1, concurrency=16),
 )
 

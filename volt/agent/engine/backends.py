@@ -301,8 +301,8 @@ class TransformersBackend(_TokenizedBackend):
         )
         self._manager: Any = model.init_continuous_batching(
             generation_config=generation_config,
-            # 64 cache sectors hold ~64k tokens of this model's KV (~70 MB):
-            # room for 64 concurrent 1k-token requests at ~40% use.
+            # 64 blocks of 256 tokens (transformers' default page size): 16k
+            # tokens of this model's KV, shared prefixes included.
             continuous_batching_config=ContinuousBatchingConfig(
                 num_blocks=64, max_batch_tokens=512
             ),
