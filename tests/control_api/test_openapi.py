@@ -12,9 +12,10 @@ from volt.control_api.openapi import OPERATIONS, build_document, render_yaml
 from volt.identity.policy import RULES
 
 
-def test_the_document_is_valid_openapi_3_1() -> None:
+def test_the_document_is_valid_openapi_3_2() -> None:
+    """3.2: its ``itemSchema`` describes each server-sent event of a stream."""
     document = yaml.safe_load(render_yaml("0.0.0"))
-    assert document["openapi"] == "3.1.0"
+    assert document["openapi"] == "3.2.0"
     validate(document)
 
 

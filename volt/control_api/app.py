@@ -216,8 +216,8 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     async def http_error(error: HTTPException) -> Response:
         if error.code == 405:
             return error_response(MethodNotAllowed(
-                f"Method {request.method} is not allowed on {request.path}."
-            ))
+                f"Method {request.method} is not allowed on {request.path}.",
+                allow=getattr(error, "valid_methods", None) or ()))
         if error.code == 413:
             return error_response(PayloadTooLarge(
                 f"The request body is larger than {MAX_BODY_BYTES} bytes."

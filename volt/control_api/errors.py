@@ -26,6 +26,8 @@ generic message, and is logged without the request's payload.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from volt.identity.audit import AuditUnavailable
@@ -95,6 +97,13 @@ class MethodNotAllowed(ApiError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: Iterable[str]) -> None:
+        super().__init__(message)
+        self.allow = sorted(set(allow))
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}  # RFC 9110 §15.5.6: a 405 must say
 
 
 class PayloadTooLarge(ApiError):

@@ -91,7 +91,8 @@ class HotPath:
         try:
             try:
                 if scope["method"] != "POST":
-                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
+                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.",
+                                           allow=["POST"])
                 authorization = header(scope, b"authorization")
                 principal = await identity.authenticate(
                     authorization.decode("latin-1") if authorization is not None else None)

@@ -1,6 +1,6 @@
-"""The OpenAPI 3.1 document, generated from the msgspec types that validate requests.
+"""The OpenAPI 3.2 document, generated from the msgspec types that validate requests.
 
-msgspec emits JSON Schema 2020-12, which is OpenAPI 3.1's schema dialect, so
+msgspec emits JSON Schema 2020-12, which is OpenAPI 3.1 and 3.2's schema dialect, so
 the components below are exactly what the API enforces. ``OPERATIONS`` lists
 every route; a test checks that it matches the routes the app serves.
 """
@@ -59,6 +59,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     public: bool = False
     content_type: str = "application/json"
+    examples: dict[str, Any] | None = None
+    """Named request bodies (``volt-tiny`` is ``volt up``'s model)."""
     query: tuple[tuple[str, str], ...] = ()
     """(name, description) of string query parameters."""
     form: tuple[tuple[str, str, bool], ...] = ()
@@ -75,11 +77,23 @@ OPERATIONS: tuple[Operation, ...] = (
         "post", "/v1/chat/completions", "createChatCompletion", "Create a chat completion",
         request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk,
         errors=(400, 401, 403, 404, 413, 429, 503, 504),
+        examples={
+            "chat": {"model": "volt-tiny", "max_tokens": 8,
+                     "messages": [{"role": "user", "content": "Hello"}]},
+            "stream": {"model": "volt-tiny", "max_tokens": 8, "stream": True,
+                       "stream_options": {"include_usage": True},
+                       "messages": [{"role": "user", "content": "Hello"}]},
+        },
     ),
     Operation(
         "post", "/v1/completions", "createCompletion", "Create a text completion",
         request=CompletionRequest, response=Completion, stream=Completion,
         errors=(400, 401, 403, 404, 413, 429, 503, 504),
+        examples={
+            "text": {"model": "volt-tiny", "max_tokens": 8, "prompt": "Once upon"},
+            "stream": {"model": "volt-tiny", "max_tokens": 8, "stream": True, "n": 2,
+                       "prompt": "Once upon", "logprobs": 2},
+        },
     ),
     Operation(
         "post", "/v1/embeddings", "createEmbedding", "Create embeddings",
@@ -213,17 +227,13 @@ def build_document(version: str) -> dict[str, Any]:
         if op.response is not None:
             ok["content"] = {"application/json": {"schema": ref(op.response)}}
             if op.stream is not None:
+                # OpenAPI 3.2's way to describe a stream: the schema of one event.
                 ok["content"]["text/event-stream"] = {
-                    "schema": {
-                        "type": "string",
-                        "description": (
-                            "With `stream: true`: server-sent events, each "
-                            f"`data: <{op.stream.__name__}>`, ending with `data: [DONE]`."
-                        ),
-                    },
-                    # One event, as OpenAPI 3.2 describes a stream (``itemSchema``);
-                    # under 3.1 an extension. The e2e suite checks every event by it.
-                    "x-itemSchema": {
+                    "description": (
+                        "With `stream: true`: server-sent events, each "
+                        f"`data: <{op.stream.__name__}>`, ending with `data: [DONE]`."
+                    ),
+                    "itemSchema": {
                         "type": "object",
                         "required": ["data"],
                         "properties": {"data": {"oneOf": [
@@ -233,6 +243,9 @@ def build_document(version: str) -> dict[str, Any]:
                         ]}},
                     },
                 }
+        elif op.content_type == "application/yaml":  # this document: an object in YAML
+            ok["content"] = {op.content_type: {"schema": {"type": "object",
+                                                          "required": ["openapi", "paths"]}}}
         else:
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
         responses: dict[str, Any] = {str(op.success): ok}
@@ -252,10 +265,10 @@ def build_document(version: str) -> dict[str, Any]:
         elif op.session:
             operation["security"] = [{"consoleSession": []}]
         if op.request is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": ref(op.request)}},
-            }
+            body: dict[str, Any] = {"schema": ref(op.request)}
+            if op.examples:
+                body["examples"] = {name: {"value": value} for name, value in op.examples.items()}
+            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
         if op.form:
             operation["requestBody"] = {"required": True, "content": {
                 "application/x-www-form-urlencoded": {"schema": {
@@ -277,7 +290,7 @@ def build_document(version: str) -> dict[str, Any]:
             operation["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method] = operation
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.2.0",
         "info": {
             "title": "Volt Control Plane API",
             "version": version,

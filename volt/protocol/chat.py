@@ -19,7 +19,10 @@ Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
 
 
-class TextPart(msgspec.Struct, kw_only=True, tag_field="type", tag="text"):
+class TextPart(msgspec.Struct, kw_only=True):
+    # A plain required field, not a msgspec tag: a lone tagged struct decodes
+    # without its tag, and OpenAI refuses a content part that has no type.
+    type: Literal["text"]
     text: str
 
 

@@ -49,8 +49,9 @@ class VoltBlock(msgspec.Struct, kw_only=True):
 class VoltOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Volt's request extension (``extra_body={"volt": {...}}`` from the openai client)."""
 
-    metro: Slug | list[Slug] | None = None
-    """Serve only in this metro (or one of these metros)."""
+    metro: Slug | Annotated[list[Slug], msgspec.Meta(min_length=1)] | None = None
+    """Serve only in this metro (or one of these metros; an empty list could
+    never be served, so it is a 400, not a 503)."""
     tier: Slug | None = None
     """Serve only on this tier."""
     session: Annotated[str, msgspec.Meta(max_length=200)] | None = None
