@@ -13,12 +13,8 @@ for the GPU, and the scheduler, which no token passes through, are left out).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ import uvloop
 
 from volt.agent.engine.tiny_model import MODEL_ID
 from volt.bench.loadgen import Run, Target, chat_body, closed_loop, percentile
+from volt.bench.report import header, write
 
 GOALS = {"cpu_us_per_token": 25.0, "added_itl_p99_ms": 5.0, "added_ttft_p50_ms": 2.0}
 
@@ -147,20 +144,10 @@ def run_relay(*, tokens: int, concurrencies: list[int], duration_s: float, ttft_
         rows = uvloop.run(measure(engine, volt, volt_pids, tokens=tokens,
                                   concurrencies=concurrencies, duration_s=duration_s))
     deltas = added(rows)
-    report = {
-        "bench": "relay",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "settings": {"tokens": tokens, "concurrencies": concurrencies,
-                     "duration_s": duration_s, "ttft_ms": ttft_ms, "itl_ms": itl_ms,
-                     "engine": "paced", "stream_interval_ms": stream_interval_ms},
-        "goals": GOALS,
-        "results": [asdict(r) for r in rows],
-        "added": deltas,
-    }
+    report = header("relay", {"tokens": tokens, "concurrencies": concurrencies,
+                              "duration_s": duration_s, "ttft_ms": ttft_ms, "itl_ms": itl_ms,
+                              "engine": "paced", "stream_interval_ms": stream_interval_ms})
+    report.update({"goals": GOALS, "results": [asdict(r) for r in rows], "added": deltas})
     print(render(rows, deltas))
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write(report, json_path)
     return report
