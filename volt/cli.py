@@ -30,7 +30,9 @@ def _up(args: argparse.Namespace) -> None:
 
     overrides: dict[str, Any] = {}
     if args.api_port is not None:
-        overrides["api"] = {"port": args.api_port}
+        overrides.setdefault("api", {})["port"] = args.api_port
+    if args.api_workers is not None:
+        overrides.setdefault("api", {})["workers"] = args.api_workers
     if args.nats_port is not None:
         overrides["nats"] = {"port": args.nats_port}
     if not args.no_embeddings:
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", parents=[common], help="run a whole Volt on this machine")
     up.add_argument("--api-port", type=int, help="API port (0: a free port); default 8080")
+    up.add_argument("--api-workers", type=int,
+                    help="API processes on the API port (api.workers; default 1)")
     up.add_argument("--nats-port", type=int, help="embedded NATS port (default: a free port)")
     up.add_argument("--no-tpm", action="store_true",
                     help="do not give the node a software TPM (swtpm): it runs not_attested")

@@ -70,6 +70,11 @@ class ApiSettings(_Section):
     """The ASGI server for the Quart app. uvicorn by default: it costs ~330 µs
     less CPU per request than Hypercorn here, which is the difference between
     meeting the spine's throughput targets and not (README, "Benchmarks")."""
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """API processes ``volt up`` runs on the one port (each a replica of its own,
+    with its own bus identity: the API is stateless). Every ``volt api`` listens
+    with SO_REUSEPORT, so the kernel spreads connections over the processes on a
+    port; elsewhere run one ``volt api`` per core the same way."""
     request_timeout_s: PositiveFloat = 600.0
     """Every request has a deadline; none hangs longer than this."""
     replica_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""

@@ -11,10 +11,15 @@ from volt.testing import Cluster
 HEARTBEAT_S = 0.3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_metros(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Cluster]:
     """fra-1 in metro fra and ams-1 in metro ams, behind one API; the fleet
-    also serves metro sin, where no node is up."""
+    also serves metro sin, where no node is up.
+
+    One for the whole session: starting it takes ~25 s, and eight modules use
+    it. So no test may stop, kill or reconfigure its processes (tests that do
+    start a cluster of their own); state a test adds (orgs, keys, catalogs)
+    has names of its own."""
     with Cluster(tmp_path_factory.mktemp("cluster"), heartbeat_interval_s=HEARTBEAT_S,
                  model_cache=tiny_model,
                  extra_env={"VOLT_SCHEDULER_METROS": "fra ams sin"}) as cluster:
@@ -43,9 +48,10 @@ def client(two_metros: Cluster, api_port: int) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sdk(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[openai.OpenAI]:
-    """The official client on a cluster of one pod (fra-1) running the real tiny model."""
+    """The official client on a cluster of one pod (fra-1) running the real tiny model
+    (one for the session, like ``two_metros``)."""
     with Cluster(tmp_path_factory.mktemp("one-pod"), model_cache=tiny_model) as cluster:
         cluster.add_agent("fra-1", metro="fra")
         cluster.start_api()

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -177,13 +178,14 @@ def test_a_bad_config_file_is_named(tmp_path: Path) -> None:
 
 def test_volt_up_without_embeddings_on_any_free_port(tmp_path: Path, tiny_model: Path) -> None:
     """The options the README offers: --no-embeddings, --no-tpm and --api-port 0, and
-    the rest of ``volt up --help``: --nats-port (--config and --data-dir: above)."""
+    the rest of ``volt up --help``: --nats-port and --api-workers (--config and
+    --data-dir: above)."""
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     (data / "models" / MODEL_ID).symlink_to(tiny_model)
     nats_port = free_port()
     up = volt("up", "--data-dir", str(data), "--api-port", "0", "--no-embeddings", "--no-tpm",
-              "--nats-port", str(nats_port))
+              "--nats-port", str(nats_port), "--api-workers", "2")
     try:
         banner = Output(up).until(r"Press Ctrl-C to stop", timeout_s=180)
         with socket.create_connection(("127.0.0.1", nats_port), timeout=5) as bus:
@@ -192,6 +194,23 @@ def test_volt_up_without_embeddings_on_any_free_port(tmp_path: Path, tiny_model:
         key = re.search(r"API key\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
         assert re.search(r"Models\s+volt-tiny\s*$", banner, re.MULTILINE), banner
         assert "Attestation  not_attested (volt up --no-tpm" in banner
+        # Two API processes on the one port: the kernel spreads connections over both.
+        apis = [c for c in psutil.Process(up.pid).children(recursive=True)
+                if c.cmdline()[-2:] == ["volt", "api"]]
+        assert len(apis) == 2, [c.cmdline() for c in apis]
+        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+        clients = [httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"})
+                   for _ in range(16)]
+        try:
+            assert {c.get("/models").status_code for c in clients} == {200}
+            held = [sum(1 for conn in api.net_connections("tcp")
+                        if conn.laddr.port == port and conn.status == psutil.CONN_ESTABLISHED)
+                    for api in apis]
+            assert sum(held) == 16, held
+            assert min(held) > 0, held
+        finally:
+            for client in clients:
+                client.close()
         with openai.OpenAI(base_url=base_url, api_key=key) as sdk:
             assert [m.id for m in sdk.models.list()] == [MODEL_ID]
             reply = sdk.chat.completions.create(

@@ -1,9 +1,10 @@
-"""``volt api``: the API process (Quart on Hypercorn)."""
+"""``volt api``: the API process (Quart, on uvicorn or Hypercorn)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import cast
 
 from hypercorn.asyncio import serve
@@ -30,9 +31,29 @@ async def run_api(config: VoltConfig) -> None:
         await _serve_hypercorn(app, config)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The API's listener, with SO_REUSEPORT: several API processes may share a
+    port and the kernel spreads new connections over them (``api.workers``). A
+    program that does not ask for it still finds the port taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"api.port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 async def _serve_hypercorn(app: ASGIApp, config: VoltConfig) -> None:
+    listener = listening_socket(config.api.host, config.api.port)
     hypercorn = HypercornConfig()
-    hypercorn.bind = [f"{config.api.host}:{config.api.port}"]
+    hypercorn.bind = [f"fd://{listener.detach()}"]  # Hypercorn owns the descriptor now
     hypercorn.accesslog = None
     hypercorn.keep_alive_timeout = 75
     # Hypercorn closes a keep-alive connection after 1,000 requests by default,
@@ -55,12 +76,13 @@ async def _serve_hypercorn(app: ASGIApp, config: VoltConfig) -> None:
 async def _serve_uvicorn(app: ASGIApp, config: VoltConfig) -> None:
     import uvicorn
 
+    listener = listening_socket(config.api.host, config.api.port)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.api.host, port=config.api.port, http="httptools", lifespan="on",
         access_log=False, log_config=None, log_level="warning", timeout_keep_alive=75,
         server_header=False, timeout_graceful_shutdown=5,
     ))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -41,7 +41,6 @@ from volt.up.software_tpm import (
     unavailable,
 )
 
-SERVICES = ("scheduler", "agent", "api")
 READY_TIMEOUT_S = 300.0
 
 
@@ -210,10 +209,13 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
         authority = BusAuthority(data / "bus", config.secrets_path(),
                                  config.identity.trust_domain)
         issue_node = authority.node if tpm is None else authority.enrolling_node
+        # api.workers API replicas on the one port, each a bus identity of its own.
+        apis = ["api", *(f"api-{n}" for n in range(2, config.api.workers + 1))]
+        services = ["scheduler", "agent", *apis]
         svid_dirs = {
             "scheduler": authority.scheduler(),
             "agent": issue_node(config.agent.metro, config.node_id()),
-            "api": authority.api("api"),
+            **{name: authority.api(name) for name in apis},
         }
         nats = NatsServer(
             port=config.nats.port, store_dir=data / "nats", log_file=logs / "nats.log",
@@ -252,11 +254,12 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
             out.flush()
             await asyncio.to_thread(nats.start)
             env["VOLT_NATS_URL"] = nats.url
-            for name in SERVICES:
+            for name in services:
                 handle = open(logs / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230 - a local log file
                 log_handles.append(handle)
                 children[name] = await spawn(
-                    python_command("volt", name), stdout=handle, stderr=handle,
+                    python_command("volt", "api" if name in apis else name),
+                    stdout=handle, stderr=handle,
                     env={**env, "VOLT_NATS_SVID_DIR": str(svid_dirs[name])},
                 )
             await _wait_ready(api_port, key, children, _probes(config), out)
@@ -272,7 +275,7 @@ async def run_up(config: VoltConfig, *, config_path: Path | None = None,
                 "stopping Volt"
             )
         finally:
-            for name in reversed(SERVICES):
+            for name in reversed(services):
                 if name in children:
                     await terminate(children[name])
             await asyncio.to_thread(nats.stop)
