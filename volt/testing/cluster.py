@@ -389,13 +389,16 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/v1"
 
-    async def view(self) -> PlacementView:
-        """The scheduler's placement view, asked over the bus."""
-        nc = await self.connect_bus()
+    async def view(self, nc: Client | None = None) -> PlacementView:
+        """The scheduler's placement view, asked over the bus (on ``nc``, or on a
+        connection of its own)."""
+        own = nc is None
+        nc = nc or await self.connect_bus()
         try:
             reply = await nc.request(subjects.SCHED_VIEW_GET, encode(ViewQuery()), timeout=5)
         finally:
-            await nc.close()
+            if own:
+                await nc.close()
         answer = SCHEDULER.decode(reply.data)
         if not isinstance(answer, PlacementView):
             raise ClusterError(f"the scheduler answered {answer!r}")
@@ -405,16 +408,24 @@ class Cluster:
 
     def wait_placeable(self, nodes: list[str], *, timeout_s: float = 120.0) -> None:
         """Until every one of ``nodes`` is ready and serving the tiny model."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ready = {n.node_id for n in asyncio.run(self.view()).nodes
-                     if n.state == "ready" and MODEL_ID in n.models}
-            if ready >= set(nodes):
-                return
-            if time.monotonic() > deadline:
-                raise ClusterError(f"not placeable within {timeout_s}s: "
-                                   f"{sorted(set(nodes) - ready)}")
-            time.sleep(0.3)
+
+        async def wait() -> None:
+            nc = await self.connect_bus()
+            try:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    ready = {n.node_id for n in (await self.view(nc)).nodes
+                             if n.state == "ready" and MODEL_ID in n.models}
+                    if ready >= set(nodes):
+                        return
+                    if time.monotonic() > deadline:
+                        raise ClusterError(f"not placeable within {timeout_s}s: "
+                                           f"{sorted(set(nodes) - ready)}")
+                    await asyncio.sleep(0.3)
+            finally:
+                await nc.close()
+
+        asyncio.run(wait())
 
     def request(
         self, path: str, body: dict[str, object] | None = None, *, key: str | None = None,
