@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from volt.identity.workload import WorkloadIdentity, parse_id
+from volt.identity.workload import WorkloadIdentity, parse_id, spiffe_id_in
 
 if TYPE_CHECKING:
     from spiffe import X509Svid
@@ -69,15 +69,12 @@ def verify_chain(chain: Sequence[x509.Certificate], authorities: Sequence[x509.C
     verifier = (PolicyBuilder().store(Store(list(authorities)))
                 .time(now or dt.datetime.now(dt.UTC)).build_client_verifier())
     try:
-        verified = verifier.verify(chain[0], list(chain[1:]))
+        verifier.verify(chain[0], list(chain[1:]))
+        return spiffe_id_in(chain[0])
     except VerificationError as exc:
         raise WorkloadApiError(f"the SVID does not chain to the trust bundle: {exc}") from None
-    uris = [name.value for name in verified.subjects or ()
-            if isinstance(name, x509.UniformResourceIdentifier)
-            and name.value.startswith("spiffe://")]
-    if len(uris) != 1:
-        raise WorkloadApiError(f"an X.509-SVID has exactly one SPIFFE ID, this one has {len(uris)}")
-    return uris[0]
+    except ValueError as exc:
+        raise WorkloadApiError(str(exc)) from None
 
 
 def _pem(certificates: Sequence[x509.Certificate]) -> bytes:
@@ -100,8 +97,6 @@ class WorkloadApiSvid:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._trusted: set[bytes] = set()
-        self.rotations = 0
-        """SVIDs taken after the first (for logs and tests)."""
         self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.tls.minimum_version = ssl.TLSVersion.TLSv1_3
         url = socket if socket.startswith("unix:") else f"unix://{os.path.abspath(socket)}"
@@ -163,8 +158,6 @@ class WorkloadApiSvid:
         spiffe_id = verify_chain(svid.cert_chain, authorities)
         with self._lock:
             self._load(svid.cert_chain, svid.private_key, authorities)
-            if self.spiffe_id:
-                self.rotations += 1
             self.spiffe_id, self.identity = spiffe_id, identity
             self.expires_at = svid.leaf.not_valid_after_utc
         log.info("bus SVID from the Workload API", extra={

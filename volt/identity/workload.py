@@ -100,8 +100,12 @@ def parse_id(spiffe_id: str, trust_domain: str) -> WorkloadIdentity:
 
 
 def spiffe_id_of(certificate_pem: bytes) -> str:
-    """The one ``spiffe://`` URI SAN of an X.509-SVID."""
-    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    """The one ``spiffe://`` URI SAN of an X.509-SVID (PEM)."""
+    return spiffe_id_in(x509.load_pem_x509_certificate(certificate_pem))
+
+
+def spiffe_id_in(certificate: x509.Certificate) -> str:
+    """The one ``spiffe://`` URI SAN of an X.509-SVID; ValueError otherwise."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
