@@ -11,9 +11,9 @@ import pytest
 from support.fake_nvml import FakeGpu, FakeNvml
 
 from volt.agent.telemetry import GpuCollector, NvmlTelemetry, detect, health_problems
+from volt.placement import DEFAULT_POLICY, PlacementQuery
 from volt.scheduler.node_states import NodeState
 from volt.scheduler.node_table import NodeTable
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
 from volt.wire import Heartbeat
 
 

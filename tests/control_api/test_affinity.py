@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from volt.control_api.affinity import AffinityIndex, prefix_blocks
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
+from volt.placement import DEFAULT_POLICY, PlacementQuery
 from volt.wire import EngineLoad, NodeView
 
 SYSTEM = "You are the support bot for a sovereign GPU cloud. " * 20  # ~1 KB shared prefix

@@ -8,7 +8,7 @@ import pytest
 
 from volt.control_api.admission import Admission, FairQueue
 from volt.control_api.errors import RateLimited, ServiceUnavailable
-from volt.scheduler.placement import PlacementQuery
+from volt.placement import PlacementQuery
 from volt.wire import NodeView
 
 QUERY = PlacementQuery(model="m")

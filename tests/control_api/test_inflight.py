@@ -24,7 +24,7 @@ from volt.control_api.inference import InferenceClient
 from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher, Job
 from volt.identity.principal import AuthMethod, Principal, Role, Scope
-from volt.scheduler.placement import PlacementQuery
+from volt.placement import PlacementQuery
 from volt.up.nats_server import NatsServer
 from volt.wire import (
     INFERENCE,

@@ -9,7 +9,7 @@ import pytest
 
 from volt.control_api.errors import ModelNotFound, ServiceUnavailable
 from volt.control_api.routing import Router
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
+from volt.placement import DEFAULT_POLICY, PlacementQuery
 from volt.wire import EngineLoad, ModelCard, NodeView, PlacementView
 
 METROS = ("fra", "ams", "par")

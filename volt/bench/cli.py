@@ -132,6 +132,15 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     placement.add_argument("--json", type=Path, help="also write the figures here")
     placement.set_defaults(func=run)
 
+    sched = bench.add_parser(
+        "sched", help="lease placements per second and fragmentation on a simulated fleet")
+    sched.add_argument("--nodes", default="1000,10000",
+                       help="comma-separated fleet sizes (8 GPUs per node)")
+    sched.add_argument("--operations", type=int, default=100000)
+    sched.add_argument("--seed", type=int, default=1)
+    sched.add_argument("--json", type=Path, help="also write the figures here")
+    sched.set_defaults(func=run)
+
     prefix = bench.add_parser(
         "prefix", help="prefix-aware routing vs least-load and round-robin: cache hits, TTFT, "
                        "throughput, on several pods")
@@ -195,9 +204,14 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_placement(nodes=args.nodes, decisions=args.decisions,
                       concurrency=args.concurrency, json_path=args.json)
+    elif args.bench == "sched":
+        from volt.bench.sched import run_sched
+
+        run_sched(fleets=[int(n) for n in args.nodes.split(",")], operations=args.operations,
+                  seed=args.seed, json_path=args.json)
     elif args.bench == "prefix":
         from volt.bench.prefix import run_prefix
-        from volt.scheduler.placement import ROUTING
+        from volt.placement import ROUTING
 
         policies = tuple(p for p in args.policies.split(",") if p)
         if unknown := [p for p in policies if p not in ROUTING]:

@@ -21,7 +21,7 @@ import uvloop
 
 from volt.bench.loadgen import percentile
 from volt.control_api.routing import Router
-from volt.scheduler.placement import PlacementQuery
+from volt.placement import PlacementQuery
 from volt.wire import (
     SCHEDULER,
     EngineLoad,

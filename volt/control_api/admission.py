@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from prometheus_client import Gauge
 
 from volt.control_api.errors import RateLimited, ServiceUnavailable
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery
+from volt.placement import DEFAULT_POLICY, PlacementQuery
 from volt.wire import NodeView
 
 WAITING = Gauge("volt_api_waiting_requests", "Requests waiting for a free pod slot", ["model"])

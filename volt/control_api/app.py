@@ -55,8 +55,8 @@ from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
 from volt.identity.policy import AuditLevel, Rule, rule_for
+from volt.placement import routing_policy
 from volt.protocol.common import Model, ModelList, ModelVolt
-from volt.scheduler.placement import routing_policy
 from volt.store import Database, UsageLedger
 from volt.wire import ModelCard, NodeView, bus, permissions
 

@@ -21,13 +21,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from volt.control_api.errors import ModelNotFound, ServiceUnavailable
-from volt.scheduler.node_states import PLACEABLE
-from volt.scheduler.placement import (
+from volt.placement import (
     DEFAULT_POLICY,
     LocalLoad,
     PlacementQuery,
     Policy,
 )
+from volt.scheduler.node_states import PLACEABLE
 from volt.wire import SCHEDULER, ModelCard, NodeView, PlacementView, ViewQuery, encode, subjects
 
 log = logging.getLogger(__name__)

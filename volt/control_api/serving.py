@@ -42,6 +42,7 @@ from volt.control_api.errors import (
 from volt.control_api.inference import InferenceClient, PodGone, Reply, ReplyChannel
 from volt.control_api.routing import AtCapacity, Router
 from volt.identity import Principal
+from volt.placement import PlacementQuery
 from volt.protocol.chat import StreamOptions
 from volt.protocol.common import (
     CompletionUsage,
@@ -50,7 +51,6 @@ from volt.protocol.common import (
     VoltOptions,
     VoltTiming,
 )
-from volt.scheduler.placement import PlacementQuery
 from volt.wire import ChoiceDelta, Final, InferenceError, InferenceRequest, NodeView, StreamChunk
 
 DONE = b"data: [DONE]\n\n"

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from volt.placement import DEFAULT_POLICY, PlacementQuery, Policy
 from volt.scheduler.node_table import NodeTable
-from volt.scheduler.placement import DEFAULT_POLICY, PlacementQuery, Policy
 from volt.scheduler.senders import sent_by
 from volt.store import Inventory
 from volt.wire import (

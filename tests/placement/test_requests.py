@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from volt.scheduler.placement import DEFAULT_POLICY, LocalLoad, PlacementQuery
+from volt.placement import DEFAULT_POLICY, LocalLoad, PlacementQuery
 from volt.wire import EngineLoad, NodeView
 
 
@@ -100,7 +100,7 @@ def test_each_routing_policy_does_what_its_name_says() -> None:
     """``api.routing``: where a prefix lives on a busy node, prefix-aware weighs
     the two, least-load ignores the prefix, prefix-only ignores the load, and
     round-robin takes every node in turn whatever either says."""
-    from volt.scheduler.placement import ROUTING, routing_policy
+    from volt.placement import ROUTING, routing_policy
 
     nodes = [node("a", running=2), node("b"), node("c")]
     holds = PlacementQuery(model="m", affinity={"a": 1.0})

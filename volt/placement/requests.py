@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from volt.scheduler.node_states import PLACEABLE, NodeState
+from volt.scheduler.node_states import PLACEABLE
 from volt.wire import NodeView
 
 
@@ -237,7 +237,6 @@ __all__ = [
     "Decision",
     "Filter",
     "LocalLoad",
-    "NodeState",
     "PlacementQuery",
     "Policy",
     "Scorer",
