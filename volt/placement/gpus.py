@@ -278,12 +278,12 @@ class GpuPool:
 
     def _on_whole_nodes(self, request: GpuRequest, shelves: list[tuple[str, _Shelf]],
                         wanted: int, node_gpus: int) -> GpuPlacement:
-        for scope, groups_of in (("nvlink_domain", lambda s: s.whole_by_domain),
-                                 ("rack", lambda s: s.whole_by_rack)):
+        for scope in ("nvlink_domain", "rack"):
             best: list[str] | None = None
             for _, shelf in shelves:
                 mixed = len(shelf.sizes) > 1
-                for members in groups_of(shelf).values():
+                groups = shelf.whole_by_domain if scope == "nvlink_domain" else shelf.whole_by_rack
+                for members in groups.values():
                     if len(members) < wanted or (
                             not mixed and best is not None and len(members) >= len(best)):
                         continue
@@ -313,12 +313,12 @@ class GpuPool:
                     return GpuPlacement(nodes=((node.node_id, request.count),), scope="node")
         elif node_gpus and request.count % node_gpus == 0:
             wanted = request.count // node_gpus
-            for scope, group_of in (("nvlink_domain", lambda n: n.nvlink_domain),
-                                    ("rack", lambda n: n.rack)):
+            for scope in ("nvlink_domain", "rack"):
                 groups: dict[str, list[str]] = {}
                 for node in candidates:
-                    if group_of(node) and self._free[node.node_id] == node.gpus == node_gpus:
-                        members = groups.setdefault(group_of(node), [])
+                    group = getattr(node, scope)
+                    if group and self._free[node.node_id] == node.gpus == node_gpus:
+                        members = groups.setdefault(group, [])
                         members.append(node.node_id)
                         if len(members) == wanted:
                             return GpuPlacement(
