@@ -295,7 +295,7 @@ class GpuPool:
             if best is not None:
                 chosen = sorted(best[:wanted])
                 return GpuPlacement(nodes=tuple((node_id, node_gpus) for node_id in chosen),
-                                    scope=scope)  # type: ignore[arg-type]
+                                    scope=scope)
         raise Unplaceable(f"no NVLink domain or rack in {request.metro} has {wanted} whole "
                           f"free {request.gpu_model} nodes now")
 
@@ -323,7 +323,7 @@ class GpuPool:
                         if len(members) == wanted:
                             return GpuPlacement(
                                 nodes=tuple((node_id, node_gpus) for node_id in members),
-                                scope=scope)  # type: ignore[arg-type]
+                                scope=scope)
         raise Unplaceable("no fit")
 
     # --- reporting -------------------------------------------------------------
