@@ -114,6 +114,30 @@ class SchedulerSettings(_Section):
     """The same for tiers."""
 
 
+class ForgeSettings(_Section):
+    """Forge: dedicated GPU leases, each scoped into its own Kubernetes namespace."""
+
+    kubeconfig: str = ""
+    """The scheduler's kubeconfig for the cluster leases live in (it creates
+    namespaces, quotas, policies, RBAC and tokens, and taints nodes). Empty:
+    Forge is off (its routes answer 503)."""
+    default_gpu_quota: Annotated[int, msgspec.Meta(ge=0)] = 64
+    """GPUs an org's leases may hold at once, unless the org has its own."""
+    prices: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = {}
+    """Price per GPU-hour by GPU model (``H100``) or model and tier
+    (``H100/premium``, which wins), shown on ``/v1/forge/availability``."""
+    kubeconfig_ttl_s: Annotated[int, msgspec.Meta(ge=600, le=7 * 86400)] = 3600
+    """How long a minted kubeconfig's token lasts unless asked otherwise
+    (never past its lease's end; Kubernetes' floor is 10 minutes)."""
+    max_lease_s: Annotated[float, msgspec.Meta(ge=60)] = 90 * 86400.0
+    min_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 600.0
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """How long a node chosen for a lease waits for its Spark requests to end."""
+    provision_timeout_s: PositiveFloat = 120.0
+    """A lease not provisioned by then is rolled back and fails."""
+    reconcile_interval_s: PositiveFloat = 1.0
+
+
 class OidcIssuer(_Section):
     """An OpenID Provider console admins sign in with (``[[identity.oidc]]``)."""
 
@@ -203,6 +227,11 @@ class AgentSettings(_Section):
     tier: SubjectToken = "standard"
     capacity: Literal["live", "test"] = "live"
     """``test``: this node serves only ``volt_sk_test_`` keys (and live keys never reach it)."""
+    rack: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] = ""
+    nvlink_domain: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] = ""
+    """Where the host sits: Forge places a lease larger than one node on whole
+    nodes of one NVLink domain, else one rack; a node that names neither only
+    takes leases of up to its own GPUs."""
     tpm: str = ""
     """The TPM's TCTI (``device:/dev/tpmrm0`` on hosts; ``swtpm:host=...,port=...``).
     Empty: no TPM; the node runs ``not_attested`` and only a scheduler with
@@ -273,6 +302,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     attestation: AttestationSettings = msgspec.field(default_factory=AttestationSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    forge: ForgeSettings = msgspec.field(default_factory=ForgeSettings)
 
     # Derived values: computed from the settings, never stored twice.
 
@@ -311,7 +341,8 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return (self.identity.public_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
 
 
-_SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation")
+_SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation",
+             "forge")
 _LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients"),
                 ("scheduler", "metros"), ("scheduler", "tiers")}
 
@@ -323,7 +354,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             ("nats", NatsSettings), ("store", StoreSettings), ("api", ApiSettings),
             ("scheduler", SchedulerSettings), ("agent", AgentSettings),
             ("identity", IdentitySettings), ("audit", AuditSettings),
-            ("attestation", AttestationSettings),
+            ("attestation", AttestationSettings), ("forge", ForgeSettings),
         )
     }
     top = {"data_dir", "log_level"}

@@ -192,7 +192,8 @@ class KubeControlPlane:
             f"--service-account-signing-key-file={sa_private}",
             "--api-audiences=https://kubernetes.default.svc",
             "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction,ResourceQuota",
+            "--enable-admission-plugins=NodeRestriction,ResourceQuota,PodNodeSelector,"
+            "PodTolerationRestriction",
             "--endpoint-reconciler-type=none",
             "--service-cluster-ip-range=10.96.0.0/24",
             f"--cert-dir={pki}",

@@ -127,6 +127,7 @@ async def run_agent(config: VoltConfig) -> None:
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,
         capacity=config.agent.capacity, insecure=config.agent.insecure_unsealed,
+        rack=config.agent.rack, nvlink_domain=config.agent.nvlink_domain,
         stream_interval_s=config.agent.stream_interval_ms / 1000,
         attestation=AttestationClient(
             node_id, config.agent.tpm, config.agent.event_log,

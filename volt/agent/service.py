@@ -103,6 +103,8 @@ class Agent:
         engine_kind: str = "cpu",
         usage: UsagePublisher | None = None,
         capacity: str = "live",
+        rack: str = "",
+        nvlink_domain: str = "",
         gpu_interval_s: float = 5.0,
         insecure: bool = False,
         attestation: AttestationClient | None = None,
@@ -115,6 +117,7 @@ class Agent:
         self.metro = subjects.token(metro)
         self.tier = tier
         self.capacity = capacity
+        self.rack, self.nvlink_domain = rack, nvlink_domain
         self.insecure = insecure
         self.attestation = attestation
         """Proves this node's boot to the scheduler (None: no TPM; ``not_attested``)."""
@@ -174,6 +177,7 @@ class Agent:
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=list(self.engines),
             gpus=self.gpus.latest, engine=self.engine_kind,
             heartbeat_interval_s=self.heartbeat_interval_s, capacity=self.capacity,
+            rack=self.rack, nvlink_domain=self.nvlink_domain,
         )
         await self._nc.publish(subjects.node_event(self.node_id, "hello"), encode(hello))
 
@@ -212,6 +216,7 @@ class Agent:
             gpus=self.gpus.latest, load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
             inflight_by_replica=dict(self._by_replica), capacity=self.capacity,
+            rack=self.rack, nvlink_domain=self.nvlink_domain,
         )
 
     async def _heartbeat_forever(self) -> None:

@@ -55,6 +55,19 @@ class Orgs:
         return None if org is None else OrgRecord(org.id, org.name,
                                                   Catalog.from_json(org.catalog))
 
+    async def gpu_quota(self, org_id: str) -> int | None:
+        """The org's own Forge GPU quota (None: the configured default)."""
+        async with self.db.session() as session:
+            org = await session.get(Org, org_id)
+        return None if org is None else org.gpu_quota
+
+    async def set_gpu_quota(self, org_id: str, gpus: int | None) -> None:
+        async with self.db.session() as session, session.begin():
+            org = await session.get(Org, org_id)
+            if org is None:
+                raise KeyError(org_id)
+            org.gpu_quota = gpus
+
     async def by_name(self, name: str) -> OrgRecord | None:
         async with self.db.session() as session:
             org = await session.scalar(select(Org).where(Org.name == name))

@@ -3,7 +3,7 @@
 A policy is a list you can read::
 
     DEFAULT_POLICY = Policy(
-        filters=(serves_model, in_metro, in_tier, healthy),
+        filters=(serves_model, in_metro, in_tier, on_capacity, healthy, not_leased),
         scorers=(least_load,),
     )
 
@@ -108,6 +108,12 @@ healthy = Filter(
     lambda q, n: f"state {n.state}" + (f" ({'; '.join(n.problems)})" if n.problems else ""),
 )
 
+not_leased = Filter(
+    "not_leased",
+    lambda q, n: not n.lease_id,
+    lambda q, n: f"given to Forge lease {n.lease_id}",
+)
+
 
 def _least_load(query: PlacementQuery, node: NodeView, local: LocalLoad) -> float:
     # The view is up to a heartbeat old. The other replicas' share of a node's
@@ -205,7 +211,7 @@ class Policy:
         return decision
 
 
-FILTERS = (serves_model, in_metro, in_tier, on_capacity, healthy)
+FILTERS = (serves_model, in_metro, in_tier, on_capacity, healthy, not_leased)
 DEFAULT_POLICY = Policy(filters=FILTERS, scorers=(least_load, prefix_affinity))
 
 
@@ -244,6 +250,7 @@ __all__ = [
     "in_metro",
     "in_tier",
     "least_load",
+    "not_leased",
     "on_capacity",
     "prefix_affinity",
     "routing_policy",

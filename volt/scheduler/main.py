@@ -6,16 +6,21 @@ import asyncio
 import logging
 
 from volt.config import ConfigError, VoltConfig
+from volt.forge.kube import KubeScope
+from volt.forge.leases import Forge
 from volt.identity.audit_log import AuditLog
 from volt.identity.audit_writer import AuditWriter
 from volt.identity.bus_authority import BusAuthority
 from volt.identity.bus_credentials import bus_credentials
 from volt.identity.keyring import Keyring
+from volt.identity.orgs import Orgs
+from volt.placement.gpus import GpuPool
 from volt.scheduler.attestation import AttestationService
 from volt.scheduler.metering import UsageSink
 from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
 from volt.store import Database, Inventory, UsageLedger
+from volt.store.resources import ResourceStore
 from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,11 @@ async def run_scheduler(config: VoltConfig) -> None:
         raise ConfigError("nats.url: the scheduler needs a NATS URL (VOLT_NATS_URL)")
     db = Database(config.store_url())
     await db.upgrade()  # the scheduler owns the store, so it migrates it
+    orgs = Orgs(db)
+    forge = Forge(
+        ResourceStore(db), GpuPool(),
+        KubeScope.from_kubeconfig(config.forge.kubeconfig) if config.forge.kubeconfig else None,
+        config.forge, quota_of=orgs.gpu_quota)
     scheduler = Scheduler(
         NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats,
                   allow_unsealed=config.scheduler.allow_unsealed,
@@ -35,7 +45,10 @@ async def run_scheduler(config: VoltConfig) -> None:
         sweep_interval_s=config.scheduler.sweep_interval_s,
         metros=config.scheduler.metros,
         tiers=config.scheduler.tiers,
+        forge=forge,
     )
+    forge.spark_inflight = scheduler.spark_inflight
+    forge.on_change = scheduler.changed
     keyring = Keyring(config.secrets_path())
     authority = BusAuthority(config.data_path / "bus", config.secrets_path(),
                              config.identity.trust_domain) \
@@ -58,6 +71,7 @@ async def run_scheduler(config: VoltConfig) -> None:
             tasks.create_task(audit.run(nc))
             await attestation.run(nc)
     finally:
+        await forge.stop()
         await bus.close(nc)
         credentials.close()
         await db.close()

@@ -45,6 +45,8 @@ class NodeRecord:
     base_problems: list[str] = field(default_factory=list)
     """What the node's own messages show (GPU health, the seal); ``problems``
     adds what the scheduler knows (attestation)."""
+    rack: str = ""
+    nvlink_domain: str = ""
 
     def view(self) -> NodeView:
         return NodeView(
@@ -115,6 +117,7 @@ class NodeTable:
                 capacity=message.capacity, problems=problems,
                 seal=message.seal if isinstance(message, Heartbeat) else "",
                 attestation=attestation, engine_ready=ready, base_problems=base,
+                rack=message.rack, nvlink_domain=message.nvlink_domain,
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
@@ -125,6 +128,7 @@ class NodeTable:
         record.state = next_state(record.state, event)
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
         record.capacity = message.capacity
+        record.rack, record.nvlink_domain = message.rack, message.nvlink_domain
         record.problems, record.base_problems = problems, base
         record.attestation, record.engine_ready = attestation, ready
         if isinstance(message, Heartbeat):
@@ -217,6 +221,9 @@ class NodeTable:
             elif record.state in GONE and silent_for > self.forget_after_s:
                 del self._nodes[record.node_id]
         return expired
+
+    def records(self) -> list[NodeRecord]:
+        return list(self._nodes.values())
 
     def views(self) -> list[NodeView]:
         return [record.view() for record in self._nodes.values()]

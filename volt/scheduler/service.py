@@ -15,22 +15,36 @@ import secrets
 import time
 from collections.abc import Iterable
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from volt.forge.leases import Forge, ForgeError
 from volt.placement import DEFAULT_POLICY, PlacementQuery, Policy
-from volt.scheduler.node_table import NodeTable
+from volt.scheduler.node_states import GONE, LIVE
+from volt.scheduler.node_table import NodeRecord, NodeTable
 from volt.scheduler.senders import sent_by
 from volt.store import Inventory
 from volt.wire import (
+    FORGE,
     NODE,
     SCHEDULER,
+    AvailabilityAnswer,
+    AvailabilityQuery,
+    ForgeRefused,
+    KubeconfigMint,
+    KubeconfigMinted,
+    KubeconfigRevoke,
+    LeaseChanged,
+    LeaseCreate,
+    LeaseTerminate,
     ModelCard,
     NodeHello,
     PlaceAnswer,
     PlacementView,
     PlaceQuery,
     ViewQuery,
+    WireMessage,
     encode,
     subjects,
 )
@@ -49,8 +63,11 @@ class Scheduler:
         policy: Policy = DEFAULT_POLICY,
         metros: Iterable[str] = (),
         tiers: Iterable[str] = (),
+        forge: Forge | None = None,
     ) -> None:
         self.table = table
+        self.forge = forge
+        """Forge's leases (None: Forge's commands are refused)."""
         self.inventory = inventory
         self.view_interval_s = view_interval_s
         self.sweep_interval_s = sweep_interval_s
@@ -73,6 +90,10 @@ class Scheduler:
     def view(self) -> PlacementView:
         self._seq += 1
         nodes = self.table.views()
+        leased = self.forge.leased_nodes() if self.forge is not None else {}
+        if leased:
+            nodes = [msgspec.structs.replace(node, lease_id=leased[node.node_id])
+                     if node.node_id in leased else node for node in nodes]
         self._metros.update(node.metro for node in nodes)
         self._tiers.update(node.tier for node in nodes)
         return PlacementView(
@@ -92,8 +113,14 @@ class Scheduler:
                                pending_msgs_limit=65536)
         await nc.subscribe(subjects.SCHED_VIEW_GET, cb=self._on_view_query)
         await nc.subscribe(subjects.SCHED_PLACE, cb=self._on_place_query)
+        if self.forge is not None:
+            await self.forge.load()  # before any command: leases resume first
+        await nc.subscribe(subjects.SCHED_FORGE, cb=self._on_forge_command)
         log.info("scheduler started", extra={"scheduler_id": self.scheduler_id})
-        await self._publish_forever()
+        async with asyncio.TaskGroup() as tasks:
+            if self.forge is not None:
+                tasks.create_task(self.forge.run())
+            await self._publish_forever()
 
     async def _publish_forever(self) -> None:
         assert self._nc is not None
@@ -106,6 +133,8 @@ class Scheduler:
             expired = self.table.sweep()
             for node_id in expired:
                 log.warning("node lost", extra={"node_id": node_id})
+                if self.forge is not None:
+                    self.forge.node_gone(node_id)
             for node_id in self.table.expire_verdicts():
                 log.warning("attestation expired", extra={"node_id": node_id})
                 self._dirty.set()
@@ -130,6 +159,9 @@ class Scheduler:
                 "node_id": message.node_id,
                 "state": getattr(self.table.get(message.node_id), "state", None),
             })
+        record = self.table.get(message.node_id)
+        if record is not None:
+            self._forge_sees(record)
         if isinstance(message, NodeHello):
             self._spawn(self.inventory.record_node(message))
         new_models = set(getattr(message, "models", ())) - self._catalog.keys()
@@ -176,3 +208,65 @@ class Scheduler:
             metro=node.metro if node else None,
             rejected=decision.rejected,
         )))
+
+    # --- Forge ---------------------------------------------------------------------
+
+    def _forge_sees(self, record: NodeRecord) -> None:
+        if self.forge is None:
+            return
+        if record.state in GONE:
+            self.forge.node_gone(record.node_id)
+            return
+        self.forge.node_seen(
+            record.node_id, metro=record.metro, tier=record.tier,
+            gpu_names=[gpu.name for gpu in record.gpus], rack=record.rack,
+            nvlink_domain=record.nvlink_domain,
+            schedulable=record.state in LIVE and not record.problems)
+
+    def spark_inflight(self, node_id: str) -> int:
+        """Spark requests on a node at its last heartbeat."""
+        record = self.table.get(node_id)
+        return sum(record.inflight_by_replica.values()) if record is not None else 0
+
+    async def _on_forge_command(self, msg: Msg) -> None:
+        command = FORGE.decode_or_drop(msg.data)
+        if not msg.reply or command is None:
+            return
+        try:
+            answer = await self._forge_answer(command)
+        except ForgeError as exc:
+            answer = ForgeRefused(code=exc.code, message=str(exc), status=exc.status,
+                                  param=exc.param)
+        except Exception as exc:
+            log.exception("forge command failed")
+            answer = ForgeRefused(code="forge_error", status=500,
+                                  message=f"The scheduler could not apply the command "
+                                          f"({type(exc).__name__}); nothing was changed "
+                                          "unless the lease says so.")
+        await msg.respond(encode(answer))
+
+    async def _forge_answer(self, command: object) -> WireMessage:
+        forge = self.forge
+        if forge is None:
+            raise ForgeError("Forge is not enabled on this Volt (no forge.kubeconfig).",
+                             code="forge_disabled", status=503)
+        if isinstance(command, AvailabilityQuery):
+            return AvailabilityAnswer(rows=forge.availability(command))
+        if isinstance(command, LeaseCreate):
+            record = await forge.create(command)
+        elif isinstance(command, LeaseTerminate):
+            record = await forge.terminate(command.org_id, command.lease_id)
+        elif isinstance(command, KubeconfigRevoke):
+            record = await forge.revoke(command.org_id, command.lease_id,
+                                        command.kubeconfig_id)
+        elif isinstance(command, KubeconfigMint):
+            minted = await forge.mint(command.org_id, command.lease_id, command.ttl_s)
+            assert forge.kube is not None
+            return KubeconfigMinted(
+                kubeconfig_id=minted.kubeconfig_id, lease_id=command.lease_id,
+                token=minted.token.token, expires_at=minted.token.expires_at,
+                server=forge.kube.server, ca_pem=forge.kube.ca_pem.decode(),
+                namespace=minted.namespace)
+        else:
+            raise ForgeError("Not a Forge command.", code="invalid_command", status=400)
+        return LeaseChanged(lease_id=record.id, state=record.state)

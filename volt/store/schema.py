@@ -29,6 +29,8 @@ class Org(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     catalog: Mapped[str | None] = mapped_column(Text, nullable=True)
     """JSON: the models, metros and tiers it may use (``volt/store/catalog.py``); NULL: all."""
+    gpu_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Most GPUs its Forge leases may hold at once; NULL: ``forge.default_gpu_quota``."""
 
 
 class CatalogModel(Base):
@@ -85,3 +87,42 @@ class UsageRow(Base):
     started_unix: Mapped[float] = mapped_column(Float)
     ended_unix: Mapped[float] = mapped_column(Float, index=True)
     day: Mapped[str] = mapped_column(String(10))
+
+
+class Resource(Base):
+    """A durable resource with a lifecycle: a Forge lease today; Vault racks and
+    fine-tune jobs next. ``state`` moves only through the kind's transition table
+    (``volt/lifecycle.py``), written by one writer (the scheduler); ``spec`` is
+    what the tenant asked for and ``status`` what Volt made of it (JSON: no
+    payload and no secret ever lives here)."""
+
+    __tablename__ = "resources"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    org_id: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, default="{}")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    __table_args__ = (
+        Index("ix_resources_kind_org_created", "kind", "org_id", "created_at"),
+        Index("ix_resources_kind_state", "kind", "state"),
+    )
+
+
+class ResourceEvent(Base):
+    """Every transition a resource made: from, to, on what, why, when."""
+
+    __tablename__ = "resource_events"
+
+    resource_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    event: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -22,6 +22,7 @@ from volt.wire.messages import (
     WIRE_VERSION,
     AttestMessage,
     BatchedReplyMessage,
+    ForgeMessage,
     IdentityMessage,
     InferenceMessage,
     NodeMessage,
@@ -111,3 +112,4 @@ REPLIES: FamilyDecoder[BatchedReplyMessage] = FamilyDecoder("reply", BatchedRepl
 USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)
 IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMessage)
 ATTEST: FamilyDecoder[AttestMessage] = FamilyDecoder("attest", AttestMessage)
+FORGE: FamilyDecoder[ForgeMessage] = FamilyDecoder("forge", ForgeMessage)

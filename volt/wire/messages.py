@@ -87,6 +87,8 @@ class NodeHello(WireMessage, frozen=True, kw_only=True, tag="node.hello"):
     heartbeat_interval_s: float = 2.0
     capacity: str = "live"
     """``test``: serves only test keys (``volt_sk_test_``)."""
+    rack: str = ""
+    nvlink_domain: str = ""
 
 
 class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
@@ -107,6 +109,8 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     """``sealed``, ``insecure`` (the development flag) or ``broken``; empty from
     agents that predate the seal (treated as broken)."""
     seal_problem: str = ""
+    rack: str = ""
+    nvlink_domain: str = ""
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -141,6 +145,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     seal: str = ""
     attestation: str = ""
     """``attested``, ``not_attested`` (no TPM, allowed for development) or ``failed``."""
+    lease_id: str = ""
+    """The Forge lease the node is given to: it takes no Spark request."""
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -451,3 +457,96 @@ class AttestResult(WireMessage, frozen=True, kw_only=True, tag="attest.result"):
 
 AttestMessage = (AttestEnroll | EnrollChallenge | EnrollProof | NonceRequest | NonceAnswer
                  | AttestEvidence | AttestResult)
+
+
+# --- forge family: API <-> scheduler, request/reply (global, metadata only) -----
+#
+# The API asks, the scheduler (the single writer of leases) decides and
+# answers. Only ``KubeconfigMinted`` carries a secret (the bound token): it
+# travels as the reply, on the asking replica's own inbox, never on a shared
+# subject.
+
+
+class LeaseCreate(WireMessage, frozen=True, kw_only=True, tag="forge.lease.create"):
+    org_id: str
+    created_by: str = ""
+    gpu_model: str
+    gpu_count: int
+    metro: str
+    tier: str | None = None
+    starts_at: float | None = None
+    """Unix seconds; None: now."""
+    ends_at: float
+    egress_cidrs: list[str] = []
+
+
+class LeaseTerminate(WireMessage, frozen=True, kw_only=True, tag="forge.lease.terminate"):
+    org_id: str
+    lease_id: str
+
+
+class KubeconfigMint(WireMessage, frozen=True, kw_only=True, tag="forge.kubeconfig.mint"):
+    org_id: str
+    lease_id: str
+    ttl_s: int | None = None
+
+
+class KubeconfigRevoke(WireMessage, frozen=True, kw_only=True, tag="forge.kubeconfig.revoke"):
+    org_id: str
+    lease_id: str
+    kubeconfig_id: str
+
+
+class AvailabilityQuery(WireMessage, frozen=True, kw_only=True, tag="forge.availability.get"):
+    metro: str | None = None
+    tier: str | None = None
+    gpu_model: str | None = None
+
+
+class LeaseChanged(WireMessage, frozen=True, kw_only=True, tag="forge.lease"):
+    """The command was applied; the lease as stored is the answer."""
+
+    lease_id: str
+    state: str
+
+
+class KubeconfigMinted(WireMessage, frozen=True, kw_only=True, tag="forge.kubeconfig"):
+    kubeconfig_id: str
+    lease_id: str
+    token: str
+    expires_at: float
+    server: str
+    ca_pem: str
+    namespace: str
+
+
+class GpuAvailability(msgspec.Struct, frozen=True, kw_only=True):
+    metro: str
+    tier: str
+    gpu_model: str
+    total: int
+    free: int
+    largest_on_node: int
+    largest_in_nvlink_domain: int
+    largest_in_rack: int
+    price_per_gpu_hour: float | None = None
+
+
+class AvailabilityAnswer(WireMessage, frozen=True, kw_only=True, tag="forge.availability"):
+    rows: list[GpuAvailability]
+
+
+class ForgeRefused(WireMessage, frozen=True, kw_only=True, tag="forge.refused"):
+    """The command was not applied: ``code`` and ``status`` say why and how the
+    API answers (404 not found, 409 wrong state, 400 bad shape, 403 quota,
+    503 no capacity now)."""
+
+    code: str
+    message: str
+    status: int
+    param: str | None = None
+
+
+ForgeMessage = (LeaseCreate | LeaseTerminate | KubeconfigMint | KubeconfigRevoke
+                | AvailabilityQuery | LeaseChanged | KubeconfigMinted | AvailabilityAnswer
+                | ForgeRefused)

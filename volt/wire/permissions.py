@@ -77,7 +77,7 @@ def api(replica_id: str) -> Permissions:
     return Permissions(
         publish=(
             subjects.INFER_ALL, subjects.CANCEL_ALL,
-            subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE,
+            subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE, subjects.SCHED_FORGE,
             subjects.AUDIT_EVENTS, *_stream_admin(subjects.AUDIT_STREAM),
             subjects.IDENTITY_REVOKED,
             *_stream_admin(kv_stream), f"$JS.API.DIRECT.GET.{kv_stream}.>",
@@ -100,8 +100,8 @@ def scheduler() -> Permissions:
         subscribe=(
             *(subjects.node_events(event) for event in subjects.NODE_EVENTS),
             *(subjects.attest_all(step) for step in subjects.ATTEST_STEPS),
-            subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE, subjects.IDENTITY_REVOKED,
-            subjects.inbox_prefix("service", "scheduler") + ".>",
+            subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE, subjects.SCHED_FORGE,
+            subjects.IDENTITY_REVOKED, subjects.inbox_prefix("service", "scheduler") + ".>",
         ),
         allow_responses=True,
     )
