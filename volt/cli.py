@@ -187,6 +187,24 @@ def _orgs_set_catalog(args: argparse.Namespace) -> None:
     print("API replicas pick this up within api.auth_cache_s.", file=sys.stderr)
 
 
+def _orgs_set_gpu_quota(args: argparse.Namespace) -> None:
+    from volt.identity.orgs import Orgs
+
+    gpus = None if args.gpus == "default" else int(args.gpus)
+
+    async def work(config: VoltConfig, db: Database) -> int:
+        orgs = Orgs(db)
+        org = await orgs.by_name(args.name)
+        if org is None:
+            raise SystemExit(f"volt admin orgs set-gpu-quota: no org {args.name}")
+        await orgs.set_gpu_quota(org.id, gpus)
+        return config.forge.default_gpu_quota
+
+    default = _store(args, work)
+    print(f"{args.name}: leases may hold {gpus if gpus is not None else default} GPUs at once"
+          + (" (the default)" if gpus is None else ""))
+
+
 def _gpus(args: argparse.Namespace) -> None:
     """What the agent would report: one full NVML read (timed), XIDs watched for a while."""
     import json
@@ -272,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("--metros")
     catalog.add_argument("--tiers")
     catalog.set_defaults(func=_orgs_set_catalog)
+    quota = orgs.add_parser("set-gpu-quota", parents=[common],
+                            help="how many GPUs an org's Forge leases may hold at once")
+    quota.add_argument("name")
+    quota.add_argument("gpus", help="a number, or 'default' (forge.default_gpu_quota)")
+    quota.set_defaults(func=_orgs_set_gpu_quota)
     admin_keys = admin.add_parser("keys", help="API keys").add_subparsers(
         dest="admin_keys", required=True)
     admin_create = admin_keys.add_parser(

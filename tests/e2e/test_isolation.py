@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from volt.identity.policy import RULES
 from volt.identity.principal import Role
 from volt.identity.sessions import Sessions
 from volt.store import Catalog, Database
+from volt.store.resources import ResourceStore
 from volt.testing import Cluster
 
 
@@ -34,6 +36,8 @@ class World:
     their_org: str
     their_key_id: str
     their_key: str
+    their_lease: str
+    """A Forge lease of org B, written straight to the store (no GPUs here)."""
     session: str
     """A console session of an admin of org A."""
     csrf: str
@@ -61,6 +65,10 @@ def _org_key(w: World) -> str:
     return f"/v1/orgs/{w.my_org}/api-keys/{w.their_key_id}"
 
 
+def _their_lease(w: World) -> str:
+    return f"/v1/forge/leases/{w.their_lease}"
+
+
 ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("POST", "/v1/chat/completions"): NoId("the body names a model; catalogs: test_catalog"),
     ("POST", "/v1/completions"): NoId("as chat"),
@@ -76,6 +84,15 @@ ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("GET", "/v1/fine_tuning/jobs"): NoId("lists the caller's org"),
     ("GET", "/v1/fine_tuning/jobs/{job_id}"): [Probe(lambda w: "/v1/fine_tuning/jobs/ftjob-x",
                                                      501)],
+    ("GET", "/v1/forge/availability"): NoId("the fleet's free capacity: no org's data"),
+    ("POST", "/v1/forge/leases"): NoId("creates in the caller's org"),
+    ("GET", "/v1/forge/leases"): NoId("lists the caller's org (test_forge)"),
+    ("GET", "/v1/forge/leases/{lease_id}"): [Probe(_their_lease)],
+    ("DELETE", "/v1/forge/leases/{lease_id}"): [Probe(_their_lease)],
+    ("POST", "/v1/forge/leases/{lease_id}/kubeconfig"): [
+        Probe(lambda w: _their_lease(w) + "/kubeconfig", body={})],
+    ("DELETE", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}"): [
+        Probe(lambda w: _their_lease(w) + "/kubeconfigs/kc-0123456789ab")],
     ("GET", "/v1/usage"): NoId("the caller's org only (test_metering)"),
     ("GET", "/v1/me"): NoId("the caller"),
     ("GET", "/v1/orgs/{org_id}/api-keys"): [
@@ -149,9 +166,23 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             finally:
                 await db.close()
 
+        org_b = cluster.org_id("org-b")
+
+        async def their_lease() -> str:
+            db = Database(cluster.store_url)
+            try:
+                record = await ResourceStore(db).create(
+                    kind="lease", id="lease-0123456789ab", org_id=org_b,
+                    state="active", now=time.time(), status={"namespace": "volt-x"},
+                    spec={"gpu_model": "H100", "gpu_count": 1, "metro": "fra", "tier": None,
+                          "starts_at": time.time(), "ends_at": time.time() + 3600})
+                return record.id
+            finally:
+                await db.close()
+
         session, csrf = asyncio.run(console_session())
         yield World(cluster, mine, cluster.org_id("org-a"), cluster.org_id("org-b"),
-                    their_key_id, their_key, session, csrf)
+                    their_key_id, their_key, asyncio.run(their_lease()), session, csrf)
 
 
 PROBES = [(method, path, index, probe)

@@ -43,6 +43,7 @@ from volt.control_api.errors import (
     error_json,
     translate,
 )
+from volt.control_api.forge import register_forge_routes
 from volt.control_api.hot_path import Endpoint, HotPath
 from volt.control_api.identity_routes import register_identity_routes
 from volt.control_api.inference import InferenceClient
@@ -58,6 +59,7 @@ from volt.identity.policy import AuditLevel, Rule, rule_for
 from volt.placement import routing_policy
 from volt.protocol.common import Model, ModelList, ModelVolt
 from volt.store import Database, UsageLedger
+from volt.store.resources import ResourceStore
 from volt.wire import ModelCard, NodeView, bus, permissions
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 def _model(card: ModelCard, nodes: list[NodeView]) -> Model:
     # Only pods that can take the request count: a drained node serves nobody.
-    serving = [node for node in nodes if node.state == "ready" and card.id in node.models]
+    serving = [node for node in nodes
+               if node.state == "ready" and not node.lease_id and card.id in node.models]
     insecure = any(node.seal == "insecure" for node in serving)
     not_attested = any(node.attestation != "attested" for node in serving)
     return Model(id=card.id, created=card.created, owned_by=card.owned_by, object="model",
@@ -264,7 +267,8 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     @app.get("/v1/usage")
     async def usage() -> Response:
-        body = await usage_report(services.usage, g.principal, request.args)
+        body = await usage_report(services.usage, ResourceStore(services.db), g.principal,
+                                  request.args)
         return Response(body, content_type="application/json")
 
     @app.get("/healthz")
@@ -289,6 +293,7 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         return Response(generate_latest(REGISTRY), content_type="text/plain; version=0.0.4")
 
     register_identity_routes(app, services.identity)
+    register_forge_routes(app, services)
     register_oauth_routes(app, services.identity)
     register_console(app, services.identity)
     return app

@@ -13,6 +13,7 @@
     ├── KeyRateLimited       429 requests                (a key's requests/tokens per minute)
     ├── NotImplementedYet    501 not_implemented         (a documented endpoint not built yet)
     ├── UpstreamError        4xx/5xx from the pod, passed through (e.g. context length)
+    ├── Refused              4xx/503 from the scheduler (a Forge command it refused)
     ├── ServiceUnavailable   503 service_unavailable     (no healthy pod; Retry-After)
     └── DeadlineExceeded     504 timeout
 
@@ -125,6 +126,23 @@ class UpstreamError(ApiError):
         super().__init__(message, code=code)
         self.status = status
         self.type = "invalid_request_error" if 400 <= status < 500 else "server_error"
+
+
+class Refused(ApiError):
+    """The scheduler refused a command (capacity, quota, state); its status
+    and code pass through. A 503 (no capacity now) says when to look again."""
+
+    _TYPES = {400: "invalid_request_error", 401: "authentication_error",
+              403: "permission_error", 404: "invalid_request_error",
+              409: "invalid_request_error", 503: "service_unavailable"}
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.status = status
+        self.type = self._TYPES.get(status, "server_error")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"} if self.status == 503 else {}
 
 
 class ServiceUnavailable(ApiError):

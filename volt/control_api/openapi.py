@@ -18,6 +18,14 @@ from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompleti
 from volt.protocol.common import ErrorResponse, Model, ModelList
 from volt.protocol.completions import Completion, CompletionRequest
 from volt.protocol.embeddings import EmbeddingList, EmbeddingRequest
+from volt.protocol.forge import (
+    Availability,
+    CreateLeaseRequest,
+    Kubeconfig,
+    Lease,
+    LeaseList,
+    MintKubeconfigRequest,
+)
 from volt.protocol.identity import (
     ApiKey,
     ApiKeyList,
@@ -41,8 +49,10 @@ _ERROR_TEXT = {
     413: "Request body too large",
     429: "A key's limit is spent or too many requests wait; see Retry-After and "
          "x-ratelimit-* headers",
+    409: "The resource is not in a state that allows this (e.g. a lease not active yet)",
     501: "Not available yet",
-    503: "No healthy pod can serve the request now (see Retry-After)",
+    503: "No healthy pod or free capacity can serve the request now, or the scheduler did "
+         "not answer (see Retry-After)",
     504: "The request ran past its deadline",
 }
 
@@ -70,6 +80,7 @@ class Operation:
     success: int = 200
     session: bool = False
     """Authenticated by the console session cookie (after OIDC sign-in), not a bearer."""
+    body_required: bool = True
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -123,6 +134,34 @@ OPERATIONS: tuple[Operation, ...] = (
             ("get", base + "/{job_id}", "retrieve", "Get a fine-tune job"),
         )
     ),
+    Operation("get", "/v1/forge/availability", "getForgeAvailability",
+              "GPUs per metro, tier and model: total, free, the largest lease placeable now, "
+              "and the price", response=Availability, errors=(401, 403, 503),
+              query=(("metro", "only this metro"), ("tier", "only this tier"),
+                     ("gpu_model", "only this GPU model (e.g. H100)"))),
+    Operation("post", "/v1/forge/leases", "createForgeLease",
+              "Lease GPUs: all or nothing, placed by metro, tier and topology, scoped into "
+              "a namespace of their own", request=CreateLeaseRequest, response=Lease,
+              success=201, errors=(400, 401, 403, 503),
+              examples={"one node": {"gpu_model": "H100", "gpu_count": 8, "metro": "fra",
+                                     "duration_s": 86400}}),
+    Operation("get", "/v1/forge/leases", "listForgeLeases", "List the org's leases (newest first)",
+              response=LeaseList, errors=(400, 401, 403),
+              query=(("limit", "1 to 100, default 20"),
+                     ("after", "the last id of the previous page"),
+                     ("state", "only leases in this state"))),
+    Operation("get", "/v1/forge/leases/{lease_id}", "getForgeLease", "Get a lease",
+              response=Lease, errors=(401, 403, 404)),
+    Operation("delete", "/v1/forge/leases/{lease_id}", "terminateForgeLease",
+              "Terminate a lease: its pods stop, its namespace and kubeconfigs go, its GPUs "
+              "return", response=Lease, errors=(401, 403, 404, 503)),
+    Operation("post", "/v1/forge/leases/{lease_id}/kubeconfig", "mintForgeKubeconfig",
+              "Mint a kubeconfig for the lease's namespace (a bound token, shown once)",
+              request=MintKubeconfigRequest, body_required=False, response=Kubeconfig,
+              success=201, errors=(400, 401, 403, 404, 409, 503)),
+    Operation("delete", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}",
+              "revokeForgeKubeconfig", "Revoke one minted kubeconfig", response=Lease,
+              errors=(401, 403, 404, 503)),
     Operation("get", "/v1/me", "getMe", "Who the caller is (SPIFFE ID, org, role, scopes)",
               response=Me, errors=(401, 403)),
     Operation("get", "/v1/orgs/{org_id}/api-keys", "listApiKeys",
@@ -268,7 +307,8 @@ def build_document(version: str) -> dict[str, Any]:
             body: dict[str, Any] = {"schema": ref(op.request)}
             if op.examples:
                 body["examples"] = {name: {"value": value} for name, value in op.examples.items()}
-            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+            operation["requestBody"] = {"required": op.body_required,
+                                        "content": {"application/json": body}}
         if op.form:
             operation["requestBody"] = {"required": True, "content": {
                 "application/x-www-form-urlencoded": {"schema": {

@@ -4,22 +4,24 @@ Query parameters: ``start`` and ``end`` (Unix seconds, or a UTC date
 ``YYYY-MM-DD``; default: the last 30 days), ``group_by`` (comma-separated:
 ``model``, ``day``, ``metro``, ``tier``, ``key``). Completed and cancelled
 requests count (a cancelled request's tokens were generated); attempts that
-failed on a pod before the client got anything do not.
+failed on a pod before the client got anything do not. Forge leases add
+their GPU-seconds (GPUs times the seconds each was active in the window).
 """
 
 from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import msgspec
 
 from volt.control_api.errors import InvalidRequest
 from volt.identity import Principal
-from volt.protocol.usage import UsageEntry, UsageReport
+from volt.protocol.usage import LeaseUsage, UsageEntry, UsageReport
 from volt.store import UsageLedger
+from volt.store.resources import ResourceRecord, ResourceStore
 from volt.store.usage import GROUPS, GroupBy
 
 _encoder = msgspec.json.Encoder()
@@ -54,12 +56,35 @@ def parse_query(args: Mapping[str, str], now: float) -> tuple[int, int, list[Gro
     return start, end, group_by
 
 
-async def usage_report(ledger: UsageLedger, principal: Principal,
+def lease_usage(records: Sequence[ResourceRecord], start: float, end: float,
+                now: float) -> list[LeaseUsage]:
+    """GPU-seconds per lease, counted while it was active, clipped to [start, end)."""
+    out = []
+    for record in records:
+        active_at = record.status.get("active_at")
+        if active_at is None:
+            continue
+        ended = record.status.get("ended_at") or now
+        seconds = max(0.0, min(ended, end) - max(active_at, start))
+        if seconds > 0:
+            out.append(LeaseUsage(
+                lease_id=record.id, gpu_model=record.spec["gpu_model"],
+                gpu_count=int(record.spec["gpu_count"]), metro=record.spec["metro"],
+                tier=record.spec["tier"],
+                gpu_seconds=int(seconds * int(record.spec["gpu_count"]))))
+    return out
+
+
+async def usage_report(ledger: UsageLedger, leases: ResourceStore, principal: Principal,
                        args: Mapping[str, str]) -> bytes:
-    start, end, group_by = parse_query(args, time.time())
+    now = time.time()
+    start, end, group_by = parse_query(args, now)
     buckets = await ledger.summary(principal.org_id, start_unix=start, end_unix=end,
                                    group_by=group_by, livemode=principal.mode == "live")
+    forge = lease_usage(await leases.created_before("lease", principal.org_id, end),
+                        start, end, now) if principal.mode == "live" else []
     return _encoder.encode(UsageReport(
+        forge=forge, forge_gpu_seconds=sum(lease.gpu_seconds for lease in forge),
         start=start, end=end, group_by=group_by,
         data=[
             UsageEntry(

@@ -62,6 +62,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/models"): _read(),
     ("GET", "/v1/models/{model_id}"): _read(),
     **_FINE_TUNING,
+    # Forge: leases spend money and hand out cluster access, so they are
+    # members' (writes) and recorded with a digest of the request.
+    ("GET", "/v1/forge/availability"): _read(),
+    ("POST", "/v1/forge/leases"): _write(),
+    ("GET", "/v1/forge/leases"): _read(),
+    ("GET", "/v1/forge/leases/{lease_id}"): _read(),
+    ("DELETE", "/v1/forge/leases/{lease_id}"): _write(),
+    ("POST", "/v1/forge/leases/{lease_id}/kubeconfig"): _write(),
+    ("DELETE", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}"): _write(),
     # Billing and tenancy
     ("GET", "/v1/usage"): _read(),
     ("GET", "/v1/me"): _read(),

@@ -24,6 +24,18 @@ class UsageEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """API key id (``key_...``)."""
 
 
+class LeaseUsage(msgspec.Struct, kw_only=True):
+    """One Forge lease's GPU time inside the report's window."""
+
+    lease_id: str
+    gpu_model: str
+    gpu_count: int
+    metro: str
+    tier: str | None
+    gpu_seconds: int
+    """GPUs times the seconds it was active inside [start, end)."""
+
+
 class UsageReport(msgspec.Struct, kw_only=True):
     start: int
     """Unix seconds, inclusive."""
@@ -32,3 +44,6 @@ class UsageReport(msgspec.Struct, kw_only=True):
     group_by: list[Literal["model", "day", "metro", "tier", "key"]]
     data: list[UsageEntry]
     object: Literal["usage"] = "usage"
+    forge: list[LeaseUsage] = []
+    """GPU-seconds per Forge lease (none for test keys, which cannot lease)."""
+    forge_gpu_seconds: int = 0

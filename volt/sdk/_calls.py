@@ -14,6 +14,14 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from volt.protocol.common import Model, ModelList
+from volt.protocol.forge import (
+    Availability,
+    CreateLeaseRequest,
+    Kubeconfig,
+    Lease,
+    LeaseList,
+    MintKubeconfigRequest,
+)
 from volt.protocol.identity import (
     ApiKey,
     ApiKeyList,
@@ -42,6 +50,9 @@ class Call(Generic[T]):
     json: Any = None
     form: dict[str, str] | None = None
     authenticated: bool = True
+    retry: bool = True
+    """False for a call that must not run twice (creating a lease: a 503 may
+    mean the scheduler did it but did not answer in time)."""
 
 
 def _params(**values: object) -> dict[str, str]:
@@ -124,3 +135,44 @@ def refresh(client_id: str, refresh_token: str) -> Call[TokenResponse]:
     return Call("POST", "/oauth/token", TokenResponse, form={
         "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id,
     }, authenticated=False)
+
+
+def forge_availability(metro: str | None = None, tier: str | None = None,
+                       gpu_model: str | None = None) -> Call[Availability]:
+    return Call("GET", "/v1/forge/availability", Availability,
+                _params(metro=metro, tier=tier, gpu_model=gpu_model))
+
+
+def forge_lease_create(gpu_model: str, gpu_count: int, metro: str, *, tier: str | None = None,
+                       duration_s: int | None = None, ends_at: int | None = None,
+                       starts_at: int | None = None,
+                       egress_cidrs: list[str] | None = None) -> Call[Lease]:
+    body = msgspec.convert({
+        "gpu_model": gpu_model, "gpu_count": gpu_count, "metro": metro, "tier": tier,
+        "duration_s": duration_s, "ends_at": ends_at, "starts_at": starts_at,
+        "egress_cidrs": egress_cidrs or []}, CreateLeaseRequest)
+    return Call("POST", "/v1/forge/leases", Lease, json=msgspec.to_builtins(body), retry=False)
+
+
+def forge_lease_list(*, limit: int = 20, after: str | None = None,
+                     state: str | None = None) -> Call[LeaseList]:
+    return Call("GET", "/v1/forge/leases", LeaseList,
+                _params(limit=limit, after=after, state=state))
+
+
+def forge_lease_get(lease_id: str) -> Call[Lease]:
+    return Call("GET", f"/v1/forge/leases/{lease_id}", Lease)
+
+
+def forge_lease_terminate(lease_id: str) -> Call[Lease]:
+    return Call("DELETE", f"/v1/forge/leases/{lease_id}", Lease)
+
+
+def forge_kubeconfig(lease_id: str, ttl_s: int | None = None) -> Call[Kubeconfig]:
+    body = msgspec.to_builtins(MintKubeconfigRequest(ttl_s=ttl_s))
+    return Call("POST", f"/v1/forge/leases/{lease_id}/kubeconfig", Kubeconfig, json=body,
+                retry=False)
+
+
+def forge_kubeconfig_revoke(lease_id: str, kubeconfig_id: str) -> Call[Lease]:
+    return Call("DELETE", f"/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}", Lease)

@@ -32,6 +32,7 @@ import httpx
 import msgspec
 
 from volt.protocol.common import Model, ModelList
+from volt.protocol.forge import Availability, Kubeconfig, Lease, LeaseList
 from volt.protocol.identity import (
     ApiKey,
     ApiKeyList,
@@ -129,6 +130,7 @@ class Client(_Base):
         self.keys = Keys(self)
         self.audit = Audit(self)
         self.models = Models(self)
+        self.forge = Forge(self)
 
     def __enter__(self) -> Client:
         return self
@@ -155,10 +157,11 @@ class Client(_Base):
                     self._refresh()
                     refreshed = True
                     continue
-                if error.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                if (error.status not in RETRY_STATUSES or attempt >= self.max_retries
+                        or not call.retry):
                     raise
             except httpx.HTTPError as exc:
-                if attempt >= self.max_retries:
+                if attempt >= self.max_retries or not call.retry:
                     raise APIConnectionError(f"{self.base_url}: {type(exc).__name__}") from exc
             time.sleep(_retry_wait(response, attempt))
             attempt += 1
@@ -179,6 +182,41 @@ class Client(_Base):
     def usage(self, *, start: str | int | None = None, end: str | int | None = None,
               group_by: list[str] | None = None) -> UsageReport:
         return self.run(calls.usage(start, end, group_by))
+
+
+class Forge:
+    """GPU leases: ``volt.forge.create("H100", 8, "fra", duration_s=86400)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def availability(self, *, metro: str | None = None, tier: str | None = None,
+                     gpu_model: str | None = None) -> Availability:
+        return self._client.run(calls.forge_availability(metro, tier, gpu_model))
+
+    def create(self, gpu_model: str, gpu_count: int, metro: str, *, tier: str | None = None,
+               duration_s: int | None = None, ends_at: int | None = None,
+               starts_at: int | None = None,
+               egress_cidrs: builtins.list[str] | None = None) -> Lease:
+        return self._client.run(calls.forge_lease_create(
+            gpu_model, gpu_count, metro, tier=tier, duration_s=duration_s, ends_at=ends_at,
+            starts_at=starts_at, egress_cidrs=egress_cidrs))
+
+    def list(self, *, limit: int = 20, after: str | None = None,
+             state: str | None = None) -> LeaseList:
+        return self._client.run(calls.forge_lease_list(limit=limit, after=after, state=state))
+
+    def get(self, lease_id: str) -> Lease:
+        return self._client.run(calls.forge_lease_get(lease_id))
+
+    def terminate(self, lease_id: str) -> Lease:
+        return self._client.run(calls.forge_lease_terminate(lease_id))
+
+    def kubeconfig(self, lease_id: str, *, ttl_s: int | None = None) -> Kubeconfig:
+        return self._client.run(calls.forge_kubeconfig(lease_id, ttl_s))
+
+    def revoke_kubeconfig(self, lease_id: str, kubeconfig_id: str) -> Lease:
+        return self._client.run(calls.forge_kubeconfig_revoke(lease_id, kubeconfig_id))
 
 
 class Keys:
@@ -265,6 +303,7 @@ class AsyncClient(_Base):
         self.keys = AsyncKeys(self)
         self.audit = AsyncAudit(self)
         self.models = AsyncModels(self)
+        self.forge = AsyncForge(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -290,10 +329,11 @@ class AsyncClient(_Base):
                     await self._refresh()
                     refreshed = True
                     continue
-                if error.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                if (error.status not in RETRY_STATUSES or attempt >= self.max_retries
+                        or not call.retry):
                     raise
             except httpx.HTTPError as exc:
-                if attempt >= self.max_retries:
+                if attempt >= self.max_retries or not call.retry:
                     raise APIConnectionError(f"{self.base_url}: {type(exc).__name__}") from exc
             await asyncio.sleep(_retry_wait(response, attempt))
             attempt += 1
@@ -314,6 +354,40 @@ class AsyncClient(_Base):
     async def usage(self, *, start: str | int | None = None, end: str | int | None = None,
                     group_by: list[str] | None = None) -> UsageReport:
         return await self.run(calls.usage(start, end, group_by))
+
+
+class AsyncForge:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def availability(self, *, metro: str | None = None, tier: str | None = None,
+                           gpu_model: str | None = None) -> Availability:
+        return await self._client.run(calls.forge_availability(metro, tier, gpu_model))
+
+    async def create(self, gpu_model: str, gpu_count: int, metro: str, *,
+                     tier: str | None = None, duration_s: int | None = None,
+                     ends_at: int | None = None, starts_at: int | None = None,
+                     egress_cidrs: builtins.list[str] | None = None) -> Lease:
+        return await self._client.run(calls.forge_lease_create(
+            gpu_model, gpu_count, metro, tier=tier, duration_s=duration_s, ends_at=ends_at,
+            starts_at=starts_at, egress_cidrs=egress_cidrs))
+
+    async def list(self, *, limit: int = 20, after: str | None = None,
+                   state: str | None = None) -> LeaseList:
+        return await self._client.run(calls.forge_lease_list(limit=limit, after=after,
+                                                             state=state))
+
+    async def get(self, lease_id: str) -> Lease:
+        return await self._client.run(calls.forge_lease_get(lease_id))
+
+    async def terminate(self, lease_id: str) -> Lease:
+        return await self._client.run(calls.forge_lease_terminate(lease_id))
+
+    async def kubeconfig(self, lease_id: str, *, ttl_s: int | None = None) -> Kubeconfig:
+        return await self._client.run(calls.forge_kubeconfig(lease_id, ttl_s))
+
+    async def revoke_kubeconfig(self, lease_id: str, kubeconfig_id: str) -> Lease:
+        return await self._client.run(calls.forge_kubeconfig_revoke(lease_id, kubeconfig_id))
 
 
 class AsyncKeys:

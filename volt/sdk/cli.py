@@ -1,5 +1,6 @@
 """The ``volt`` commands a person runs against a Volt API, on the SDK:
-``login``, ``logout``, ``whoami``, ``keys``, ``usage``, ``audit verify``.
+``login``, ``logout``, ``whoami``, ``keys``, ``usage``, ``audit verify``,
+``forge`` (availability, leases, kubeconfigs).
 
 They find the API and the credential as the SDK does (``--base-url`` or
 ``VOLT_BASE_URL``; ``VOLT_API_KEY`` or the ``volt login`` tokens). Errors are
@@ -195,6 +196,83 @@ def _guarded(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Na
     return wrapper
 
 
+def _lease_table(leases: Any) -> str:
+    rows = [f"{'ID':<20} {'STATE':<13} {'GPUS':>4} {'MODEL':<8} {'METRO':<6} {'ENDS':<16} NODES"]
+    for lease in leases:
+        nodes = ",".join(n.node_id for n in lease.nodes) or "-"
+        rows.append(f"{lease.id:<20} {lease.state:<13} {lease.gpu_count:>4} "
+                    f"{lease.gpu_model:<8} {lease.metro:<6} {_when(lease.ends_at):<16} {nodes}")
+    return "\n".join(rows)
+
+
+def _forge_availability(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        answer = volt.forge.availability(metro=args.metro, tier=args.tier,
+                                         gpu_model=args.gpu_model)
+
+    def table(value: Any) -> str:
+        rows = [f"{'METRO':<6} {'TIER':<10} {'MODEL':<8} {'FREE':>5} {'TOTAL':>5} "
+                f"{'NODE':>5} {'NVLINK':>6} {'RACK':>5} {'$/GPU-H':>8}"]
+        for o in value.data:
+            price = f"{o.price_per_gpu_hour:.2f}" if o.price_per_gpu_hour is not None else "-"
+            rows.append(f"{o.metro:<6} {o.tier:<10} {o.gpu_model:<8} {o.free:>5} {o.total:>5} "
+                        f"{o.largest_lease.on_node:>5} {o.largest_lease.in_nvlink_domain:>6} "
+                        f"{o.largest_lease.in_rack:>5} {price:>8}")
+        return "\n".join(rows)
+
+    _print(answer, args, table)
+
+
+def _forge_create(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        lease = volt.forge.create(args.gpu_model, args.gpus, args.metro, tier=args.tier,
+                                  duration_s=args.duration,
+                                  egress_cidrs=args.egress.split(",") if args.egress else None)
+        while args.wait and lease.state in ("pending", "provisioning"):
+            print(f"{lease.id}: {lease.state}...", file=sys.stderr)
+            time.sleep(1)
+            lease = volt.forge.get(lease.id)
+    _print(lease, args, lambda v: _lease_table([v]))
+
+
+def _forge_list(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        page = volt.forge.list(limit=args.limit, state=args.state)
+    _print(page, args, lambda v: _lease_table(v.data))
+
+
+def _forge_get(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        lease = volt.forge.get(args.lease_id)
+    _print(lease, args, lambda v: _lease_table([v]) + (f"\nreason: {v.reason}" if v.reason
+                                                       else ""))
+
+
+def _forge_terminate(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        lease = volt.forge.terminate(args.lease_id)
+    _print(lease, args, lambda v: _lease_table([v]))
+
+
+def _forge_kubeconfig(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        minted = volt.forge.kubeconfig(args.lease_id, ttl_s=args.ttl)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(minted), indent=1))
+        return
+    # The file itself on stdout (volt forge kubeconfig LEASE > kubeconfig);
+    # what it is, on stderr.
+    print(f"kubeconfig {minted.id} for namespace {minted.namespace}, valid until "
+          f"{_when(minted.expires_at)} UTC", file=sys.stderr)
+    sys.stdout.write(minted.kubeconfig)
+
+
+def _forge_revoke(args: argparse.Namespace) -> None:
+    with _client(args) as volt:
+        lease = volt.forge.revoke_kubeconfig(args.lease_id, args.kubeconfig_id)
+    _print(lease, args, lambda v: f"revoked {args.kubeconfig_id} of {v.id}")
+
+
 def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     client = argparse.ArgumentParser(add_help=False, parents=[common])
     client.add_argument("--base-url", help="the API (or VOLT_BASE_URL; default "
@@ -236,6 +314,45 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     usage.add_argument("--end")
     usage.add_argument("--group-by", help="model,day,metro,tier,key")
     usage.set_defaults(func=_guarded(_usage))
+
+    forge = commands.add_parser("forge", help="GPU leases").add_subparsers(
+        dest="forge", required=True)
+    avail = forge.add_parser("availability", parents=[client],
+                             help="free GPUs and the largest lease placeable now")
+    avail.add_argument("--metro")
+    avail.add_argument("--tier")
+    avail.add_argument("--gpu-model")
+    avail.set_defaults(func=_guarded(_forge_availability))
+    lease = forge.add_parser("lease", help="leases").add_subparsers(dest="lease",
+                                                                    required=True)
+    lease_create = lease.add_parser("create", parents=[client], help="lease GPUs")
+    lease_create.add_argument("gpu_model", help="e.g. H100")
+    lease_create.add_argument("gpus", type=int)
+    lease_create.add_argument("--metro", required=True)
+    lease_create.add_argument("--tier")
+    lease_create.add_argument("--duration", type=_duration, required=True, help="e.g. 8h")
+    lease_create.add_argument("--egress", help="comma-separated CIDRs pods may reach")
+    lease_create.add_argument("--wait", action="store_true", help="until it is active")
+    lease_create.set_defaults(func=_guarded(_forge_create))
+    lease_list = lease.add_parser("list", parents=[client], help="list leases")
+    lease_list.add_argument("--state")
+    lease_list.add_argument("--limit", type=int, default=20)
+    lease_list.set_defaults(func=_guarded(_forge_list))
+    for name, func, text in (("get", _forge_get, "show a lease"),
+                             ("terminate", _forge_terminate, "end a lease now")):
+        sub = lease.add_parser(name, parents=[client], help=text)
+        sub.add_argument("lease_id")
+        sub.set_defaults(func=_guarded(func))
+    kubeconfig = forge.add_parser("kubeconfig", parents=[client],
+                                  help="mint a kubeconfig (volt forge kubeconfig L > kubeconfig)")
+    kubeconfig.add_argument("lease_id")
+    kubeconfig.add_argument("--ttl", type=_duration, help="e.g. 1h (at least 10m)")
+    kubeconfig.set_defaults(func=_guarded(_forge_kubeconfig))
+    revoke_kc = forge.add_parser("revoke-kubeconfig", parents=[client],
+                                 help="revoke one minted kubeconfig")
+    revoke_kc.add_argument("lease_id")
+    revoke_kc.add_argument("kubeconfig_id")
+    revoke_kc.set_defaults(func=_guarded(_forge_revoke))
 
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True)
