@@ -332,6 +332,12 @@ class KubeControlPlane:
             kept = [t.to_dict() for t in taints if t.key != not_ready]
             core.patch_node(name, {"spec": {"taints": kept or None}})
 
+    def remove_node(self, name: str) -> None:
+        from kubernetes import client
+
+        with contextlib.suppress(Exception):
+            client.CoreV1Api(self.api_client()).delete_node(name)
+
     def wait_for_service_account(self, namespace: str, name: str = "default",
                                  timeout_s: float = 30) -> None:
         """Until the controller-manager has made ``name`` in ``namespace``."""

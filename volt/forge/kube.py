@@ -165,15 +165,23 @@ class KubeScope:
         Returns once the quota is enforced (the controller filled its status)."""
         namespace = namespace_for(scope.lease_id)
         selector = f"{LEASE_LABEL}={scope.lease_id}"
-        tolerations = json.dumps([{"key": LEASE_LABEL, "operator": "Equal",
-                                   "value": scope.lease_id, "effect": "NoSchedule"}])
+        own = [{"key": LEASE_LABEL, "operator": "Equal", "value": scope.lease_id,
+                "effect": "NoSchedule"}]
+        # What Kubernetes itself adds to pods must stay allowed (not-ready and
+        # unreachable: DefaultTolerationSeconds; memory-pressure: this same
+        # plugin, for pods that are not BestEffort); a lease's pods may
+        # tolerate nothing else.
+        allowed = [*own, *({"key": f"node.kubernetes.io/{key}", "operator": "Exists",
+                            "effect": "NoExecute"} for key in ("not-ready", "unreachable")),
+                   {"key": "node.kubernetes.io/memory-pressure", "operator": "Exists",
+                    "effect": "NoSchedule"}]
         labels = {LEASE_LABEL: scope.lease_id, ORG_LABEL: scope.org_id, **MANAGED_BY}
         meta = {"labels": labels}
         self._create(self.core.create_namespace, None, client.V1Namespace, {
             "metadata": {"name": namespace, **meta, "annotations": {
                 "scheduler.alpha.kubernetes.io/node-selector": selector,
-                "scheduler.alpha.kubernetes.io/defaultTolerations": tolerations,
-                "scheduler.alpha.kubernetes.io/tolerationsWhitelist": tolerations,
+                "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(own),
+                "scheduler.alpha.kubernetes.io/tolerationsWhitelist": json.dumps(allowed),
             }}})
         gpus = str(scope.gpus)
         self._create(self.core.create_namespaced_resource_quota, namespace,
