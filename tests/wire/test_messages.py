@@ -30,6 +30,9 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "attest": (wire.ATTEST, (wire.AttestEnroll, wire.EnrollChallenge, wire.EnrollProof,
                              wire.NonceRequest, wire.NonceAnswer, wire.AttestEvidence,
                              wire.AttestResult)),
+    "forge": (wire.FORGE, (wire.LeaseCreate, wire.LeaseTerminate, wire.KubeconfigMint,
+                           wire.KubeconfigRevoke, wire.AvailabilityQuery, wire.LeaseChanged,
+                           wire.KubeconfigMinted, wire.AvailabilityAnswer, wire.ForgeRefused)),
 }
 
 text = st.text(max_size=20)

@@ -10,6 +10,7 @@ lookup and the scheduler both only find the caller's own.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -139,6 +140,15 @@ class ForgeCommands:
         return answer
 
 
+def known_query(args: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    """A 400 for a query parameter the route does not take (a typo such as
+    ``?gpu=H100`` would otherwise silently mean "everything")."""
+    for name in args:
+        if name not in allowed:
+            raise InvalidRequest(f"Unknown query parameter {name!r}; this route takes "
+                                 f"{', '.join(allowed)}.", param=name)
+
+
 def register_forge_routes(app: Quart, services: Any) -> None:
     def commands() -> ForgeCommands:
         assert services.nc is not None
@@ -157,6 +167,7 @@ def register_forge_routes(app: Quart, services: Any) -> None:
     @app.get("/v1/forge/availability")
     async def availability() -> Response:
         args = request.args
+        known_query(args, ("metro", "tier", "gpu_model"))
         answer = await commands().ask(AvailabilityQuery(
             metro=args.get("metro") or None, tier=args.get("tier") or None,
             gpu_model=args.get("gpu_model") or None))
@@ -194,6 +205,7 @@ def register_forge_routes(app: Quart, services: Any) -> None:
     @app.get("/v1/forge/leases")
     async def list_leases() -> Response:
         principal: Principal = g.principal
+        known_query(request.args, ("limit", "after", "state"))
         limit = page_limit(request.args)
         state = request.args.get("state")
         if state is not None and state not in STATES:

@@ -136,7 +136,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("get", "/v1/forge/availability", "getForgeAvailability",
               "GPUs per metro, tier and model: total, free, the largest lease placeable now, "
-              "and the price", response=Availability, errors=(401, 403, 503),
+              "and the price", response=Availability, errors=(400, 401, 403, 503),
               query=(("metro", "only this metro"), ("tier", "only this tier"),
                      ("gpu_model", "only this GPU model (e.g. H100)"))),
     Operation("post", "/v1/forge/leases", "createForgeLease",
