@@ -29,6 +29,9 @@ NOT_RUN = {
     "import json, pathlib, openai": "needs the credentials `volt login` saves after a person "
                                     "approves the device code in the console "
                                     "(tests/e2e/test_identity.py runs that flow)",
+    "volt forge availability --metro fra": "needs a Kubernetes cluster and GPU hosts; "
+                                           "tests/e2e/test_forge.py runs these commands "
+                                           "against a real control plane",
 }
 """Blocks not run, by their first line, and why."""
 
