@@ -133,6 +133,9 @@ class ForgeSettings(_Section):
     min_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 600.0
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """How long a node chosen for a lease waits for its Spark requests to end."""
+    handover_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    """How long provisioning waits for a node's agent to say its engines have
+    stopped (its GPUs free for the tenant) before going on without it."""
     provision_timeout_s: PositiveFloat = 120.0
     """A lease not provisioned by then is rolled back and fails."""
     reconcile_interval_s: PositiveFloat = 1.0

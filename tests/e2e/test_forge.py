@@ -47,6 +47,7 @@ HOSTS = [
 class Forge:
     cluster: Cluster
     kube: KubeControlPlane
+    fleet: GpuFleet
     key: str
     """An owner key of org forge-a."""
     tmp: Path
@@ -90,7 +91,7 @@ def forge(kube: KubeControlPlane, tmp_path_factory: pytest.TempPathFactory,
             cluster.start_api()
             fleet = GpuFleet(cluster, HOSTS).start()
             try:
-                world = Forge(cluster, kube, cluster.add_key("forge-a"), root)
+                world = Forge(cluster, kube, fleet, cluster.add_key("forge-a"), root)
                 deadline = time.monotonic() + 60
 
                 def fleet_seen() -> bool:
@@ -150,9 +151,11 @@ def test_a_lease_gives_a_namespace_that_kubectl_can_use_and_nothing_else(
     assert gpus == 4
     namespace = lease["namespace"]
 
-    # Spark sees the node leased (it takes no request there).
+    # Spark sees the node leased (it takes no request there), and the node's
+    # agent was told to hand its GPUs over before the lease became active.
     view = asyncio.run(forge.cluster.view())
     assert {n.node_id: n.lease_id for n in view.nodes}[node] == lease["id"]
+    assert forge.fleet.handed_over[node] == lease["id"]
 
     minted = forge.cli("forge", "kubeconfig", lease["id"])
     assert minted.returncode == 0, minted.stderr
@@ -219,6 +222,7 @@ def test_a_lease_gives_a_namespace_that_kubectl_can_use_and_nothing_else(
     assert after.returncode != 0  # the namespace's tokens died with it
     view = asyncio.run(forge.cluster.view())
     assert {n.node_id: n.lease_id for n in view.nodes}[node] == ""
+    assert forge.fleet.handed_over[node] == ""  # told to take its GPUs back
     # Metered: the lease's GPU-seconds are in /v1/usage.
     status, _, body = forge.cluster.request("/v1/usage", key=forge.key)
     usage = json.loads(body)

@@ -74,6 +74,10 @@ class World:
         self.db, self.clock, self.kube = db, clock, kube
         self.nodes, self.gpus, self.quota = nodes, gpus, quota
         self.inflight: dict[str, int] = {}
+        self.told: dict[str, str] = {}
+        """What each node was last told to hand its GPUs to."""
+        self.handed: dict[str, str] | None = None
+        """What each node's agent says it handed over (None: no agents answer)."""
         self.forge = self.start()
 
     def start(self, settings: ForgeSettings | None = None) -> Forge:
@@ -83,7 +87,10 @@ class World:
         forge = Forge(ResourceStore(self.db), GpuPool(), self.kube,
                       settings or ForgeSettings(drain_timeout_s=0.5, provision_timeout_s=30),
                       quota_of=quota_of, clock=self.clock,
-                      spark_inflight=lambda node: self.inflight.get(node, 0))
+                      spark_inflight=lambda node: self.inflight.get(node, 0),
+                      on_assign=self.told.__setitem__,
+                      handed_over=lambda node: (None if self.handed is None
+                                                else self.handed.get(node, "")))
         for i in range(self.nodes):
             forge.node_seen(f"gpu-{i}", metro="fra", tier="standard",
                             gpu_names=["NVIDIA H100 80GB HBM3"] * self.gpus,
@@ -326,3 +333,31 @@ async def test_requests_that_can_never_succeed_are_400s(world: World, command: L
     with pytest.raises(ForgeError) as refused:
         await world.forge.create(command)
     assert (refused.value.code, refused.value.status) == (code, 400)
+
+
+async def test_provisioning_waits_for_the_agents_to_hand_their_gpus_over(
+        world: World) -> None:
+    world.handed = {}  # agents answer, but have not stopped their engines yet
+    record = await world.forge.create(lease(16))
+    nodes = [node for node, _ in record.status["placement"]]
+    await world.forge.reconcile()
+    await asyncio.sleep(0.5)
+    assert world.forge.lease(record.id).state == LeaseState.PROVISIONING  # type: ignore[union-attr]
+    assert {node: world.told[node] for node in nodes} == dict.fromkeys(nodes, record.id)
+    world.handed = dict.fromkeys(nodes, record.id)
+    await world.settle()
+    assert world.forge.lease(record.id).state == LeaseState.ACTIVE  # type: ignore[union-attr]
+    assert world.forge.assignment(nodes[0]) == record.id
+
+    await world.forge.terminate("org_a", record.id)
+    await world.settle()
+    assert {node: world.told[node] for node in nodes} == dict.fromkeys(nodes, "")
+    assert world.forge.assignment(nodes[0]) == ""
+
+    # A restarted scheduler knows whom the live leases' nodes belong to.
+    again = await world.forge.create(lease(8))
+    (node, _), = again.status["placement"]
+    world.handed = {node: again.id}
+    await world.settle()
+    forge = await world.restart()
+    assert forge.assignment(node) == again.id

@@ -20,7 +20,8 @@ from volt.wire import codec, messages
 FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "node": (wire.NODE, (wire.NodeHello, wire.Heartbeat, wire.NodeGoodbye)),
     "scheduler": (
-        wire.SCHEDULER, (wire.PlacementView, wire.ViewQuery, wire.PlaceQuery, wire.PlaceAnswer)
+        wire.SCHEDULER, (wire.PlacementView, wire.ViewQuery, wire.PlaceQuery, wire.PlaceAnswer,
+                         wire.NodeAssignment)
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),

@@ -122,7 +122,8 @@ async def run_agent(config: VoltConfig) -> None:
     supervisors = _supervisors(config)
     agent = Agent(
         node_id=node_id, metro=config.agent.metro, tier=config.agent.tier,
-        engines=[EngineHandle(model, sup.client, sup.ready, sup.seal_check)
+        engines=[EngineHandle(model, sup.client, sup.ready, sup.seal_check, pause=sup.pause,
+                              resume=sup.resume, stopped=sup.stopped)
                  for model, sup in supervisors],
         telemetry=detect(), heartbeat_interval_s=config.agent.heartbeat_interval_s,
         max_inflight=config.agent.max_inflight, engine_kind=config.agent.engine,

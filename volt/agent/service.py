@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,6 +35,7 @@ from volt.agent.telemetry import GpuCollector, GpuTelemetry
 from volt.agent.usage import UsagePublisher
 from volt.wire import (
     INFERENCE,
+    SCHEDULER,
     AgentTiming,
     Cancel,
     ChoiceDelta,
@@ -44,6 +45,7 @@ from volt.wire import (
     Heartbeat,
     InferenceError,
     InferenceRequest,
+    NodeAssignment,
     NodeGoodbye,
     NodeHello,
     StreamChunk,
@@ -64,6 +66,9 @@ _ENDPOINT_PATHS = {
     "embeddings": "/v1/embeddings",
 }
 EMBEDDINGS_PER_MESSAGE = 256
+CLEAN_GPU_MEMORY_MIB = 1024
+"""A GPU using no more than this is free (the driver's own context stays)."""
+GPU_MEMORY_POLL_S = 2.0
 """384 float32s each: 384 KiB per message, well under NATS's 1 MiB default."""
 
 
@@ -76,6 +81,11 @@ class EngineHandle:
     ready: asyncio.Event
     seal: Callable[[], SealCheck] = lambda: SealCheck(True)
     """The engine's seal now (its supervisor's ``seal_check``)."""
+    pause: Callable[[], None] = lambda: None
+    """Stop the engine and keep it stopped (the node's GPUs go to a Forge lease)."""
+    resume: Callable[[], None] = lambda: None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once a paused engine is gone."""
 
 
 @dataclass(slots=True)
@@ -133,6 +143,10 @@ class Agent:
         self._nc: Client | None = None
         self._load = EngineLoad()
         self._seq = 0
+        self.lease_id = ""
+        """The Forge lease this node's GPUs are handed to (reported in heartbeats)."""
+        self._assigned = ""
+        self._handover: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -145,6 +159,7 @@ class Agent:
             pending_msgs_limit=65536,
         )
         await nc.subscribe(subjects.cancel(self.metro, self.node_id), cb=self._on_cancel)
+        await nc.subscribe(subjects.assignment(self.node_id), cb=self._on_assignment)
         await self.gpus.refresh()
         await self._publish_hello()
         publisher = asyncio.create_task(self.usage.run(nc))
@@ -216,8 +231,49 @@ class Agent:
             gpus=self.gpus.latest, load=self._load, engine_ready=bool(models),
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
             inflight_by_replica=dict(self._by_replica), capacity=self.capacity,
-            rack=self.rack, nvlink_domain=self.nvlink_domain,
+            rack=self.rack, nvlink_domain=self.nvlink_domain, lease_id=self.lease_id,
         )
+
+    # -- Forge: handing the GPUs over and taking them back ----------------------
+
+    async def _on_assignment(self, msg: Msg) -> None:
+        message = SCHEDULER.decode_or_drop(msg.data)
+        if not isinstance(message, NodeAssignment) or message.node_id != self.node_id:
+            return
+        if message.lease_id == self._assigned:
+            return  # repeated until our heartbeat shows it done; already under way
+        self._assigned = message.lease_id
+        if self._handover is not None:
+            self._handover.cancel()
+        self._handover = asyncio.create_task(self._hand_over(message.lease_id))
+
+    async def _hand_over(self, lease_id: str) -> None:
+        if lease_id:
+            # Spark already sends nothing new here (the view marks the node
+            # leased) and the scheduler waited for what ran to end; a request
+            # still running ends with its engine, and fails over if its
+            # client has seen nothing yet.
+            for handle in self.engines.values():
+                handle.pause()
+            await asyncio.gather(*(h.stopped.wait() for h in self.engines.values()))
+            self.lease_id = lease_id
+            log.info("GPUs handed to a Forge lease", extra={"lease_id": lease_id})
+            return
+        # The lease's pods are gone; Spark starts again once their GPU memory
+        # is released as NVML sees it (a process that outlived its pod would
+        # leave it held).
+        waited = 0.0
+        while busy := [gpu.index for gpu in await self.gpus.refresh()
+                       if gpu.memory_used_mib > CLEAN_GPU_MEMORY_MIB]:
+            if waited % 60 == 0:
+                log.warning("GPU memory still in use after the lease; Spark waits",
+                            extra={"gpus": busy, "lease_id": self.lease_id})
+            await asyncio.sleep(GPU_MEMORY_POLL_S)
+            waited += GPU_MEMORY_POLL_S
+        log.info("GPUs back from a Forge lease", extra={"lease_id": self.lease_id})
+        self.lease_id = ""
+        for handle in self.engines.values():
+            handle.resume()
 
     async def _heartbeat_forever(self) -> None:
         assert self._nc is not None

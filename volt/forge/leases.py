@@ -99,8 +99,10 @@ class Forge:
         *,
         quota_of: Callable[[str], Awaitable[int | None]],
         spark_inflight: Callable[[str], int] = lambda node_id: 0,
+        handed_over: Callable[[str], str | None] = lambda node_id: None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        on_assign: Callable[[str, str], None] = lambda node_id, lease_id: None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -111,6 +113,14 @@ class Forge:
         self.clock = clock
         self.on_change = on_change
         """Called when the set of leased nodes changes (the scheduler republishes its view)."""
+        self.handed_over = handed_over
+        """Node id -> the lease its agent says it has handed its GPUs to ("" for
+        none; None: not known, e.g. no agent answers for it)."""
+        self.on_assign = on_assign
+        """Tell a node now what it is assigned to (the scheduler publishes it;
+        it also repeats it at every heartbeat that disagrees)."""
+        self._assigned: dict[str, str] = {}
+        """Node id -> the lease it must hand its GPUs to."""
         self._leases: dict[str, ResourceRecord] = {}
         """Every live lease (not terminated or failed), as last stored."""
         self._lock = asyncio.Lock()
@@ -128,6 +138,8 @@ class Forge:
             self._leases[record.id] = record
             if LeaseState(record.state) in HOLDS_GPUS:
                 self.pool.allocate(placement_of(record))
+                for node, _ in placement_of(record).nodes:
+                    self._assigned[node] = record.id
         if self._leases:
             log.info("leases resumed", extra={"leases": len(self._leases)})
 
@@ -136,6 +148,18 @@ class Forge:
         return {node: record.id for record in self._leases.values()
                 if LeaseState(record.state) in HOLDS_GPUS
                 for node, _ in placement_of(record).nodes}
+
+    def assignment(self, node_id: str) -> str:
+        """The lease a node must hand its GPUs to ("": it serves Spark)."""
+        return self._assigned.get(node_id, "")
+
+    def _assign(self, nodes: list[str], lease_id: str) -> None:
+        for node in nodes:
+            if lease_id:
+                self._assigned[node] = lease_id
+            else:
+                self._assigned.pop(node, None)
+            self.on_assign(node, lease_id)
 
     def lease(self, lease_id: str) -> ResourceRecord | None:
         return self._leases.get(lease_id)
@@ -417,6 +441,7 @@ class Forge:
                 await self._provision(record, nodes)
             elif (record.state == LeaseState.EXPIRING
                   and await asyncio.to_thread(self.kube.teardown, lease_id, nodes)):
+                self._assign(nodes, "")  # its pods are gone: the agents take the GPUs back
                 async with self._lock:
                     current = self._leases.get(lease_id)
                     if current is not None and current.state == LeaseState.EXPIRING:
@@ -442,6 +467,15 @@ class Forge:
         while (any(self.spark_inflight(node) for node in nodes)  # noqa: ASYNC110 - heartbeats
                and self.clock() < since + self.settings.drain_timeout_s):
             await asyncio.sleep(0.2)
+        # Then each agent stops its engines, so the GPUs' memory is the tenant's.
+        self._assign(nodes, record.id)
+        deadline = time.monotonic() + self.settings.handover_timeout_s
+        while (waiting := [n for n in nodes if self.handed_over(n) not in (None, record.id)]):
+            if time.monotonic() > deadline:
+                log.warning("nodes did not confirm the handover; provisioning anyway",
+                            extra={"lease_id": record.id, "nodes": waiting})
+                break
+            await asyncio.sleep(0.2)
         scope = LeaseScope(lease_id=record.id, org_id=record.org_id,
                            gpus=int(record.spec["gpu_count"]), nodes=tuple(nodes),
                            egress_cidrs=tuple(record.spec.get("egress_cidrs") or ()))
@@ -462,6 +496,7 @@ class Forge:
         # Polled: Kubernetes deletes a namespace in its own time.
         while not await asyncio.to_thread(self.kube.teardown, lease_id, nodes):  # noqa: ASYNC110
             await asyncio.sleep(0.5)
+        self._assign(nodes, "")
         async with self._lock:
             current = self._leases.get(lease_id)
             if current is not None and current.state == LeaseState.PROVISIONING:

@@ -48,7 +48,9 @@ async def run_scheduler(config: VoltConfig) -> None:
         forge=forge,
     )
     forge.spark_inflight = scheduler.spark_inflight
+    forge.handed_over = scheduler.handed_over
     forge.on_change = scheduler.changed
+    forge.on_assign = scheduler.assign
     keyring = Keyring(config.secrets_path())
     authority = BusAuthority(config.data_path / "bus", config.secrets_path(),
                              config.identity.trust_domain) \

@@ -47,6 +47,8 @@ class NodeRecord:
     adds what the scheduler knows (attestation)."""
     rack: str = ""
     nvlink_domain: str = ""
+    lease_id: str = ""
+    """The Forge lease the node says its GPUs are handed to (its heartbeat)."""
 
     def view(self) -> NodeView:
         return NodeView(
@@ -118,6 +120,7 @@ class NodeTable:
                 seal=message.seal if isinstance(message, Heartbeat) else "",
                 attestation=attestation, engine_ready=ready, base_problems=base,
                 rack=message.rack, nvlink_domain=message.nvlink_domain,
+                lease_id=message.lease_id if isinstance(message, Heartbeat) else "",
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
@@ -139,6 +142,7 @@ class NodeTable:
         if isinstance(message, Heartbeat):
             record.load = message.load
             record.inflight_by_replica = dict(message.inflight_by_replica)
+            record.lease_id = message.lease_id
         else:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models,

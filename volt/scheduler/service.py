@@ -32,6 +32,7 @@ from volt.wire import (
     AvailabilityAnswer,
     AvailabilityQuery,
     ForgeRefused,
+    Heartbeat,
     KubeconfigMint,
     KubeconfigMinted,
     KubeconfigRevoke,
@@ -39,6 +40,7 @@ from volt.wire import (
     LeaseCreate,
     LeaseTerminate,
     ModelCard,
+    NodeAssignment,
     NodeHello,
     PlaceAnswer,
     PlacementView,
@@ -162,6 +164,9 @@ class Scheduler:
         record = self.table.get(message.node_id)
         if record is not None:
             self._forge_sees(record)
+        if (self.forge is not None and isinstance(message, Heartbeat)
+                and message.lease_id != self.forge.assignment(message.node_id)):
+            self.assign(message.node_id, self.forge.assignment(message.node_id))
         if isinstance(message, NodeHello):
             self._spawn(self.inventory.record_node(message))
         new_models = set(getattr(message, "models", ())) - self._catalog.keys()
@@ -222,6 +227,17 @@ class Scheduler:
             gpu_names=[gpu.name for gpu in record.gpus], rack=record.rack,
             nvlink_domain=record.nvlink_domain,
             schedulable=record.state in LIVE and not record.problems)
+
+    def assign(self, node_id: str, lease_id: str) -> None:
+        """Tell a node to hand its GPUs to ``lease_id`` (or take them back)."""
+        if self._nc is not None:
+            self._spawn(self._nc.publish(subjects.assignment(node_id), encode(
+                NodeAssignment(node_id=node_id, lease_id=lease_id))))
+
+    def handed_over(self, node_id: str) -> str | None:
+        """The lease a node's agent says its GPUs are handed to (None: no live node)."""
+        record = self.table.get(node_id)
+        return record.lease_id if record is not None and record.state in LIVE else None
 
     def spark_inflight(self, node_id: str) -> int:
         """Spark requests on a node at its last heartbeat."""

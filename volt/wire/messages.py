@@ -111,6 +111,9 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     seal_problem: str = ""
     rack: str = ""
     nvlink_domain: str = ""
+    lease_id: str = ""
+    """The Forge lease this node has handed its GPUs to (its engines stopped);
+    empty: it serves Spark."""
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -179,7 +182,16 @@ class PlaceAnswer(WireMessage, frozen=True, kw_only=True, tag="sched.place.answe
     """Why each node that was not chosen was filtered out (node id -> reason)."""
 
 
-SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer
+class NodeAssignment(WireMessage, frozen=True, kw_only=True, tag="sched.assign"):
+    """The scheduler to one node: hand your GPUs to this lease (stop your
+    engines), or with an empty ``lease_id``, take them back for Spark. Sent
+    until the node's heartbeats say it has done so."""
+
+    node_id: str
+    lease_id: str = ""
+
+
+SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer | NodeAssignment
 
 
 # --- inference family: API <-> agent (metro-local, carries payloads) ------------

@@ -59,6 +59,7 @@ def node(metro: str, node_id: str) -> Permissions:
         subscribe=(
             subjects.infer(metro, node_id),
             subjects.cancel(metro, node_id),
+            subjects.assignment(node_id),
             subjects.inbox_prefix("node", node_id) + ".>",
         ),
     )
@@ -95,7 +96,7 @@ def scheduler() -> Permissions:
     return Permissions(
         publish=(
             subjects.SCHED_VIEW, subjects.IDENTITY_REVOKED, subjects.AUDIT_EVENTS,
-            "$JS.API.>", "$JS.ACK.>",
+            subjects.ASSIGN_ALL, "$JS.API.>", "$JS.ACK.>",
         ),
         subscribe=(
             *(subjects.node_events(event) for event in subjects.NODE_EVENTS),

@@ -74,6 +74,15 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
+ASSIGN_ALL = "volt.sched.assign.*"
+"""Every node's assignment (the scheduler publishes them)."""
+
+
+def assignment(node_id: str) -> str:
+    """What the scheduler has given one node to: Spark, or a Forge lease."""
+    return f"volt.sched.assign.{token(node_id)}"
+
+
 def node_event(node_id: str, event: str) -> str:
     """A node's hello, heartbeat or goodbye."""
     return f"volt.node.{token(node_id)}.{_one_of(event, NODE_EVENTS, 'a node event')}"

@@ -57,11 +57,31 @@ class EngineSupervisor:
         self.hangs = 0
         """Engines killed for not answering (each also counts as a restart)."""
         self.pid: int | None = None
+        self._paused = asyncio.Event()
+        """Set while the node's GPUs are handed to a Forge lease: no engine runs."""
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self.stopped = asyncio.Event()
+        """Set while paused and the engine is gone (its GPU memory released)."""
+
+    def pause(self) -> None:
+        """Stop the engine and keep it stopped (``stopped`` says when it is gone)."""
+        self._resumed.clear()
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self.stopped.clear()
+        self._resumed.set()
 
     async def run(self) -> None:
         """Run until cancelled; the engine child never outlives this task."""
         backoff = 0.5
         while True:
+            if self._paused.is_set():
+                self.stopped.set()
+                await self._resumed.wait()
+                continue
             # A crashed engine leaves its socket file behind, and vLLM refuses
             # to bind over one ("address already in use"). The folder is
             # private to this agent, so the file is certainly stale.
@@ -76,13 +96,23 @@ class EngineSupervisor:
                 backoff = 0.5
                 log.info("engine ready", extra={"pid": process.pid})
                 watch = asyncio.create_task(self._watch(process))
+                paused = asyncio.create_task(self._paused.wait())
+                exited = asyncio.create_task(process.wait())
                 try:
-                    code = await process.wait()
+                    await asyncio.wait({paused, exited}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    watch.cancel()
-                    await asyncio.gather(watch, return_exceptions=True)
-                log.error("engine exited", extra={"pid": process.pid, "exit_code": code})
+                    for task in (watch, paused, exited):
+                        task.cancel()
+                    await asyncio.gather(watch, paused, exited, return_exceptions=True)
+                if self._paused.is_set():
+                    log.info("engine stopping: the node's GPUs go to a Forge lease",
+                             extra={"pid": process.pid})
+                    continue  # (finally stops it) not a crash: no backoff, no restart
+                log.error("engine exited", extra={"pid": process.pid,
+                                                  "exit_code": process.returncode})
             except EngineStartFailed as exc:
+                if self._paused.is_set():
+                    continue
                 log.error("engine failed to start: %s", exc, extra={"pid": process.pid})
             finally:
                 self.ready.clear()
@@ -128,6 +158,8 @@ class EngineSupervisor:
     async def _wait_healthy(self, process: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
+            if self._paused.is_set():
+                raise EngineStartFailed("paused while starting")
             if process.returncode is not None:
                 raise EngineStartFailed(f"exited with status {process.returncode} while starting")
             if await self.client.healthy(timeout_s=1.0):
