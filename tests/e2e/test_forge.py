@@ -307,18 +307,20 @@ def test_the_org_quota_and_clear_errors(forge: Forge) -> None:
     assert json.loads(raw)["error"]["code"] == "test_key_not_allowed"
 
 
-@pytest.mark.parametrize("state", ["provisioning", "active", "expiring"])
+@pytest.mark.parametrize("state", ["pending", "provisioning", "active", "expiring"])
 def test_a_scheduler_killed_mid_lease_loses_and_duplicates_nothing(
         forge: Forge, state: str) -> None:
     with forge.sdk() as volt:
-        lease = volt.forge.create("H100", 8, "fra", duration_s=3600)
-        if state != "provisioning":
+        starts_at = int(time.time()) + 3600 if state == "pending" else None
+        lease = volt.forge.create("H100", 8, "fra", duration_s=3600, starts_at=starts_at)
+        assert lease.state == ("pending" if state == "pending" else "provisioning")
+        if state in ("active", "expiring"):
             forge.wait_lease(lease.id, {"active"})
         if state == "expiring":
             volt.forge.terminate(lease.id)
         before = volt.forge.list(limit=100)
     forge.cluster.restart("scheduler", kill=True)
-    final = "terminated" if state == "expiring" else "active"
+    final = {"pending": "pending", "expiring": "terminated"}.get(state, "active")
     ended = forge.wait_lease(lease.id, {final}, timeout_s=90)
 
     def fra() -> tuple[int, int]:
@@ -333,11 +335,12 @@ def test_a_scheduler_killed_mid_lease_loses_and_duplicates_nothing(
     # Once the restarted scheduler has heard every host again, the lease's
     # GPUs are taken once (or, terminated, not at all).
     until(lambda: fra()[0] == 32, 30, "the restarted scheduler never saw every host")
-    assert fra()[1] == (32 if final == "terminated" else 24)
+    assert fra()[1] == (24 if final == "active" else 32)  # pending holds none yet
     with forge.sdk() as volt:
         after = volt.forge.list(limit=100)
         assert [x.id for x in after.data] == [x.id for x in before.data]
         if final == "active":
             assert ended.active_at is not None
+        if final != "terminated":
             volt.forge.terminate(lease.id)
     forge.wait_lease(lease.id, {"terminated"})
