@@ -118,7 +118,12 @@ def test_volt_runs_on_spire_svids_and_survives_their_rotation(on_spire: Cluster)
         time.sleep(max(0.0, started + SVID_TTL_S + 1 - time.monotonic()))
         on_spire.nats.restart()
         on_spire.wait_routable(metro="fra", timeout_s=60)
-        assert client.chat.completions.create(**CHAT).choices[0].message.content is not None
+        # The node may leave placement once more right after the bus is back
+        # (the scheduler sweeps the heartbeats it missed during the restart):
+        # served again within a few heartbeats is what counts.
+        with client.with_options(max_retries=5) as retrying:
+            answer = retrying.chat.completions.create(**CHAT)
+        assert answer.choices[0].message.content is not None
     for name in ("scheduler", "api", "fra-1"):
         log = on_spire.services[name].log_text()
         assert "Workload API update refused" not in log, name

@@ -13,10 +13,17 @@ from volt.store.resources import ResourceStore, StaleResource
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResourceStore]:
-    url = (f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    db = Database(url)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Synchronous: ``postgres_url`` makes its database with ``asyncio.run``."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[ResourceStore]:
+    db = Database(store_url)
     await db.upgrade()
     try:
         yield ResourceStore(db)
