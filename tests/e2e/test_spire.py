@@ -121,8 +121,7 @@ def test_volt_runs_on_spire_svids_and_survives_their_rotation(on_spire: Cluster)
         # The node may leave placement once more right after the bus is back
         # (the scheduler sweeps the heartbeats it missed during the restart):
         # served again within a few heartbeats is what counts.
-        with client.with_options(max_retries=5) as retrying:
-            answer = retrying.chat.completions.create(**CHAT)
+        answer = client.with_options(max_retries=5).chat.completions.create(**CHAT)
         assert answer.choices[0].message.content is not None
     for name in ("scheduler", "api", "fra-1"):
         log = on_spire.services[name].log_text()

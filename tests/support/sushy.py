@@ -2,7 +2,7 @@
 (PyPI ``sushy-tools``), fake driver, on free loopback ports.
 
 One emulator process is one BMC with its own systems, state folder and
-htpasswd file (a bcrypt hash of its password). Its power changes apply 1–11 s
+htpasswd file (a bcrypt hash of its password). Its power changes apply 1-11 s
 after they are asked (the fake driver's "hardware"), so callers run nodes in
 parallel and bound every wait.
 
