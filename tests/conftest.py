@@ -3,13 +3,14 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
+from volt.store import Database
 from volt.up.nats_server import NatsServer
 
 if TYPE_CHECKING:
@@ -24,6 +25,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """volt-tiny, built once per test session."""
     return ensure_built(tmp_path_factory.mktemp("models") / MODEL_ID)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite store (``tests/store`` runs PostgreSQL too, with its own)."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}")
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 @pytest.fixture

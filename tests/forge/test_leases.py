@@ -8,8 +8,6 @@ real control plane with kubectl (``tests/e2e/test_forge.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -119,14 +117,6 @@ def lease(count: int = 8, org: str = "org_a", hours: float = 2, *,
     starts = now + starts_in if starts_in is not None else None
     return LeaseCreate(org_id=org, gpu_model="H100", gpu_count=count, metro="fra",
                        starts_at=starts, ends_at=(starts or now) + hours * HOUR)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}")
-    await database.upgrade()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

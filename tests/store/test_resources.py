@@ -3,32 +3,15 @@ compare-and-set transitions with history, pages, and what a writer resumes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from volt.store import Database
 from volt.store.resources import ResourceStore, StaleResource
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Synchronous: ``postgres_url`` makes its database with ``asyncio.run``."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[ResourceStore]:
-    db = Database(store_url)
-    await db.upgrade()
-    try:
-        yield ResourceStore(db)
-    finally:
-        await db.close()
+def store(db: Database) -> ResourceStore:
+    return ResourceStore(db)
 
 
 async def test_a_transition_is_compare_and_set_with_its_history(store: ResourceStore) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -16,20 +14,9 @@ DAY1 = calendar.timegm(time.strptime("2026-11-25", "%Y-%m-%d"))
 DAY2 = DAY1 + 86400
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'volt.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-async def ledger(store_url: str) -> AsyncIterator[UsageLedger]:
-    db = Database(store_url)
-    await db.upgrade()
-    yield UsageLedger(db)
-    await db.close()
+def ledger(db: Database) -> UsageLedger:
+    return UsageLedger(db)
 
 
 def record(request_id: str, *, tenant: str = "ten_a", model: str = "m1", ended: float = DAY1 + 10,

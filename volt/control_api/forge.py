@@ -9,6 +9,7 @@ lookup and the scheduler both only find the caller's own.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,7 @@ from volt.control_api.errors import (
 )
 from volt.control_api.identity_routes import page_limit
 from volt.control_api.serving import decode_request
+from volt.control_api.usage import gpu_seconds
 from volt.identity import Principal
 from volt.protocol.forge import (
     Availability,
@@ -75,14 +77,6 @@ def _int(value: Any) -> int | None:
     return int(value) if value is not None else None
 
 
-def gpu_seconds(record: ResourceRecord, now: float) -> int:
-    active_at = record.status.get("active_at")
-    if active_at is None:
-        return 0
-    end = record.status.get("ended_at") or now
-    return int(max(0.0, end - active_at) * int(record.spec["gpu_count"]))
-
-
 def lease_object(record: ResourceRecord, now: float | None = None) -> Lease:
     spec, status = record.spec, record.status
     return Lease(
@@ -98,14 +92,12 @@ def lease_object(record: ResourceRecord, now: float | None = None) -> Lease:
                                     expires_at=int(e["expires_at"]),
                                     revoked_at=_int(e["revoked_at"]))
                      for e in status.get("kubeconfigs", [])],
-        gpu_seconds=gpu_seconds(record, time.time() if now is None else now),
+        gpu_seconds=gpu_seconds(record, 0.0, float("inf"), time.time() if now is None else now),
     )
 
 
 def kubeconfig_yaml(minted: KubeconfigMinted) -> str:
     """A kubeconfig for the minted token, its context in the lease's namespace."""
-    import base64
-
     name = f"volt-{minted.lease_id}"
     document = {
         "apiVersion": "v1", "kind": "Config",

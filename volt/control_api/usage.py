@@ -56,22 +56,27 @@ def parse_query(args: Mapping[str, str], now: float) -> tuple[int, int, list[Gro
     return start, end, group_by
 
 
+def gpu_seconds(record: ResourceRecord, start: float, end: float, now: float) -> int:
+    """A lease's GPUs times the seconds it was active inside [start, end)."""
+    active_at = record.status.get("active_at")
+    if active_at is None:
+        return 0
+    ended = record.status.get("ended_at") or now
+    seconds = max(0.0, min(ended, end) - max(active_at, start))
+    return int(seconds * int(record.spec["gpu_count"]))
+
+
 def lease_usage(records: Sequence[ResourceRecord], start: float, end: float,
                 now: float) -> list[LeaseUsage]:
-    """GPU-seconds per lease, counted while it was active, clipped to [start, end)."""
+    """GPU-seconds per lease that was active inside [start, end)."""
     out = []
     for record in records:
-        active_at = record.status.get("active_at")
-        if active_at is None:
-            continue
-        ended = record.status.get("ended_at") or now
-        seconds = max(0.0, min(ended, end) - max(active_at, start))
-        if seconds > 0:
+        used = gpu_seconds(record, start, end, now)
+        if used > 0:
             out.append(LeaseUsage(
                 lease_id=record.id, gpu_model=record.spec["gpu_model"],
                 gpu_count=int(record.spec["gpu_count"]), metro=record.spec["metro"],
-                tier=record.spec["tier"],
-                gpu_seconds=int(seconds * int(record.spec["gpu_count"]))))
+                tier=record.spec["tier"], gpu_seconds=used))
     return out
 
 

@@ -273,20 +273,6 @@ class KubeScope:
         _ignore(404, lambda: self.core.delete_namespaced_secret(
             binding_name(kubeconfig_id), namespace_for(lease_id)))
 
-    def kubeconfig(self, lease_id: str, token: str) -> dict[str, Any]:
-        """A kubeconfig document for ``token``, its context in the lease's namespace."""
-        name = f"volt-{lease_id}"
-        return {
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": name, "cluster": {
-                "server": self.server,
-                "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {
-                "cluster": name, "user": name, "namespace": namespace_for(lease_id)}}],
-            "current-context": name,
-        }
-
     # --- teardown ----------------------------------------------------------------
 
     @_translated

@@ -170,10 +170,13 @@ class Forge:
         if not gpu_names:
             self.pool.remove(node_id)
             return
-        self.pool.set_node(GpuNode(node_id=node_id, metro=metro, tier=tier,
-                                   gpu_model=gpu_model_id(gpu_names[0]), gpus=len(gpu_names),
-                                   rack=rack, nvlink_domain=nvlink_domain),
-                           schedulable=schedulable)
+        node = GpuNode(node_id=node_id, metro=metro, tier=tier,
+                       gpu_model=gpu_model_id(gpu_names[0]), gpus=len(gpu_names),
+                       rack=rack, nvlink_domain=nvlink_domain)
+        if self.pool.node(node_id) == node:
+            self.pool.set_schedulable(node_id, schedulable)  # every heartbeat: cheap
+        else:
+            self.pool.set_node(node, schedulable=schedulable)
 
     def node_gone(self, node_id: str) -> None:
         self.pool.remove(node_id)
@@ -281,9 +284,10 @@ class Forge:
         async with self._lock:
             record = self._owned(org_id, lease_id)
             if record is None:
-                raise not_found(lease_id) if await self.store.get(
-                    KIND, lease_id, org_id=org_id) is None else ForgeError(
-                    f"Lease {lease_id} has ended.", code="lease_not_active", status=409)
+                if await self.store.get(KIND, lease_id, org_id=org_id) is None:
+                    raise not_found(lease_id)
+                raise ForgeError(f"Lease {lease_id} has ended.", code="lease_not_active",
+                                 status=409)
             if record.state != LeaseState.ACTIVE:
                 raise ForgeError(
                     f"Lease {lease_id} is {record.state}; kubeconfigs are minted once it is "

@@ -245,6 +245,14 @@ class Scheduler:
         return sum(record.inflight_by_replica.values()) if record is not None else 0
 
     async def _on_forge_command(self, msg: Msg) -> None:
+        # nats-py runs a subscription's callbacks one at a time: a command
+        # that waits on Kubernetes (minting) must not hold up the others, so
+        # each runs as its own task (Forge serializes what must be).
+        task = asyncio.create_task(self._answer_forge(msg))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _answer_forge(self, msg: Msg) -> None:
         command = FORGE.decode_or_drop(msg.data)
         if not msg.reply or command is None:
             return

@@ -72,7 +72,5 @@ TRANSITIONS: dict[tuple[RackState, RackEvent], RackState] = {
 }
 
 RESUME = frozenset({S.PROVISIONING, S.ATTESTING, S.RELEASING, S.CLEANING})
-TENANT_HELD = frozenset({S.RESERVED, S.PROVISIONING, S.ATTESTING, S.READY, S.FAILED})
-"""States in which the rack is an org's."""
 
 RACKS: Lifecycle[RackState, RackEvent] = Lifecycle("rack", TRANSITIONS, frozenset())
