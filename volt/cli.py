@@ -205,6 +205,74 @@ def _orgs_set_gpu_quota(args: argparse.Namespace) -> None:
           + (" (the default)" if gpus is None else ""))
 
 
+def _racks_add(args: argparse.Namespace) -> None:
+    import time
+
+    from volt.store.resources import ResourceStore
+    from volt.vault.credentials import CredentialBox
+    from volt.vault.inventory import RegistrationError, connect_bmc, parse_rack, register
+
+    try:
+        entry = parse_rack(Path(args.file).read_bytes())
+    except (RegistrationError, OSError) as exc:
+        sys.exit(f"volt admin racks add: {args.file}: {exc}")
+
+    async def work(config: VoltConfig, db: Database) -> str:
+        record = await register(
+            ResourceStore(db), CredentialBox.from_config(config), entry, now=time.time(),
+            connect=lambda url, user, password, verify: connect_bmc(
+                url, user, password, verify, timeout_s=config.vault.bmc_timeout_s),
+            registered_by="operator (volt admin racks add)")
+        nodes = record.spec["nodes"]
+        return (f"rack {record.id}: {len(nodes)} nodes, "
+                f"{sum(int(n['gpus']) for n in nodes)} GPUs, available in {entry.metro} "
+                f"(BMCs checked: {', '.join(n['name'] for n in nodes)})")
+
+    try:
+        print(_store(args, work))
+    except RegistrationError as exc:
+        sys.exit(f"volt admin racks add: {exc}")
+
+
+def _racks_list(args: argparse.Namespace) -> None:
+    from volt.store.resources import ResourceStore
+    from volt.vault.inventory import KIND
+    from volt.vault.states import RackState
+
+    async def work(config: VoltConfig, db: Database) -> list[str]:
+        racks = await ResourceStore(db).in_states(KIND, [s.value for s in RackState])
+        return [f"{r.id:<16} {r.state:<13} {r.spec['metro']:<6} {r.spec['tier']:<10} "
+                f"{len(r.spec['nodes']):>5} {r.org_id or '-':<20} {r.reason}"
+                for r in sorted(racks, key=lambda r: r.id)]
+
+    print(f"{'ID':<16} {'STATE':<13} {'METRO':<6} {'TIER':<10} {'NODES':>5} {'ORG':<20} REASON")
+    print("\n".join(_store(args, work)))
+
+
+def _racks_move(event_name: str) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        import time
+
+        from volt.store.resources import ResourceStore
+        from volt.vault.inventory import RegistrationError, operator_transition
+        from volt.vault.states import RackEvent
+
+        event = RackEvent(event_name)
+
+        async def work(config: VoltConfig, db: Database) -> str:
+            record = await operator_transition(
+                ResourceStore(db), args.rack_id, event,
+                args.reason or f"{event.value} by an operator", now=time.time())
+            return f"rack {record.id}: {record.state}"
+
+        try:
+            print(_store(args, work))
+        except RegistrationError as exc:
+            sys.exit(f"volt admin racks {args.racks}: {exc}")
+
+    return run
+
+
 def _gpus(args: argparse.Namespace) -> None:
     """What the agent would report: one full NVML read (timed), XIDs watched for a while."""
     import json
@@ -274,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     admin = commands.add_parser(
-        "admin", help="operator commands on this machine's store (orgs, first keys)"
+        "admin", help="operator commands on this machine's store (orgs, first keys, racks)"
     ).add_subparsers(dest="admin", required=True)
     orgs = admin.add_parser("orgs", help="organizations").add_subparsers(
         dest="orgs", required=True)
@@ -295,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("name")
     quota.add_argument("gpus", help="a number, or 'default' (forge.default_gpu_quota)")
     quota.set_defaults(func=_orgs_set_gpu_quota)
+    racks = admin.add_parser("racks", help="Vault's bare-metal racks").add_subparsers(
+        dest="racks", required=True)
+    racks_add = racks.add_parser(
+        "add", parents=[common],
+        help="register a rack from a TOML file (every BMC is checked first)")
+    racks_add.add_argument("file")
+    racks_add.set_defaults(func=_racks_add)
+    racks.add_parser("list", parents=[common], help="every rack, its state and holder") \
+        .set_defaults(func=_racks_list)
+    for name, event, text in (
+            ("maintain", "maintain", "take an available rack out of service"),
+            ("repair", "repaired", "send a rack in maintenance back to cleaning")):
+        move = racks.add_parser(name, parents=[common], help=text)
+        move.add_argument("rack_id")
+        move.add_argument("--reason", default="")
+        move.set_defaults(func=_racks_move(event))
     admin_keys = admin.add_parser("keys", help="API keys").add_subparsers(
         dest="admin_keys", required=True)
     admin_create = admin_keys.add_parser(

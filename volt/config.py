@@ -289,6 +289,43 @@ def _check_tokens(settings: msgspec.Struct, names: tuple[str, ...]) -> None:
             raise ValueError(f"`{name}` may only hold letters, digits, `-` and `_`")
 
 
+class VaultSettings(_Section):
+    """Vault: whole bare-metal racks for one tenant, provisioned and cleaned
+    through their BMCs' Redfish."""
+
+    credentials_key_file: str = ""
+    """The 32-byte key (raw) that BMC credentials are encrypted under in the
+    store. Empty: ``vault-credentials.key`` in the secrets folder, made on
+    first use. The scheduler and ``volt admin racks`` need it; the API does not."""
+    image_url: str = "https://factory.talos.dev/image/{schematic}/{talos_version}/metal-amd64.iso"
+    """The Talos boot image a node is given by virtual media (``{talos_version}``
+    and ``{schematic}`` are filled in); PXE-only BMCs boot from the network."""
+    talos_schematic: str = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
+    """The Image Factory schematic of the boot image (this default: no extensions)."""
+    talos_versions: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^v\d+\.\d+\.\d+$")]],
+                              msgspec.Meta(min_length=1)] = \
+        msgspec.field(default_factory=lambda: ["v1.11.5"])
+    """The Talos versions a tenant may ask for; the first is the default."""
+    power_timeout_s: PositiveFloat = 120.0
+    """The longest wait for one power change to land on a node."""
+    node_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    """How often a node's failing Redfish step is tried before the rack fails."""
+    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    """The first wait before a step is tried again (doubling each time)."""
+    bmc_timeout_s: PositiveFloat = 10.0
+    """One Redfish call's timeout."""
+    require_attestation: bool = True
+    """A rack becomes ready only when every node's measured boot passed. Off
+    (development, BMCs whose nodes cannot attest): a node without a verdict
+    is shown ``not_attested`` — never as passed — and the rack goes ready."""
+    attest_timeout_s: PositiveFloat = 600.0
+    """How long a provisioned rack waits for its nodes' verdicts."""
+    reconcile_interval_s: PositiveFloat = 2.0
+    bmc_threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 128
+    """Threads for BMC calls (sushy is synchronous): the nodes of a rack are
+    driven in parallel, so this bounds how many at once."""
+
+
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "volt")
@@ -306,6 +343,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     attestation: AttestationSettings = msgspec.field(default_factory=AttestationSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     forge: ForgeSettings = msgspec.field(default_factory=ForgeSettings)
+    vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
 
     # Derived values: computed from the settings, never stored twice.
 
@@ -345,9 +383,10 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation",
-             "forge")
+             "forge", "vault")
 _LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients"),
-                ("scheduler", "metros"), ("scheduler", "tiers")}
+                ("scheduler", "metros"), ("scheduler", "tiers"),
+                ("vault", "talos_versions")}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -358,6 +397,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             ("scheduler", SchedulerSettings), ("agent", AgentSettings),
             ("identity", IdentitySettings), ("audit", AuditSettings),
             ("attestation", AttestationSettings), ("forge", ForgeSettings),
+            ("vault", VaultSettings),
         )
     }
     top = {"data_dir", "log_level"}

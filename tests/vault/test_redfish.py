@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,19 +19,6 @@ def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Bmc]]:
     root = tmp_path_factory.mktemp("bmcs")
     with Bmc(root / "a", systems=["a-1", "a-2"]) as a, Bmc(root / "b", systems=["b-1"]) as b:
         yield [a, b]
-
-
-@pytest.fixture(scope="module")
-def image_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A boot image the BMCs fetch when it is inserted as virtual media."""
-    folder = tmp_path_factory.mktemp("images")
-    (folder / "talos-metal-amd64.iso").write_bytes(b"\0" * 4096)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/talos-metal-amd64.iso"
-    server.shutdown()
 
 
 def _plain(bmc: Bmc) -> sushy.Sushy:

@@ -34,6 +34,9 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "forge": (wire.FORGE, (wire.LeaseCreate, wire.LeaseTerminate, wire.KubeconfigMint,
                            wire.KubeconfigRevoke, wire.AvailabilityQuery, wire.LeaseChanged,
                            wire.KubeconfigMinted, wire.AvailabilityAnswer, wire.ForgeRefused)),
+    "vault": (wire.VAULT, (wire.RackReserve, wire.RackRelease, wire.RackChanged,
+                           wire.AttestationReportQuery, wire.AttestationReportAnswer,
+                           wire.VerifierKeysQuery, wire.VerifierKeysAnswer, wire.VaultRefused)),
 }
 
 text = st.text(max_size=20)

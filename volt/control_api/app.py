@@ -52,6 +52,7 @@ from volt.control_api.openapi import render_yaml
 from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
+from volt.control_api.vault import register_vault_routes
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
@@ -294,6 +295,7 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     register_identity_routes(app, services.identity)
     register_forge_routes(app, services)
+    register_vault_routes(app, services)
     register_oauth_routes(app, services.identity)
     register_console(app, services.identity)
     return app

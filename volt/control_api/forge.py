@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-import nats.errors
 import yaml
-from nats.aio.client import Client
 from quart import Quart, Response, g, request
 
-from volt.control_api.errors import (
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    Refused,
-    ServiceUnavailable,
-)
+from volt.control_api.errors import InvalidRequest, NotFound, PermissionDenied
 from volt.control_api.identity_routes import page_limit
+from volt.control_api.scheduler_commands import SchedulerCommands, json_response, known_query
 from volt.control_api.serving import decode_request
 from volt.control_api.usage import gpu_seconds
 from volt.identity import Principal
@@ -55,22 +47,13 @@ from volt.wire import (
     KubeconfigRevoke,
     LeaseCreate,
     LeaseTerminate,
-    WireMessage,
-    encode,
     subjects,
 )
 
 KIND = "lease"
-COMMAND_TIMEOUT_S = 30.0
-"""Minting waits on Kubernetes (a Secret, then a TokenRequest)."""
-_encoder = msgspec.json.Encoder()
 _create = msgspec.json.Decoder(CreateLeaseRequest)
 _mint = msgspec.json.Decoder(MintKubeconfigRequest)
 STATES = ("pending", "provisioning", "active", "expiring", "terminated", "failed")
-
-
-def _json(value: object, status: int = 200) -> Response:
-    return Response(_encoder.encode(value), status=status, content_type="application/json")
 
 
 def _int(value: Any) -> int | None:
@@ -112,39 +95,11 @@ def kubeconfig_yaml(minted: KubeconfigMinted) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
-class ForgeCommands:
-    """Asks the scheduler; its refusals become the client's errors."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-
-    async def ask(self, command: WireMessage) -> WireMessage:
-        try:
-            msg = await self.nc.request(subjects.SCHED_FORGE, encode(command),
-                                        timeout=COMMAND_TIMEOUT_S)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-            raise ServiceUnavailable(
-                "The scheduler did not answer; nothing may have changed. Check the lease "
-                "list before trying again.", retry_after_s=5) from exc
-        answer = FORGE.decode(msg.data)
-        if isinstance(answer, ForgeRefused):
-            raise Refused(answer.status, answer.code, answer.message, answer.param)
-        return answer
-
-
-def known_query(args: Mapping[str, str], allowed: tuple[str, ...]) -> None:
-    """A 400 for a query parameter the route does not take (a typo such as
-    ``?gpu=H100`` would otherwise silently mean "everything")."""
-    for name in args:
-        if name not in allowed:
-            raise InvalidRequest(f"Unknown query parameter {name!r}; this route takes "
-                                 f"{', '.join(allowed)}.", param=name)
-
-
 def register_forge_routes(app: Quart, services: Any) -> None:
-    def commands() -> ForgeCommands:
+    def commands() -> SchedulerCommands:
         assert services.nc is not None
-        return ForgeCommands(services.nc)
+        return SchedulerCommands(services.nc, subjects.SCHED_FORGE, FORGE, ForgeRefused,
+                                 "lease")
 
     def leases() -> ResourceStore:
         db: Database = services.db
@@ -164,7 +119,7 @@ def register_forge_routes(app: Quart, services: Any) -> None:
             metro=args.get("metro") or None, tier=args.get("tier") or None,
             gpu_model=args.get("gpu_model") or None))
         assert isinstance(answer, AvailabilityAnswer)
-        return _json(Availability(data=[GpuOffer(
+        return json_response(Availability(data=[GpuOffer(
             metro=row.metro, tier=row.tier, gpu_model=row.gpu_model, total=row.total,
             free=row.free, price_per_gpu_hour=row.price_per_gpu_hour,
             largest_lease=LargestLease(on_node=row.largest_on_node,
@@ -192,7 +147,7 @@ def register_forge_routes(app: Quart, services: Any) -> None:
             starts_at=float(req.starts_at) if req.starts_at is not None else None,
             ends_at=ends, egress_cidrs=req.egress_cidrs))
         record = await own_lease(principal, getattr(answer, "lease_id", ""))
-        return _json(lease_object(record), status=201)
+        return json_response(lease_object(record), status=201)
 
     @app.get("/v1/forge/leases")
     async def list_leases() -> Response:
@@ -210,20 +165,20 @@ def register_forge_routes(app: Quart, services: Any) -> None:
             raise InvalidRequest("`after` is not a lease of this organization.",
                                  param="after") from None
         data = [lease_object(record) for record in page.records]
-        return _json(LeaseList(data=data, has_more=page.has_more,
+        return json_response(LeaseList(data=data, has_more=page.has_more,
                                first_id=data[0].id if data else None,
                                last_id=data[-1].id if data else None))
 
     @app.get("/v1/forge/leases/<lease_id>")
     async def get_lease(lease_id: str) -> Response:
-        return _json(lease_object(await own_lease(g.principal, lease_id)))
+        return json_response(lease_object(await own_lease(g.principal, lease_id)))
 
     @app.delete("/v1/forge/leases/<lease_id>")
     async def terminate_lease(lease_id: str) -> Response:
         principal: Principal = g.principal
         await own_lease(principal, lease_id)  # another org's: 404 before anything is asked
         await commands().ask(LeaseTerminate(org_id=principal.org_id, lease_id=lease_id))
-        return _json(lease_object(await own_lease(principal, lease_id)))
+        return json_response(lease_object(await own_lease(principal, lease_id)))
 
     @app.post("/v1/forge/leases/<lease_id>/kubeconfig")
     async def mint_kubeconfig(lease_id: str) -> Response:
@@ -234,7 +189,7 @@ def register_forge_routes(app: Quart, services: Any) -> None:
         answer = await commands().ask(KubeconfigMint(org_id=principal.org_id,
                                                      lease_id=lease_id, ttl_s=req.ttl_s))
         assert isinstance(answer, KubeconfigMinted)
-        return _json(Kubeconfig(id=answer.kubeconfig_id, lease_id=lease_id,
+        return json_response(Kubeconfig(id=answer.kubeconfig_id, lease_id=lease_id,
                                 namespace=answer.namespace, expires_at=int(answer.expires_at),
                                 kubeconfig=kubeconfig_yaml(answer)), status=201)
 
@@ -244,4 +199,4 @@ def register_forge_routes(app: Quart, services: Any) -> None:
         await own_lease(principal, lease_id)
         await commands().ask(KubeconfigRevoke(org_id=principal.org_id, lease_id=lease_id,
                                               kubeconfig_id=kubeconfig_id))
-        return _json(lease_object(await own_lease(principal, lease_id)))
+        return json_response(lease_object(await own_lease(principal, lease_id)))

@@ -40,6 +40,7 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
+from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, ReserveRackRequest
 
 _ERROR_TEXT = {
     400: "Invalid request (bad JSON or field)",
@@ -162,6 +163,29 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("delete", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}",
               "revokeForgeKubeconfig", "Revoke one minted kubeconfig", response=Lease,
               errors=(401, 403, 404, 503)),
+    Operation("post", "/v1/vault/racks", "reserveVaultRack",
+              "Reserve a whole bare-metal rack for the org: provisioned with Talos through "
+              "its BMCs, then attested", request=ReserveRackRequest, response=Rack,
+              success=201, errors=(400, 401, 403, 503),
+              examples={"one rack": {"metro": "fra", "gpu_model": "H100", "nodes": 4}}),
+    Operation("get", "/v1/vault/racks", "listVaultRacks",
+              "List the org's racks (newest first), with each node's progress",
+              response=RackList, errors=(400, 401, 403),
+              query=(("limit", "1 to 100, default 20"),
+                     ("after", "the last id of the previous page"),
+                     ("state", "only racks in this state"))),
+    Operation("get", "/v1/vault/racks/{rack_id}", "getVaultRack",
+              "Get a rack: its state, and per node the step under way and the last error",
+              response=Rack, errors=(400, 401, 403, 404)),
+    Operation("delete", "/v1/vault/racks/{rack_id}", "releaseVaultRack",
+              "Release a rack: every node is cleaned (per the rack's cleaning policy) "
+              "before anyone else can have it", response=Rack, errors=(401, 403, 404, 503)),
+    Operation("get", "/v1/vault/racks/{rack_id}/attestation", "getVaultAttestation",
+              "The rack's measured-boot report, per node, signed by the verifier's key",
+              response=AttestationReport, errors=(400, 401, 403, 404, 503)),
+    Operation("get", "/.well-known/volt/verifier-keys", "getVerifierKeys",
+              "The verifier's public keys (JWKS): check attestation reports offline",
+              response=Jwks, public=True, errors=(503,)),
     Operation("get", "/v1/me", "getMe", "Who the caller is (SPIFFE ID, org, role, scopes)",
               response=Me, errors=(401, 403)),
     Operation("get", "/v1/orgs/{org_id}/api-keys", "listApiKeys",

@@ -7,6 +7,8 @@
   (EdDSA JWTs); every API replica verifies with its public half.
 * ``audit-signing.pem``: the Ed25519 key that signs audit checkpoints (used by
   the scheduler, the log's single writer).
+* ``vault-credentials.key``: the AES-256 key that Vault's BMC credentials are
+  encrypted under in the store (the scheduler and ``volt admin racks``).
 
 On one machine (``volt up``, tests) they are made on first use in the secrets
 folder (``identity.secrets_dir``, default ``<data>/secrets``, mode 0700, files
@@ -76,3 +78,8 @@ class Keyring:
     def verifier_signing_key(self) -> Ed25519PrivateKey:
         """Signs attestation verdicts (the scheduler's verifier)."""
         return load_ed25519(self.folder / "verifier-signing.pem")
+
+    def vault_credentials_key(self) -> bytes:
+        """Encrypts BMC credentials at rest (``volt/vault/credentials.py``)."""
+        return _create_once(self.folder / "vault-credentials.key",
+                            lambda: secrets.token_bytes(32))

@@ -71,6 +71,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/forge/leases/{lease_id}"): _write(),
     ("POST", "/v1/forge/leases/{lease_id}/kubeconfig"): _write(),
     ("DELETE", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}"): _write(),
+    # Vault: a reservation is a whole rack; releasing it wipes the tenant's
+    # disks. Both are members' writes, recorded with a digest of the request.
+    ("POST", "/v1/vault/racks"): _write(),
+    ("GET", "/v1/vault/racks"): _read(),
+    ("GET", "/v1/vault/racks/{rack_id}"): _read(),
+    ("DELETE", "/v1/vault/racks/{rack_id}"): _write(),
+    ("GET", "/v1/vault/racks/{rack_id}/attestation"): _read(),
     # Billing and tenancy
     ("GET", "/v1/usage"): _read(),
     ("GET", "/v1/me"): _read(),
@@ -100,6 +107,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): _PUBLIC,
     ("GET", "/readyz"): _PUBLIC,
     ("GET", "/openapi.yaml"): _PUBLIC,
+    # Anyone may check a signed attestation report: the verifier's public keys.
+    ("GET", "/.well-known/volt/verifier-keys"): _PUBLIC,
     ("GET", "/metrics"): _PUBLIC,
 }
 

@@ -21,6 +21,9 @@ from volt.scheduler.node_table import NodeTable
 from volt.scheduler.service import Scheduler
 from volt.store import Database, Inventory, UsageLedger
 from volt.store.resources import ResourceStore
+from volt.vault.credentials import CredentialBox
+from volt.vault.inventory import connect_bmc
+from volt.vault.racks import Vault
 from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,12 @@ async def run_scheduler(config: VoltConfig) -> None:
         ResourceStore(db), GpuPool(),
         KubeScope.from_kubeconfig(config.forge.kubeconfig) if config.forge.kubeconfig else None,
         config.forge, quota_of=orgs.gpu_quota)
+    keyring = Keyring(config.secrets_path())
+    vault = Vault(ResourceStore(db), config.vault, CredentialBox.from_config(config),
+                  signing_key=keyring.verifier_signing_key(),
+                  verdict_ttl_s=config.attestation.verdict_ttl_s,
+                  connect=lambda url, user, password, verify: connect_bmc(
+                      url, user, password, verify, timeout_s=config.vault.bmc_timeout_s))
     scheduler = Scheduler(
         NodeTable(missed_heartbeats=config.scheduler.missed_heartbeats,
                   allow_unsealed=config.scheduler.allow_unsealed,
@@ -46,18 +55,19 @@ async def run_scheduler(config: VoltConfig) -> None:
         metros=config.scheduler.metros,
         tiers=config.scheduler.tiers,
         forge=forge,
+        vault=vault,
     )
     forge.spark_inflight = scheduler.spark_inflight
     forge.handed_over = scheduler.handed_over
     forge.on_change = scheduler.changed
     forge.on_assign = scheduler.assign
-    keyring = Keyring(config.secrets_path())
     authority = BusAuthority(config.data_path / "bus", config.secrets_path(),
                              config.identity.trust_domain) \
         if config.attestation.certify_nodes else None
     attestation = AttestationService.from_settings(
         config.attestation, scheduler.table, keyring.verifier_signing_key(), scheduler.changed,
         authority)
+    vault.verdict_of = attestation.verdicts.get
     sink = UsageSink(UsageLedger(db))
     # The audit log's single writer (the API replicas only publish events).
     audit = AuditWriter(AuditLog(db), keyring.audit_signing_key(),
@@ -74,6 +84,7 @@ async def run_scheduler(config: VoltConfig) -> None:
             await attestation.run(nc)
     finally:
         await forge.stop()
+        await vault.stop()
         await bus.close(nc)
         credentials.close()
         await db.close()

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -25,10 +26,14 @@ from volt.scheduler.node_states import GONE, LIVE
 from volt.scheduler.node_table import NodeRecord, NodeTable
 from volt.scheduler.senders import sent_by
 from volt.store import Inventory
+from volt.vault.racks import Vault, VaultError
 from volt.wire import (
     FORGE,
     NODE,
     SCHEDULER,
+    VAULT,
+    AttestationReportAnswer,
+    AttestationReportQuery,
     AvailabilityAnswer,
     AvailabilityQuery,
     ForgeRefused,
@@ -45,6 +50,12 @@ from volt.wire import (
     PlaceAnswer,
     PlacementView,
     PlaceQuery,
+    RackChanged,
+    RackRelease,
+    RackReserve,
+    VaultRefused,
+    VerifierKeysAnswer,
+    VerifierKeysQuery,
     ViewQuery,
     WireMessage,
     encode,
@@ -66,10 +77,13 @@ class Scheduler:
         metros: Iterable[str] = (),
         tiers: Iterable[str] = (),
         forge: Forge | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self.table = table
         self.forge = forge
         """Forge's leases (None: Forge's commands are refused)."""
+        self.vault = vault
+        """Vault's racks (None: Vault's commands are refused)."""
         self.inventory = inventory
         self.view_interval_s = view_interval_s
         self.sweep_interval_s = sweep_interval_s
@@ -118,10 +132,13 @@ class Scheduler:
         if self.forge is not None:
             await self.forge.load()  # before any command: leases resume first
         await nc.subscribe(subjects.SCHED_FORGE, cb=self._on_forge_command)
+        await nc.subscribe(subjects.SCHED_VAULT, cb=self._on_vault_command)
         log.info("scheduler started", extra={"scheduler_id": self.scheduler_id})
         async with asyncio.TaskGroup() as tasks:
             if self.forge is not None:
                 tasks.create_task(self.forge.run())
+            if self.vault is not None:
+                tasks.create_task(self.vault.run())
             await self._publish_forever()
 
     async def _publish_forever(self) -> None:
@@ -244,13 +261,16 @@ class Scheduler:
         record = self.table.get(node_id)
         return sum(record.inflight_by_replica.values()) if record is not None else 0
 
-    async def _on_forge_command(self, msg: Msg) -> None:
+    def _in_task(self, answer: Coroutine[Any, Any, None]) -> None:
         # nats-py runs a subscription's callbacks one at a time: a command
-        # that waits on Kubernetes (minting) must not hold up the others, so
-        # each runs as its own task (Forge serializes what must be).
-        task = asyncio.create_task(self._answer_forge(msg))
+        # that waits (on Kubernetes, on the store) must not hold up the others,
+        # so each runs as its own task (Forge and Vault serialize what must be).
+        task = asyncio.create_task(answer)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _on_forge_command(self, msg: Msg) -> None:
+        self._in_task(self._answer_forge(msg))
 
     async def _answer_forge(self, msg: Msg) -> None:
         command = FORGE.decode_or_drop(msg.data)
@@ -294,3 +314,43 @@ class Scheduler:
         else:
             raise ForgeError("Not a Forge command.", code="invalid_command", status=400)
         return LeaseChanged(lease_id=record.id, state=record.state)
+
+    # --- Vault ---------------------------------------------------------------------
+
+    async def _on_vault_command(self, msg: Msg) -> None:
+        self._in_task(self._answer_vault(msg))
+
+    async def _answer_vault(self, msg: Msg) -> None:
+        command = VAULT.decode_or_drop(msg.data)
+        if not msg.reply or command is None:
+            return
+        try:
+            answer = await self._vault_answer(command)
+        except VaultError as exc:
+            answer = VaultRefused(code=exc.code, message=str(exc), status=exc.status,
+                                  param=exc.param)
+        except Exception as exc:
+            log.exception("vault command failed")
+            answer = VaultRefused(code="vault_error", status=500,
+                                  message=f"The scheduler could not apply the command "
+                                          f"({type(exc).__name__}); nothing was changed "
+                                          "unless the rack says so.")
+        await msg.respond(encode(answer))
+
+    async def _vault_answer(self, command: object) -> WireMessage:
+        vault = self.vault
+        if vault is None:
+            raise VaultError("Vault is not enabled on this Volt.", code="vault_disabled",
+                             status=503)
+        if isinstance(command, RackReserve):
+            record = await vault.reserve(command)
+        elif isinstance(command, RackRelease):
+            record = await vault.release(command.org_id, command.rack_id)
+        elif isinstance(command, AttestationReportQuery):
+            return AttestationReportAnswer(
+                jws=await vault.attestation_report(command.org_id, command.rack_id))
+        elif isinstance(command, VerifierKeysQuery):
+            return VerifierKeysAnswer(jwks=msgspec.json.encode(vault.verifier_keys()))
+        else:
+            raise VaultError("Not a Vault command.", code="invalid_command", status=400)
+        return RackChanged(rack_id=record.id, state=record.state)

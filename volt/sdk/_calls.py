@@ -36,6 +36,7 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
+from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, ReserveRackRequest
 
 T = TypeVar("T")
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -176,3 +177,33 @@ def forge_kubeconfig(lease_id: str, ttl_s: int | None = None) -> Call[Kubeconfig
 
 def forge_kubeconfig_revoke(lease_id: str, kubeconfig_id: str) -> Call[Lease]:
     return Call("DELETE", f"/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}", Lease)
+
+
+def vault_rack_reserve(metro: str, *, tier: str | None = None, gpu_model: str | None = None,
+                       nodes: int | None = None,
+                       talos_version: str | None = None) -> Call[Rack]:
+    body = msgspec.convert({"metro": metro, "tier": tier, "gpu_model": gpu_model,
+                            "nodes": nodes, "talos_version": talos_version}, ReserveRackRequest)
+    return Call("POST", "/v1/vault/racks", Rack, json=msgspec.to_builtins(body), retry=False)
+
+
+def vault_rack_list(*, limit: int = 20, after: str | None = None,
+                    state: str | None = None) -> Call[RackList]:
+    return Call("GET", "/v1/vault/racks", RackList,
+                _params(limit=limit, after=after, state=state))
+
+
+def vault_rack_get(rack_id: str) -> Call[Rack]:
+    return Call("GET", f"/v1/vault/racks/{rack_id}", Rack)
+
+
+def vault_rack_release(rack_id: str) -> Call[Rack]:
+    return Call("DELETE", f"/v1/vault/racks/{rack_id}", Rack)
+
+
+def vault_attestation(rack_id: str) -> Call[AttestationReport]:
+    return Call("GET", f"/v1/vault/racks/{rack_id}/attestation", AttestationReport)
+
+
+def vault_verifier_keys() -> Call[Jwks]:
+    return Call("GET", "/.well-known/volt/verifier-keys", Jwks, authenticated=False)

@@ -44,9 +44,11 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
+from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList
 from volt.sdk import _calls as calls
 from volt.sdk._credentials import Tokens, load_tokens, save_tokens
 from volt.sdk._errors import APIConnectionError, APIStatusError, AuthenticationError, error_for
+from volt.vault.report import verify_report
 
 T = TypeVar("T")
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
@@ -131,6 +133,7 @@ class Client(_Base):
         self.audit = Audit(self)
         self.models = Models(self)
         self.forge = Forge(self)
+        self.vault = Vault(self)
 
     def __enter__(self) -> Client:
         return self
@@ -219,6 +222,41 @@ class Forge:
         return self._client.run(calls.forge_kubeconfig_revoke(lease_id, kubeconfig_id))
 
 
+class Vault:
+    """Bare-metal racks: ``volt.vault.reserve("fra", gpu_model="H100", nodes=4)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def reserve(self, metro: str, *, tier: str | None = None, gpu_model: str | None = None,
+                nodes: int | None = None, talos_version: str | None = None) -> Rack:
+        return self._client.run(calls.vault_rack_reserve(
+            metro, tier=tier, gpu_model=gpu_model, nodes=nodes, talos_version=talos_version))
+
+    def list(self, *, limit: int = 20, after: str | None = None,
+             state: str | None = None) -> RackList:
+        return self._client.run(calls.vault_rack_list(limit=limit, after=after, state=state))
+
+    def get(self, rack_id: str) -> Rack:
+        return self._client.run(calls.vault_rack_get(rack_id))
+
+    def release(self, rack_id: str) -> Rack:
+        return self._client.run(calls.vault_rack_release(rack_id))
+
+    def attestation(self, rack_id: str) -> AttestationReport:
+        return self._client.run(calls.vault_attestation(rack_id))
+
+    def verifier_keys(self) -> Jwks:
+        return self._client.run(calls.vault_verifier_keys())
+
+    def verified_attestation(self, rack_id: str, jwks: Jwks | None = None) -> dict[str, Any]:
+        """The rack's report, checked against the verifier's keys (fetched, or
+        ``jwks`` kept from before); ``ReportInvalid`` if its signature is wrong."""
+        report = self.attestation(rack_id)
+        keys = jwks if jwks is not None else self.verifier_keys()
+        return verify_report(report.jws, msgspec.to_builtins(keys))
+
+
 class Keys:
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -304,6 +342,7 @@ class AsyncClient(_Base):
         self.audit = AsyncAudit(self)
         self.models = AsyncModels(self)
         self.forge = AsyncForge(self)
+        self.vault = AsyncVault(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -388,6 +427,40 @@ class AsyncForge:
 
     async def revoke_kubeconfig(self, lease_id: str, kubeconfig_id: str) -> Lease:
         return await self._client.run(calls.forge_kubeconfig_revoke(lease_id, kubeconfig_id))
+
+
+class AsyncVault:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def reserve(self, metro: str, *, tier: str | None = None,
+                      gpu_model: str | None = None, nodes: int | None = None,
+                      talos_version: str | None = None) -> Rack:
+        return await self._client.run(calls.vault_rack_reserve(
+            metro, tier=tier, gpu_model=gpu_model, nodes=nodes, talos_version=talos_version))
+
+    async def list(self, *, limit: int = 20, after: str | None = None,
+                   state: str | None = None) -> RackList:
+        return await self._client.run(calls.vault_rack_list(limit=limit, after=after,
+                                                            state=state))
+
+    async def get(self, rack_id: str) -> Rack:
+        return await self._client.run(calls.vault_rack_get(rack_id))
+
+    async def release(self, rack_id: str) -> Rack:
+        return await self._client.run(calls.vault_rack_release(rack_id))
+
+    async def attestation(self, rack_id: str) -> AttestationReport:
+        return await self._client.run(calls.vault_attestation(rack_id))
+
+    async def verifier_keys(self) -> Jwks:
+        return await self._client.run(calls.vault_verifier_keys())
+
+    async def verified_attestation(self, rack_id: str, jwks: Jwks | None = None
+                                   ) -> dict[str, Any]:
+        report = await self.attestation(rack_id)
+        keys = jwks if jwks is not None else await self.verifier_keys()
+        return verify_report(report.jws, msgspec.to_builtins(keys))
 
 
 class AsyncKeys:

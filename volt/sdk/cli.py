@@ -1,6 +1,6 @@
 """The ``volt`` commands a person runs against a Volt API, on the SDK:
 ``login``, ``logout``, ``whoami``, ``keys``, ``usage``, ``audit verify``,
-``forge`` (availability, leases, kubeconfigs).
+``forge`` (availability, leases, kubeconfigs), ``vault`` (racks, attestation).
 
 They find the API and the credential as the SDK does (``--base-url`` or
 ``VOLT_BASE_URL``; ``VOLT_API_KEY`` or the ``volt login`` tokens). Errors are
@@ -11,39 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from volt.sdk._client import Client
+from volt.sdk._cli_common import client_for as _client
+from volt.sdk._cli_common import duration as _duration
+from volt.sdk._cli_common import guarded as _guarded
+from volt.sdk._cli_common import show as _print
+from volt.sdk._cli_common import when as _when
 from volt.sdk._credentials import credentials_path
-from volt.sdk._errors import APIStatusError, VoltError
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.base_url)
-
-
-def _print(value: Any, args: argparse.Namespace, table: Callable[[Any], str]) -> None:
-    if args.json:
-        print(json.dumps(msgspec.to_builtins(value), indent=1))
-    else:
-        print(table(value))
-
-
-def _when(unix: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(unix)) if unix else "-"
-
-
-def _duration(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([smhd])", text)
-    if not match:
-        raise argparse.ArgumentTypeError("use a number and s, m, h or d (e.g. 30d)")
-    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+from volt.sdk.vault_cli import add_vault_commands
 
 
 def _login(args: argparse.Namespace) -> None:
@@ -181,19 +161,6 @@ def _audit_verify_store(args: argparse.Namespace) -> None:
         print(f"PROBLEM: {problem}", file=sys.stderr)
     if not report.ok:
         sys.exit(1)
-
-
-def _guarded(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-    def wrapper(args: argparse.Namespace) -> None:
-        try:
-            run(args)
-        except APIStatusError as error:
-            request = f" (request {error.request_id})" if error.request_id else ""
-            sys.exit(f"volt: {error.status} {error.message}{request}")
-        except VoltError as error:
-            sys.exit(f"volt: {error}")
-
-    return wrapper
 
 
 def _lease_table(leases: Any) -> str:
@@ -353,6 +320,8 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     revoke_kc.add_argument("lease_id")
     revoke_kc.add_argument("kubeconfig_id")
     revoke_kc.set_defaults(func=_guarded(_forge_revoke))
+
+    add_vault_commands(commands, client)
 
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True)

@@ -79,17 +79,19 @@ class ResourceStore:
                               version=1)
 
     async def transition(self, record: ResourceRecord, *, event: str, to: str, now: float,
-                         reason: str = "", status: dict[str, Any] | None = None
-                         ) -> ResourceRecord:
+                         reason: str = "", status: dict[str, Any] | None = None,
+                         org_id: str | None = None) -> ResourceRecord:
         """Move ``record`` to ``to`` (the lifecycle already said it may), with
-        its new status; ``StaleResource`` if the row is not as read."""
+        its new status (and with ``org_id``, a new holder: a rack changes hands
+        between tenants); ``StaleResource`` if the row is not as read."""
         new_status = record.status if status is None else status
+        new_org = record.org_id if org_id is None else org_id
         async with self.db.session() as session, session.begin():
             result = await session.execute(
                 update(Resource)
                 .where(Resource.id == record.id, Resource.version == record.version)
                 .values(state=to, status=json.dumps(new_status), reason=reason,
-                        updated_at=now, version=record.version + 1))
+                        org_id=new_org, updated_at=now, version=record.version + 1))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise StaleResource(f"{record.kind} {record.id} changed since it was read")
             seq = await session.scalar(
@@ -99,7 +101,7 @@ class ResourceStore:
                                       event=event, from_state=record.state, to_state=to,
                                       reason=reason))
         return ResourceRecord(
-            id=record.id, kind=record.kind, org_id=record.org_id, state=to, spec=record.spec,
+            id=record.id, kind=record.kind, org_id=new_org, state=to, spec=record.spec,
             status=new_status, reason=reason, created_at=record.created_at, updated_at=now,
             version=record.version + 1)
 

@@ -79,7 +79,8 @@ def _translated(what: str, call: Callable[[], T]) -> T:
 
 class RedfishBmc:
     def __init__(self, url: str, username: str, password: str, *,
-                 timeout_s: float = 10.0, sleep: Callable[[float], None] = time.sleep,
+                 timeout_s: float = 10.0, verify: bool = True,
+                 sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url.rstrip("/")
         self._sleep = sleep
@@ -88,10 +89,12 @@ class RedfishBmc:
         # (and sushy's default would log in through it first).
         self._root: Any = _translated("connecting", lambda: sushy.Sushy(
             self.url + "/redfish/v1",
-            auth=sushy.auth.BasicAuth(username=username, password=password),
+            auth=sushy.auth.BasicAuth(username=username, password=password), verify=verify,
             # A BMC's 5xx is retried, but briefly: probing what a BMC lacks
             # (storage, BIOS) must not stall a node for sushy's default 30 s.
-            server_side_retries=2, server_side_retries_delay=0.5))
+            server_side_retries=2, server_side_retries_delay=0.5,
+            # Every call bounded: a BMC that hangs must not hold a node's step.
+            read_timeout=timeout_s, connect_timeout=min(timeout_s, 5.0)))
         self.timeout_s = timeout_s
 
     def systems(self) -> list[str]:

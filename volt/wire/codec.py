@@ -29,6 +29,7 @@ from volt.wire.messages import (
     ReplyMessage,
     SchedulerMessage,
     UsageMessage,
+    VaultMessage,
     WireMessage,
 )
 
@@ -113,3 +114,4 @@ USAGE: FamilyDecoder[UsageMessage] = FamilyDecoder("usage", UsageMessage)
 IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMessage)
 ATTEST: FamilyDecoder[AttestMessage] = FamilyDecoder("attest", AttestMessage)
 FORGE: FamilyDecoder[ForgeMessage] = FamilyDecoder("forge", ForgeMessage)
+VAULT: FamilyDecoder[VaultMessage] = FamilyDecoder("vault", VaultMessage)

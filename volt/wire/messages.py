@@ -562,3 +562,67 @@ class ForgeRefused(WireMessage, frozen=True, kw_only=True, tag="forge.refused"):
 ForgeMessage = (LeaseCreate | LeaseTerminate | KubeconfigMint | KubeconfigRevoke
                 | AvailabilityQuery | LeaseChanged | KubeconfigMinted | AvailabilityAnswer
                 | ForgeRefused)
+
+
+# --- vault family: API <-> scheduler, request/reply (global, metadata only) -----
+#
+# The scheduler is the single writer of racks; the API asks. No BMC credential
+# ever crosses the bus: the scheduler alone opens them to drive the BMCs.
+
+
+class RackReserve(WireMessage, frozen=True, kw_only=True, tag="vault.rack.reserve"):
+    org_id: str
+    created_by: str = ""
+    metro: str
+    tier: str | None = None
+    gpu_model: str | None = None
+    nodes: int | None = None
+    """At least this many nodes; None: any rack."""
+    talos_version: str | None = None
+
+
+class RackRelease(WireMessage, frozen=True, kw_only=True, tag="vault.rack.release"):
+    org_id: str
+    rack_id: str
+
+
+class RackChanged(WireMessage, frozen=True, kw_only=True, tag="vault.rack"):
+    """The command was applied; the rack as stored is the answer."""
+
+    rack_id: str
+    state: str
+
+
+class AttestationReportQuery(WireMessage, frozen=True, kw_only=True,
+                             tag="vault.attestation.get"):
+    org_id: str
+    rack_id: str
+
+
+class AttestationReportAnswer(WireMessage, frozen=True, kw_only=True, tag="vault.attestation"):
+    jws: str
+    """The report, signed by the verifier's key (``volt/vault/report.py``)."""
+
+
+class VerifierKeysQuery(WireMessage, frozen=True, kw_only=True, tag="vault.verifier_keys.get"):
+    pass
+
+
+class VerifierKeysAnswer(WireMessage, frozen=True, kw_only=True, tag="vault.verifier_keys"):
+    jwks: bytes
+    """The verifier's public keys as a JWKS (JSON)."""
+
+
+class VaultRefused(WireMessage, frozen=True, kw_only=True, tag="vault.refused"):
+    """The command was not applied: ``code`` and ``status`` say why (404 not
+    found, 409 wrong state, 400 bad shape, 503 no rack free now)."""
+
+    code: str
+    message: str
+    status: int
+    param: str | None = None
+
+
+VaultMessage = (RackReserve | RackRelease | RackChanged | AttestationReportQuery
+                | AttestationReportAnswer | VerifierKeysQuery | VerifierKeysAnswer
+                | VaultRefused)

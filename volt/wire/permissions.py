@@ -79,7 +79,7 @@ def api(replica_id: str) -> Permissions:
         publish=(
             subjects.INFER_ALL, subjects.CANCEL_ALL,
             subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE, subjects.SCHED_FORGE,
-            subjects.AUDIT_EVENTS, *_stream_admin(subjects.AUDIT_STREAM),
+            subjects.SCHED_VAULT, subjects.AUDIT_EVENTS, *_stream_admin(subjects.AUDIT_STREAM),
             subjects.IDENTITY_REVOKED,
             *_stream_admin(kv_stream), f"$JS.API.DIRECT.GET.{kv_stream}.>",
             f"$JS.API.STREAM.MSG.GET.{kv_stream}", f"$KV.{subjects.LIMITS_BUCKET}.>",
@@ -102,7 +102,8 @@ def scheduler() -> Permissions:
             *(subjects.node_events(event) for event in subjects.NODE_EVENTS),
             *(subjects.attest_all(step) for step in subjects.ATTEST_STEPS),
             subjects.SCHED_VIEW_GET, subjects.SCHED_PLACE, subjects.SCHED_FORGE,
-            subjects.IDENTITY_REVOKED, subjects.inbox_prefix("service", "scheduler") + ".>",
+            subjects.SCHED_VAULT, subjects.IDENTITY_REVOKED,
+            subjects.inbox_prefix("service", "scheduler") + ".>",
         ),
         allow_responses=True,
     )

@@ -1,0 +1,170 @@
+"""The Vault routes: racks, their attestation report, the verifier's keys.
+
+Every change is a command to the scheduler (the single writer of racks) over
+``volt.sched.vault``; reads come from the store. Authentication and the
+route's rule ran before these (``app.identify``); a rack another org holds —
+or nobody holds — answers 404, because the store lookup and the scheduler
+both only find the caller's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart import Quart, Response, g, request
+
+from volt.control_api.errors import InvalidRequest, NotFound, PermissionDenied
+from volt.control_api.identity_routes import page_limit
+from volt.control_api.scheduler_commands import SchedulerCommands, json_response, known_query
+from volt.control_api.serving import decode_request
+from volt.identity import Principal
+from volt.protocol.vault import (
+    AttestationReport,
+    CleaningStep,
+    NodeAttestation,
+    Rack,
+    RackList,
+    RackNode,
+    ReserveRackRequest,
+)
+from volt.store.database import Database
+from volt.store.resources import ResourceRecord, ResourceStore
+from volt.vault.report import verify_report
+from volt.vault.states import RackState
+from volt.wire import (
+    VAULT,
+    AttestationReportAnswer,
+    AttestationReportQuery,
+    RackRelease,
+    RackReserve,
+    VaultRefused,
+    VerifierKeysAnswer,
+    VerifierKeysQuery,
+    subjects,
+)
+
+KIND = "rack"
+STATES = tuple(state.value for state in RackState if state is not RackState.AVAILABLE)
+_reserve = msgspec.json.Decoder(ReserveRackRequest)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def rack_object(record: ResourceRecord) -> Rack:
+    spec, status = record.spec, record.status
+    progress: dict[str, dict[str, Any]] = status.get("nodes", {})
+    models = sorted({n["gpu_model"] for n in spec["nodes"] if int(n["gpus"]) > 0})
+    nodes = []
+    for node in spec["nodes"]:
+        state = progress.get(node["name"], {})
+        nodes.append(RackNode(
+            name=node["name"], gpu_model=node["gpu_model"], gpus=int(node["gpus"]),
+            state=state.get("state", "pending"), step=state.get("step", ""),
+            running=state.get("running", ""), attempts=int(state.get("attempts", 0)),
+            last_error=state.get("last_error", ""), boot=state.get("boot"),
+            booted_at=_int(state.get("booted_at")),
+            cleaning=[CleaningStep(step=s["step"], outcome=s["outcome"])
+                      for s in state.get("steps", [])]))
+    return Rack(
+        id=record.id, state=record.state, reason=record.reason,  # type: ignore[arg-type]
+        metro=spec["metro"], tier=spec["tier"], gpu_model="/".join(models) or "none",
+        gpu_count=sum(int(n["gpus"]) for n in spec["nodes"]),
+        cleaning_policy=spec.get("cleaning", "erase"),
+        talos_version=status.get("talos_version"), reserved_at=_int(status.get("reserved_at")),
+        ready_at=_int(status.get("ready_at")), released_at=_int(status.get("releasing_at")),
+        nodes=nodes)
+
+
+def register_vault_routes(app: Quart, services: Any) -> None:
+    def commands() -> SchedulerCommands:
+        assert services.nc is not None
+        return SchedulerCommands(services.nc, subjects.SCHED_VAULT, VAULT, VaultRefused, "rack")
+
+    def racks() -> ResourceStore:
+        db: Database = services.db
+        return ResourceStore(db)
+
+    async def own_rack(principal: Principal, rack_id: str) -> ResourceRecord:
+        record = await racks().get(KIND, rack_id, org_id=principal.org_id)
+        if record is None or not principal.org_id:
+            raise NotFound(f"No rack {rack_id}.", param="rack_id", code="rack_not_found")
+        return record
+
+    async def verifier_jwks() -> dict[str, Any]:
+        answer = await commands().ask(VerifierKeysQuery())
+        assert isinstance(answer, VerifierKeysAnswer)
+        jwks: dict[str, Any] = msgspec.json.decode(answer.jwks)
+        return jwks
+
+    @app.post("/v1/vault/racks")
+    async def reserve_rack() -> Response:
+        principal: Principal = g.principal
+        if principal.mode == "test":
+            raise PermissionDenied("Test keys cannot reserve racks: use a live key.",
+                                   code="test_key_not_allowed")
+        body: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
+        req = decode_request(_reserve, body)
+        answer = await commands().ask(RackReserve(
+            org_id=principal.org_id, created_by=principal.credential_id, metro=req.metro,
+            tier=req.tier, gpu_model=req.gpu_model, nodes=req.nodes,
+            talos_version=req.talos_version))
+        record = await own_rack(principal, getattr(answer, "rack_id", ""))
+        return json_response(rack_object(record), status=201)
+
+    @app.get("/v1/vault/racks")
+    async def list_racks() -> Response:
+        principal: Principal = g.principal
+        known_query(request.args, ("limit", "after", "state"))
+        limit = page_limit(request.args)
+        state = request.args.get("state")
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"`state` must be one of {', '.join(STATES)}.", param="state")
+        try:
+            page = await racks().page(KIND, principal.org_id, limit=limit,
+                                      after=request.args.get("after") or None,
+                                      states=[state] if state else None)
+        except KeyError:
+            raise InvalidRequest("`after` is not a rack of this organization.",
+                                 param="after") from None
+        data = [rack_object(record) for record in page.records]
+        return json_response(RackList(data=data, has_more=page.has_more,
+                                      first_id=data[0].id if data else None,
+                                      last_id=data[-1].id if data else None))
+
+    @app.get("/v1/vault/racks/<rack_id>")
+    async def get_rack(rack_id: str) -> Response:
+        known_query(request.args, ())
+        return json_response(rack_object(await own_rack(g.principal, rack_id)))
+
+    @app.delete("/v1/vault/racks/<rack_id>")
+    async def release_rack(rack_id: str) -> Response:
+        principal: Principal = g.principal
+        await own_rack(principal, rack_id)  # another org's: 404 before anything is asked
+        await commands().ask(RackRelease(org_id=principal.org_id, rack_id=rack_id))
+        return json_response(rack_object(await own_rack(principal, rack_id)))
+
+    @app.get("/v1/vault/racks/<rack_id>/attestation")
+    async def attestation(rack_id: str) -> Response:
+        principal: Principal = g.principal
+        known_query(request.args, ())
+        await own_rack(principal, rack_id)
+        answer = await commands().ask(AttestationReportQuery(org_id=principal.org_id,
+                                                             rack_id=rack_id))
+        assert isinstance(answer, AttestationReportAnswer)
+        # Decoded from the signed token itself, so the fields shown are exactly
+        # the ones signed.
+        report = verify_report(answer.jws, await verifier_jwks())
+        return json_response(AttestationReport(
+            rack_id=report["rack_id"], state=report["state"],
+            generated_at=int(report["generated_at"]), all_passed=bool(report["all_passed"]),
+            nodes=[NodeAttestation(node=n["node"], state=n["state"], verdict=n["verdict"])
+                   for n in report["nodes"]], jws=answer.jws))
+
+    @app.get("/.well-known/volt/verifier-keys")
+    async def verifier_keys() -> Response:
+        response = json_response(await verifier_jwks())
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return response

@@ -1,0 +1,531 @@
+"""The scheduler's Vault: the single writer of racks.
+
+Commands (reserve, release) are applied one at a time under one lock, and
+every write is a compare-and-set on the rack's row (``ResourceStore``), so two
+orgs racing for the last rack get exactly one winner. The slow work — driving
+each node's BMC through provisioning, waiting for measured boot, cleaning —
+runs in the reconcile loop, one task per rack, every node of the rack in
+parallel. Each node's progress (the last step done, attempts, last error) is
+stored as it happens: a scheduler that restarts (SIGKILL included) reads it
+back and carries on from the step after the last one stored; every step is
+idempotent, so one redone after a crash does no harm.
+
+Every wait on a BMC is bounded (``vault.power_timeout_s``) and a failing
+step is retried with backoff (``vault.node_attempts``); a node that still
+fails sends the rack to FAILED (provisioning) or MAINTENANCE (cleaning) with
+the reason. Time is an injected clock (wall seconds) for what is stored and
+for the attestation deadline.
+
+Provisioning, per node: power off → boot once from the Talos image (virtual
+media, or PXE where the BMC has none) → power on. Cleaning, per node: disks
+erased (``erase`` racks; a BMC that cannot is a failure, recorded, never
+skipped), BIOS reset, boot override cleared, power off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from volt.attestation.verifier import SignedVerdict
+from volt.config import VaultSettings
+from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
+from volt.vault.credentials import CredentialBox
+from volt.vault.inventory import KIND, Connect, connect_bmc
+from volt.vault.redfish import BmcError, RedfishBmc
+from volt.vault.report import build_report, public_jwk, sign_report
+from volt.vault.states import RACKS, RESUME, RackEvent, RackState
+from volt.wire import RackReserve
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POLL_S = 0.5
+HOLDING = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
+                     RackState.READY, RackState.FAILED, RackState.RELEASING,
+                     RackState.CLEANING, RackState.MAINTENANCE})
+"""States in which a rack belongs to a tenant (its ``org_id`` is set)."""
+PROVISION_STEPS = ("power_off", "boot_override", "power_on")
+CLEAN_STEPS = ("clean", "power_off")
+
+
+class VaultError(Exception):
+    """A command refused: the API answers ``status`` with ``code``."""
+
+    def __init__(self, message: str, *, code: str, status: int, param: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.param = param
+
+
+def not_found(rack_id: str) -> VaultError:
+    return VaultError(f"No rack {rack_id}.", code="rack_not_found", status=404,
+                      param="rack_id")
+
+
+class NodeFailed(Exception):
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"node {node}: {message}")
+        self.node = node
+
+
+class RackMoved(Exception):
+    """The rack changed under its work (released, or another writer): stop."""
+
+
+def rack_gpu_model(spec: dict[str, Any]) -> str:
+    models = sorted({n["gpu_model"] for n in spec["nodes"] if int(n["gpus"]) > 0})
+    return "/".join(models) or "none"
+
+
+def fits(record: ResourceRecord, command: RackReserve) -> bool:
+    spec = record.spec
+    if spec["metro"] != command.metro:
+        return False
+    if command.tier is not None and spec["tier"] != command.tier:
+        return False
+    if command.gpu_model is not None and rack_gpu_model(spec) != command.gpu_model:
+        return False
+    return command.nodes is None or len(spec["nodes"]) >= command.nodes
+
+
+class Progress:
+    """The rack's record while its work runs: each node's progress is written
+    through at once (under one lock: the nodes run in parallel)."""
+
+    def __init__(self, vault: Vault, record: ResourceRecord) -> None:
+        self.vault = vault
+        self.record = record
+        self._lock = asyncio.Lock()
+
+    def node(self, name: str) -> dict[str, Any]:
+        nodes: dict[str, dict[str, Any]] = self.record.status.get("nodes", {})
+        return dict(nodes.get(name, {}))
+
+    async def save(self, name: str, **fields: Any) -> None:
+        async with self._lock:
+            nodes = dict(self.record.status.get("nodes", {}))
+            nodes[name] = {**nodes.get(name, {}), **fields}
+            try:
+                self.record = await self.vault.store.update_status(
+                    self.record, {**self.record.status, "nodes": nodes}, self.vault.clock())
+            except StaleResource as exc:
+                raise RackMoved(self.record.id) from exc
+
+
+class Vault:
+    def __init__(
+        self,
+        store: ResourceStore,
+        settings: VaultSettings,
+        box: CredentialBox,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        verdict_of: Callable[[str], SignedVerdict | None] = lambda node: None,
+        verdict_ttl_s: float = 900.0,
+        connect: Connect = connect_bmc,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.box = box
+        self.signing_key = signing_key
+        """The verifier's key: it signs attestation reports (None: reports refused)."""
+        self.verdict_of = verdict_of
+        """A node's latest signed verdict (the scheduler's attestation service)."""
+        self.verdict_ttl_s = verdict_ttl_s
+        self.connect = connect
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._work: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._threads = ThreadPoolExecutor(settings.bmc_threads,
+                                           thread_name_prefix="volt-bmc")
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A BMC call in Vault's own threads (sushy blocks), so a rack's nodes
+        run in parallel instead of queueing for asyncio's few default threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, partial(function, *args, **kwargs))
+
+    # --- commands ----------------------------------------------------------------
+
+    async def reserve(self, command: RackReserve) -> ResourceRecord:
+        talos = command.talos_version or self.settings.talos_versions[0]
+        if talos not in self.settings.talos_versions:
+            raise VaultError(f"Talos {talos} is not offered; choose one of "
+                             f"{', '.join(self.settings.talos_versions)}.",
+                             code="invalid_talos_version", status=400, param="talos_version")
+        async with self._lock:
+            racks = [r for r in await self.store.in_states(KIND, [s.value for s in RackState])
+                     if fits(r, command)]
+            free = sorted((r for r in racks if r.state == RackState.AVAILABLE),
+                          key=lambda r: (len(r.spec["nodes"]), r.id))
+            if not racks:
+                raise VaultError(self._no_such_rack(command), code="no_matching_rack",
+                                 status=400, param="metro")
+            if not free:
+                raise VaultError(
+                    f"No rack is free now: all {len(racks)} that match are taken. Try again "
+                    "later, or ask for another metro, tier or GPU model.",
+                    code="insufficient_capacity", status=503)
+            # Best fit: the smallest rack that is large enough.
+            rack = free[0]
+            now = self.clock()
+            status = {"reserved_at": now, "talos_version": talos,
+                      "created_by": command.created_by,
+                      "nodes": {n["name"]: {"state": "pending", "step": "", "attempts": 0,
+                                            "last_error": ""} for n in rack.spec["nodes"]}}
+            rack = await self._advance(rack, RackEvent.RESERVE, "reserved",
+                                       status=status, org_id=command.org_id)
+            rack = await self._advance(rack, RackEvent.PROVISION, "provisioning")
+        log.info("rack reserved", extra={"rack_id": rack.id, "org_id": command.org_id})
+        self._wake.set()
+        return rack
+
+    def _no_such_rack(self, command: RackReserve) -> str:
+        wanted = [f"in metro {command.metro}"]
+        if command.tier is not None:
+            wanted.append(f"of tier {command.tier}")
+        if command.gpu_model is not None:
+            wanted.append(f"with {command.gpu_model} GPUs")
+        if command.nodes is not None:
+            wanted.append(f"of at least {command.nodes} nodes")
+        return f"Volt has no rack {' '.join(wanted)}."
+
+    async def release(self, org_id: str, rack_id: str) -> ResourceRecord:
+        async with self._lock:
+            while True:
+                record = await self.store.get(KIND, rack_id, org_id=org_id)
+                if record is None:
+                    raise not_found(rack_id)
+                if not RACKS.allows(RackState(record.state), RackEvent.RELEASE):
+                    return record  # releasing, cleaning or in maintenance already
+                task = self._work.pop(rack_id, None)
+                if task is not None:
+                    task.cancel()  # its provisioning or attesting is moot
+                try:
+                    record = await self._advance(record, RackEvent.RELEASE,
+                                                 "released by the tenant")
+                    break
+                except StaleResource:
+                    continue  # its work wrote a node's progress meanwhile: read again
+        self._wake.set()
+        return record
+
+    async def attestation_report(self, org_id: str, rack_id: str) -> str:
+        if self.signing_key is None:
+            raise VaultError("This scheduler has no verifier key.", code="no_verifier",
+                             status=503)
+        record = await self.store.get(KIND, rack_id, org_id=org_id)
+        if record is None:
+            raise not_found(rack_id)
+        nodes = record.status.get("nodes", {})
+        report = build_report(
+            record.id, org_id,
+            [(n["name"], nodes.get(n["name"], {}).get("booted_at")) for n in record.spec["nodes"]],
+            self.verdict_of, now=self.clock(), ttl_s=self.verdict_ttl_s)
+        report["state"] = record.state
+        return sign_report(report, self.signing_key)
+
+    def verifier_keys(self) -> dict[str, Any]:
+        return {"keys": [public_jwk(self.signing_key)] if self.signing_key else []}
+
+    # --- transitions ----------------------------------------------------------------
+
+    async def _advance(self, record: ResourceRecord, event: RackEvent, reason: str = "", *,
+                       status: dict[str, Any] | None = None, org_id: str | None = None
+                       ) -> ResourceRecord:
+        to = RACKS.next(RackState(record.state), event)
+        now = self.clock()
+        status = dict(record.status if status is None else status)
+        status[f"{to.value}_at"] = now
+        updated = await self.store.transition(record, event=event.value, to=to.value, now=now,
+                                              reason=reason, status=status, org_id=org_id)
+        log.info("rack changed", extra={"rack_id": record.id, "from": record.state,
+                                        "to": to.value, "reason": reason})
+        return updated
+
+    # --- reconciling ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile for ever: at every interval, and at once after a command."""
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("rack reconcile failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
+            except TimeoutError:
+                pass
+
+    async def reconcile(self) -> None:
+        """Make sure every rack in a state with work to do has its work running
+        (after a restart: the racks found in those states)."""
+        now = self.clock()
+        for record in await self.store.in_states(KIND, [s.value for s in RESUME]):
+            if record.id not in self._work and self._retry_at.get(record.id, 0.0) <= now:
+                self._work[record.id] = asyncio.create_task(self._drive(record.id),
+                                                            name=f"rack {record.id}")
+
+    async def settle(self, rack_id: str) -> ResourceRecord:
+        """Wait until the rack's work is done (tests and the benchmark)."""
+        while (task := self._work.get(rack_id)) is not None:
+            await asyncio.shield(task)
+        record = await self.store.get(KIND, rack_id)
+        assert record is not None
+        return record
+
+    async def _drive(self, rack_id: str) -> None:
+        try:
+            await self._drive_once(rack_id)
+        except (RackMoved, StaleResource):
+            pass  # released, or changed by an operator: the next pass looks again
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures = self._failures.get(rack_id, 0) + 1
+            self._failures[rack_id] = failures
+            backoff = min(60.0, self.settings.reconcile_interval_s * 2 ** (failures - 1))
+            self._retry_at[rack_id] = self.clock() + backoff
+            log.warning("rack work failed; retrying", extra={
+                "rack_id": rack_id, "error": f"{type(exc).__name__}: {exc}",
+                "retry_in_s": backoff})
+        else:
+            self._failures.pop(rack_id, None)
+            self._retry_at.pop(rack_id, None)
+        finally:
+            if self._work.get(rack_id) is asyncio.current_task():
+                del self._work[rack_id]
+            self._wake.set()
+
+    async def _drive_once(self, rack_id: str) -> None:
+        """Take the rack through its states until it rests (or waits for verdicts)."""
+        while True:
+            record = await self.store.get(KIND, rack_id)
+            if record is None or RackState(record.state) not in RESUME:
+                return
+            state = RackState(record.state)
+            if state is RackState.PROVISIONING:
+                await self._provision(record)
+            elif state is RackState.ATTESTING:
+                if not await self._attest(record):
+                    return  # verdicts still to come: the next pass looks again
+            elif state is RackState.RELEASING:
+                await self._advance(record, RackEvent.CLEAN, "cleaning", status={
+                    **record.status, "nodes": {
+                        n["name"]: {"state": "pending", "step": "", "attempts": 0,
+                                    "last_error": "", "steps": []}
+                        for n in record.spec["nodes"]}})
+            elif state is RackState.CLEANING:
+                await self._clean(record)
+
+    # --- one node's BMC ---------------------------------------------------------------
+
+    async def _bmc(self, record: ResourceRecord, node: dict[str, Any]) -> RedfishBmc:
+        password = self.box.open(node["bmc_password"], rack_id=record.id, node=node["name"])
+        return await self._call(self.connect, node["bmc_url"], node["bmc_username"], password,
+                                bool(node.get("verify_tls", True)))
+
+    def _lazy_bmc(self, record: ResourceRecord, node: dict[str, Any]
+                  ) -> Callable[[], Awaitable[RedfishBmc]]:
+        """The node's BMC, connected on first use (inside a step, so a BMC that
+        does not answer counts as that step's failure and is retried)."""
+        held: list[RedfishBmc] = []
+
+        async def get() -> RedfishBmc:
+            if not held:
+                held.append(await self._bmc(record, node))
+            return held[0]
+
+        return get
+
+    async def _power(self, bmc: RedfishBmc, system_id: str, on: bool) -> None:
+        await self._call(bmc.power, system_id, on)
+        deadline = time.monotonic() + self.settings.power_timeout_s
+        want = "on" if on else "off"
+        while await self._call(bmc.power_state, system_id) != want:
+            if time.monotonic() > deadline:
+                raise BmcError(f"not powered {want} within {self.settings.power_timeout_s:.0f}"
+                               " s", "timeout")
+            await asyncio.sleep(POLL_S)
+
+    async def _step(self, progress: Progress, name: str, step: str,
+                    work: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
+        """Run one node step, retrying a BMC's failure with backoff; its outcome
+        is stored either way."""
+        attempts = int(progress.node(name).get("attempts", 0))
+        for attempt in range(1, self.settings.node_attempts + 1):
+            await progress.save(name, running=step)
+            try:
+                extra = await work() or {}
+            except BmcError as exc:
+                attempts += 1
+                await progress.save(name, attempts=attempts,
+                                    last_error=f"{step}: {exc} [{exc.code}]")
+                if attempt == self.settings.node_attempts:
+                    raise NodeFailed(name, f"{step} failed {attempt} times; last: {exc}"
+                                     ) from exc
+                await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
+            else:
+                await progress.save(name, step=step, running="", **extra)
+                return
+
+    async def _each_node(self, record: ResourceRecord,
+                         drive: Callable[[Progress, dict[str, Any]], Awaitable[None]]
+                         ) -> tuple[Progress, list[NodeFailed]]:
+        """Drive every node at once; the ones that failed, with why."""
+        progress = Progress(self, record)
+        results = await asyncio.gather(*(drive(progress, node) for node in record.spec["nodes"]),
+                                       return_exceptions=True)
+        failed: list[NodeFailed] = []
+        for node, result in zip(record.spec["nodes"], results, strict=True):
+            if isinstance(result, NodeFailed):
+                failed.append(result)
+                await progress.save(node["name"], state="failed", running="")
+            elif isinstance(result, BaseException):
+                raise result
+        return progress, failed
+
+    # --- provisioning -------------------------------------------------------------------
+
+    def image_url(self, talos_version: str) -> str:
+        return self.settings.image_url.format(talos_version=talos_version,
+                                              schematic=self.settings.talos_schematic)
+
+    async def _provision(self, record: ResourceRecord) -> None:
+        image = self.image_url(record.status["talos_version"])
+
+        async def node_work(progress: Progress, node: dict[str, Any]) -> None:
+            name, system_id = node["name"], node["system_id"]
+            state = progress.node(name)
+            if state.get("state") == "booted":
+                return
+            await progress.save(name, state="provisioning")
+            done = state.get("step", "")
+            todo = PROVISION_STEPS[PROVISION_STEPS.index(done) + 1:] if done else PROVISION_STEPS
+            bmc = self._lazy_bmc(record, node)
+            for step in todo:
+                if step == "power_off":
+                    async def work() -> dict[str, Any] | None:
+                        await self._power(await bmc(), system_id, on=False)
+                        return None
+                elif step == "boot_override":
+                    async def work() -> dict[str, Any] | None:
+                        way = await self._call((await bmc()).boot_from_image, system_id, image)
+                        return {"boot": way}
+                else:
+                    async def work() -> dict[str, Any] | None:
+                        await self._power(await bmc(), system_id, on=True)
+                        return {"booted_at": self.clock()}
+                await self._step(progress, name, step, work)
+            await progress.save(name, state="booted", last_error="")
+
+        progress, failed = await self._each_node(record, node_work)
+        record = progress.record
+        if failed:
+            await self._advance(record, RackEvent.FAIL, "; ".join(str(f) for f in failed))
+        else:
+            await self._advance(record, RackEvent.BOOTED, "every node booted Talos")
+
+    # --- attesting ---------------------------------------------------------------------
+
+    async def _attest(self, record: ResourceRecord) -> bool:
+        """Decide from the nodes' verdicts; False: still waiting for some."""
+        now = self.clock()
+        nodes = record.status.get("nodes", {})
+        pending, failed = [], []
+        for node in record.spec["nodes"]:
+            name = node["name"]
+            signed = self.verdict_of(name)
+            booted_at = float(nodes.get(name, {}).get("booted_at") or 0.0)
+            if signed is None or signed.verdict.time_ms / 1000 < booted_at:
+                pending.append(name)  # no verdict of this boot yet
+            elif not signed.verdict.passed:
+                findings = "; ".join(f"{f.component}: {f.reason}"
+                                     for f in signed.verdict.findings if f.severity == "critical")
+                failed.append(f"node {name} failed measured boot ({findings})")
+        if failed:
+            await self._advance(record, RackEvent.FAIL, "; ".join(failed))
+            return True
+        if not pending:
+            await self._advance(record, RackEvent.ATTESTED, "every node passed measured boot")
+            return True
+        if not self.settings.require_attestation:
+            await self._advance(record, RackEvent.ATTESTED,
+                                f"not attested: {', '.join(pending)} (vault.require_attestation"
+                                " is off)")
+            return True
+        since = float(record.status.get("attesting_at") or now)
+        if now > since + self.settings.attest_timeout_s:
+            await self._advance(record, RackEvent.FAIL,
+                                f"no passing measured boot within "
+                                f"{self.settings.attest_timeout_s:.0f} s from {', '.join(pending)}")
+            return True
+        return False
+
+    # --- cleaning ----------------------------------------------------------------------
+
+    async def _clean(self, record: ResourceRecord) -> None:
+        erase = record.spec.get("cleaning", "erase") == "erase"
+
+        async def node_work(progress: Progress, node: dict[str, Any]) -> None:
+            name, system_id = node["name"], node["system_id"]
+            state = progress.node(name)
+            if state.get("state") == "cleaned":
+                return
+            await progress.save(name, state="cleaning")
+            done = state.get("step", "")
+            todo = CLEAN_STEPS[CLEAN_STEPS.index(done) + 1:] if done else CLEAN_STEPS
+            bmc = self._lazy_bmc(record, node)
+            for step in todo:
+                if step == "clean":
+                    async def work() -> dict[str, Any] | None:
+                        report = await self._call((await bmc()).clean, system_id, erase=erase)
+                        return {"steps": [{"step": s.step, "outcome": s.outcome}
+                                          for s in report.steps]}
+                else:
+                    async def work() -> dict[str, Any] | None:
+                        await self._power(await bmc(), system_id, on=False)
+                        return None
+                await self._step(progress, name, step, work)
+            if erase:
+                steps = progress.node(name).get("steps", [])
+                erased = next((s["outcome"] for s in steps if s["step"] == "secure_erase"),
+                              "not run")
+                if erased != "done":
+                    # The tenant's data may still be on the disks: this node
+                    # goes to no one else until an operator has seen to it.
+                    raise NodeFailed(name, f"disks not erased ({erased})")
+            await progress.save(name, state="cleaned", last_error="")
+
+        progress, failed = await self._each_node(record, node_work)
+        record = progress.record
+        if failed:
+            await self._advance(record, RackEvent.CLEAN_FAILED,
+                                "; ".join(str(f) for f in failed))
+        else:
+            await self._advance(record, RackEvent.CLEANED, "every node cleaned",
+                                org_id="", status={
+                                    "cleaned_at": self.clock(),
+                                    "last_cleaning": {name: n.get("steps", [])
+                                                      for name, n in
+                                                      record.status.get("nodes", {}).items()}})
+
+    async def stop(self) -> None:
+        for task in list(self._work.values()):
+            task.cancel()
+        await asyncio.gather(*self._work.values(), return_exceptions=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)
