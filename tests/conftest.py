@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +14,7 @@ import pytest
 
 from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.store import Database
-from volt.up.nats_server import NatsServer
+from volt.up.nats_server import NatsServer, free_port
 
 if TYPE_CHECKING:
     from support.kube import KubeControlPlane
@@ -95,3 +98,22 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]
         require("etcd is not installed (Debian package etcd-server)")
     with KubeControlPlane(tmp_path_factory.mktemp("kube")) as control_plane:
         yield control_plane
+
+
+TALOS = "v1.11.5"
+"""The Talos version the test boot image is served for (Vault's default)."""
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A base URL serving ``/<talos version>/metal-amd64.iso`` (the BMCs fetch it
+    when it is inserted as virtual media)."""
+    folder = tmp_path_factory.mktemp("images")
+    (folder / TALOS).mkdir()
+    (folder / TALOS / "metal-amd64.iso").write_bytes(b"\0" * 4096)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

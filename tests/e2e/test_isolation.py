@@ -38,6 +38,10 @@ class World:
     their_key: str
     their_lease: str
     """A Forge lease of org B, written straight to the store (no GPUs here)."""
+    their_rack: str
+    """A Vault rack org B holds, written straight to the store (no BMCs here)."""
+    free_rack: str
+    """A rack nobody holds (available): no org may see it either."""
     session: str
     """A console session of an admin of org A."""
     csrf: str
@@ -69,6 +73,12 @@ def _their_lease(w: World) -> str:
     return f"/v1/forge/leases/{w.their_lease}"
 
 
+def _racks(suffix: str = "") -> list[Probe]:
+    """Org B's rack, and a rack nobody holds."""
+    return [Probe(lambda w: f"/v1/vault/racks/{w.their_rack}{suffix}"),
+            Probe(lambda w: f"/v1/vault/racks/{w.free_rack}{suffix}")]
+
+
 ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("POST", "/v1/chat/completions"): NoId("the body names a model; catalogs: test_catalog"),
     ("POST", "/v1/completions"): NoId("as chat"),
@@ -93,6 +103,12 @@ ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
         Probe(lambda w: _their_lease(w) + "/kubeconfig", body={})],
     ("DELETE", "/v1/forge/leases/{lease_id}/kubeconfigs/{kubeconfig_id}"): [
         Probe(lambda w: _their_lease(w) + "/kubeconfigs/kc-0123456789ab")],
+    ("POST", "/v1/vault/racks"): NoId("reserves for the caller's org"),
+    ("GET", "/v1/vault/racks"): NoId("lists the caller's org (test_vault)"),
+    ("GET", "/v1/vault/racks/{rack_id}"): _racks(),
+    ("DELETE", "/v1/vault/racks/{rack_id}"): _racks(),
+    ("GET", "/v1/vault/racks/{rack_id}/attestation"): _racks("/attestation"),
+    ("GET", "/.well-known/volt/verifier-keys"): NoId("public: the verifier's public keys"),
     ("GET", "/v1/usage"): NoId("the caller's org only (test_metering)"),
     ("GET", "/v1/me"): NoId("the caller"),
     ("GET", "/v1/orgs/{org_id}/api-keys"): [
@@ -180,9 +196,27 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             finally:
                 await db.close()
 
+        async def racks() -> tuple[str, str]:
+            db = Database(cluster.store_url)
+            node = {"name": "", "gpu_model": "H100", "gpus": 8, "bmc_url": "http://bmc.invalid",
+                    "bmc_username": "admin", "bmc_password": "aesgcm1:", "system_id": "1"}
+            try:
+                for rack_id, org, state in (("rack-b", org_b, "ready"),
+                                            ("rack-free", "", "available")):
+                    await ResourceStore(db).create(
+                        kind="rack", id=rack_id, org_id=org, state=state, now=time.time(),
+                        status={}, spec={"metro": "fra", "tier": "standard",
+                                         "cleaning": "erase",
+                                         "nodes": [{**node, "name": f"{rack_id}-n1"}]})
+                return "rack-b", "rack-free"
+            finally:
+                await db.close()
+
         session, csrf = asyncio.run(console_session())
+        their_rack, free_rack = asyncio.run(racks())
         yield World(cluster, mine, cluster.org_id("org-a"), cluster.org_id("org-b"),
-                    their_key_id, their_key, asyncio.run(their_lease()), session, csrf)
+                    their_key_id, their_key, asyncio.run(their_lease()), their_rack, free_rack,
+                    session, csrf)
 
 
 PROBES = [(method, path, index, probe)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class StreamReply:
     cleanup would then never run (the pod slot, the channel, the pod's work)."""
 
 
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+
+
 def decode_request(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """The request, or a 400 that names the field at fault."""
     try:
@@ -88,6 +92,9 @@ def decode_request(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).partition(" - at `$.")
         param = where.rstrip("`") or None
+        unknown = _UNKNOWN_FIELD.search(message)
+        if unknown is not None:  # msgspec names the field itself, not as a path
+            param = f"{param}.{unknown[1]}" if param else unknown[1]
         raise InvalidRequest(f"Invalid value for `{param}`: {message}" if param else message,
                              param=param) from exc
     except msgspec.DecodeError as exc:

@@ -1,0 +1,286 @@
+"""Vault end to end: real processes (NATS, the scheduler, the API), real
+Redfish BMCs (sushy-emulator, one per node), the operator's ``volt admin
+racks`` and the tenant's SDK and ``volt vault`` CLI.
+
+Two racks, two orgs: each reserves one, watches it provision node by node,
+reads its signed attestation report, and releases it; the scheduler is
+SIGKILLed in the middle of provisioning and of cleaning and carries on from
+the steps it had stored; another org's rack, or a free one, is 404 on every
+route; the last free rack is a clear capacity error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sushy
+from support.sushy import Bmc
+
+from volt.sdk import Client
+from volt.sdk._errors import APIStatusError, VoltError
+from volt.store import Database
+from volt.store.resources import ResourceStore
+from volt.testing import Cluster
+
+pytestmark = pytest.mark.slow
+NODES = ["e1-n1", "e1-n2", "e2-n1", "e2-n2"]
+
+
+@dataclass
+class World:
+    cluster: Cluster
+    bmcs: dict[str, Bmc]
+    keys: dict[str, str]
+    """Org name -> an owner key."""
+    tmp: Path
+
+    def sdk(self, org: str) -> Client:
+        return Client(f"http://127.0.0.1:{self.cluster.api_port}", self.keys[org],
+                      max_retries=0)
+
+    def rack(self, org: str, rack_id: str) -> Any:
+        with self.sdk(org) as volt:
+            return volt.vault.get(rack_id)
+
+    def wait(self, org: str, rack_id: str, check: Callable[[Any], bool],
+             timeout_s: float = 90) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                rack = self.rack(org, rack_id)
+            except APIStatusError as error:
+                if error.status != 404:
+                    raise
+                rack = None  # cleaned and handed back: no longer the org's
+            if check(rack):
+                return rack
+            assert time.monotonic() < deadline, (
+                rack, self.cluster.services["scheduler"].log_text()[-3000:])
+            time.sleep(0.2)
+
+    def until_scheduler_answers(self, timeout_s: float = 60) -> None:
+        """After a restart: wait until the scheduler takes commands again."""
+        deadline = time.monotonic() + timeout_s
+        with self.sdk("vault-a") as volt:
+            while True:
+                try:
+                    volt.vault.verifier_keys()
+                    return
+                except APIStatusError as error:
+                    if error.status != 503:
+                        raise
+                assert time.monotonic() < deadline, "the scheduler never came back"
+                time.sleep(0.2)
+
+    def events(self, rack_id: str) -> list[str]:
+        """The rack's stored history of transitions."""
+        async def read() -> list[str]:
+            db = Database(self.cluster.store_url)
+            try:
+                return [entry.event for entry in await ResourceStore(db).history(rack_id)]
+            finally:
+                await db.close()
+
+        return asyncio.run(read())
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``volt admin ...`` as the operator runs it, on the cluster's store."""
+        return subprocess.run([sys.executable, "-m", "volt", "admin", *args],
+                              env=self.cluster.env({}), capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    def cli(self, org: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VOLT_API_KEY": self.keys[org],
+               "VOLT_BASE_URL": f"http://127.0.0.1:{self.cluster.api_port}"}
+        return subprocess.run([sys.executable, "-m", "volt", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+
+def rack_file(folder: Path, rack_id: str, bmcs: dict[str, Bmc], *,
+              password: str | None = None) -> Path:
+    lines = [f'id = "{rack_id}"', 'metro = "fra"', 'tier = "standard"', 'cleaning = "metadata"']
+    for name, bmc in bmcs.items():
+        if name.startswith(rack_id + "-"):
+            lines += ["", "[[nodes]]", f'name = "{name}"', 'gpu_model = "H100"', "gpus = 8",
+                      f'bmc_url = "{bmc.url}"', f'bmc_username = "{bmc.username}"',
+                      f'bmc_password = "{password or bmc.password}"']
+    path = folder / f"{rack_id}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, image_server: str,
+          tiny_model: Path) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("vault")
+    bmcs: dict[str, Bmc] = {}
+    try:
+        for name in NODES:
+            bmcs[name] = Bmc(root / "bmcs" / name, systems=[name]).start()
+        with Cluster(root, engine_mode="instant", model_cache=tiny_model, extra_env={
+            "VOLT_VAULT_IMAGE_URL": image_server + "/{talos_version}/metal-amd64.iso",
+            "VOLT_VAULT_REQUIRE_ATTESTATION": "0", "VOLT_VAULT_RETRY_BACKOFF_S": "0.2",
+            "VOLT_VAULT_RECONCILE_INTERVAL_S": "0.2", "VOLT_VAULT_POWER_TIMEOUT_S": "30",
+        }) as cluster:
+            cluster.start_api()
+            keys = {org: cluster.add_key(org) for org in ("vault-a", "vault-b")}
+            world = World(cluster, bmcs, keys, root)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with world.sdk("vault-a") as volt:
+                        volt.vault.list()
+                    break
+                except VoltError:
+                    assert time.monotonic() < deadline, "the API never answered"
+                    time.sleep(0.2)
+            yield world
+    finally:
+        for bmc in bmcs.values():
+            bmc.stop()
+
+
+def test_an_operator_registers_racks_only_after_every_bmc_checks_out(world: World) -> None:
+    bad = world.admin("racks", "add", str(rack_file(world.tmp, "e1", world.bmcs,
+                                                      password="not-it")))
+    assert bad.returncode != 0
+    assert "e1-n1" in bad.stderr
+    assert "unauthorized" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    for rack_id in ("e1", "e2"):
+        added = world.admin("racks", "add", str(rack_file(world.tmp, rack_id, world.bmcs)))
+        assert added.returncode == 0, added.stderr
+        assert f"rack {rack_id}: 2 nodes, 16 GPUs, available in fra" in added.stdout
+    listed = world.admin("racks", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [
+        ["e1", "available"], ["e2", "available"]]
+    # No BMC password is ever printed or stored in the clear.
+    db = (world.cluster.data_dir / "volt.db").read_bytes()
+    for bmc in world.bmcs.values():
+        assert bmc.password not in listed.stdout
+        assert bmc.password.encode() not in db
+
+
+def test_two_orgs_reserve_the_two_racks_and_the_third_ask_is_a_capacity_error(
+        world: World) -> None:
+    with world.sdk("vault-a") as volt:
+        a = volt.vault.reserve("fra", gpu_model="H100", nodes=2)
+    assert (a.id, a.state, a.gpu_count, a.cleaning_policy) == ("e1", "provisioning", 16,
+                                                               "metadata")
+    assert [n.name for n in a.nodes] == ["e1-n1", "e1-n2"]
+    # The scheduler dies while the nodes are part-way through provisioning.
+    world.wait("vault-a", "e1", lambda r: any(n.step for n in r.nodes), timeout_s=30)
+    world.cluster.restart("scheduler", kill=True)
+    world.until_scheduler_answers()
+    with world.sdk("vault-b") as volt:
+        b = volt.vault.reserve("fra")
+        assert b.id == "e2"
+        with pytest.raises(APIStatusError) as full:
+            volt.vault.reserve("fra")
+        assert full.value.status == 503
+        assert full.value.code == "insufficient_capacity"
+        with pytest.raises(APIStatusError) as none:
+            volt.vault.reserve("ams")
+        assert (none.value.status, none.value.code) == (400, "no_matching_rack")
+        with pytest.raises(APIStatusError) as bad:
+            volt.vault.reserve("fra", talos_version="v9.9.9")
+        assert (bad.value.status, bad.value.param) == (400, "talos_version")
+    ready_a = world.wait("vault-a", "e1", lambda r: r.state in ("ready", "failed"))
+    assert ready_a.state == "ready", ready_a.reason
+    # The restarted scheduler carried on: no transition was made twice.
+    assert world.events("e1") == ["create", "reserve", "provision", "booted", "attested"]
+    assert {(n.state, n.step, n.boot) for n in ready_a.nodes} == {
+        ("booted", "power_on", "virtual_media")}
+    ready_b = world.wait("vault-b", "e2", lambda r: r.state in ("ready", "failed"))
+    assert ready_b.state == "ready", ready_b.reason
+    for name in NODES:
+        root = sushy.Sushy(world.bmcs[name].url + "/redfish/v1", auth=sushy.auth.BasicAuth(
+            username=world.bmcs[name].username, password=world.bmcs[name].password))
+        node = root.get_system(f"/redfish/v1/Systems/{world.bmcs[name].systems[name]}")
+        assert node.power_state == sushy.PowerState.ON
+    with world.sdk("vault-a") as volt:
+        assert [r.id for r in volt.vault.list().data] == ["e1"]
+        assert [r.id for r in volt.vault.list(state="ready").data] == ["e1"]
+        assert volt.vault.list(state="cleaning").data == []
+
+
+def test_another_orgs_rack_is_404_on_every_route(world: World) -> None:
+    base = f"http://127.0.0.1:{world.cluster.api_port}"
+    headers = {"Authorization": f"Bearer {world.keys['vault-a']}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        for method, path in (("GET", "/v1/vault/racks/e2"), ("DELETE", "/v1/vault/racks/e2"),
+                             ("GET", "/v1/vault/racks/e2/attestation"),
+                             ("GET", "/v1/vault/racks/nope")):
+            response = http.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"]["code"] == "rack_not_found"
+        bad = http.post("/v1/vault/racks", json={"metro": "fra", "gpus": 8})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "gpus"
+        assert http.get("/v1/vault/racks", params={"state": "gone"}).status_code == 400
+    assert world.rack("vault-b", "e2").state == "ready"  # untouched
+
+
+def test_the_attestation_report_is_signed_and_says_not_attested_without_a_verdict(
+        world: World) -> None:
+    keys = httpx.get(f"http://127.0.0.1:{world.cluster.api_port}"
+                     "/.well-known/volt/verifier-keys", timeout=30)  # no credential needed
+    assert keys.status_code == 200
+    jwks = keys.json()
+    assert [k["kty"] for k in jwks["keys"]] == ["OKP"]
+    with world.sdk("vault-a") as volt:
+        report = volt.vault.attestation("e1")
+        checked = volt.vault.verified_attestation("e1")
+    assert [(n.node, n.state, n.verdict) for n in report.nodes] == [
+        ("e1-n1", "not_attested", None), ("e1-n2", "not_attested", None)]
+    assert not report.all_passed
+    assert checked["rack_id"] == "e1"
+    assert checked["org_id"] == world.cluster.org_id("vault-a")
+    (world.tmp / "keys.json").write_text(json.dumps(jwks))
+    shown = world.cli("vault-a", "vault", "attestation", "e1", "--verify",
+                      "--keys", str(world.tmp / "keys.json"))
+    assert shown.returncode == 0, shown.stderr
+    assert "signature verified" in shown.stderr
+    assert "e1-n1" in shown.stdout
+    assert "not_attested" in shown.stdout
+
+
+def test_release_cleans_every_node_even_across_a_scheduler_kill(world: World) -> None:
+    shown = world.cli("vault-a", "vault", "racks", "release", "e1")
+    assert shown.returncode == 0, shown.stderr
+    # Killed while the nodes are being cleaned (powering off after the reset).
+    world.wait("vault-a", "e1", lambda r: r is not None and r.state == "cleaning"
+               and any(n.step == "clean" or n.running == "power_off" for n in r.nodes))
+    world.cluster.restart("scheduler", kill=True)
+    world.wait("vault-a", "e1", lambda r: r is None)  # cleaned, and no longer org A's
+    assert world.events("e1")[-3:] == ["release", "clean", "cleaned"]
+    listed = world.admin("racks", "list")
+    assert next(line.split()[:2] for line in listed.stdout.splitlines()[1:]) == [
+        "e1", "available"]
+    for name in ("e1-n1", "e1-n2"):
+        root = sushy.Sushy(world.bmcs[name].url + "/redfish/v1", auth=sushy.auth.BasicAuth(
+            username=world.bmcs[name].username, password=world.bmcs[name].password))
+        node = root.get_system(f"/redfish/v1/Systems/{world.bmcs[name].systems[name]}")
+        assert node.power_state == sushy.PowerState.OFF
+        assert node.boot.target == sushy.BootSource.HDD
+    # Org B takes the cleaned rack next, through the CLI, watching it come up.
+    got = world.cli("vault-b", "vault", "racks", "reserve", "--metro", "fra", "--wait")
+    assert got.returncode == 0, got.stderr
+    assert "e1: provisioning" in got.stderr
+    assert got.stdout.split("\n")[1].split()[:2] == ["e1", "ready"]
+    for rack_id in ("e1", "e2"):
+        with world.sdk("vault-b") as volt:
+            volt.vault.release(rack_id)
+        world.wait("vault-b", rack_id, lambda r: r is None)
