@@ -100,7 +100,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]
         yield control_plane
 
 
-TALOS = "v1.11.5"
+TALOS = "v1.12.1"
 """The Talos version the test boot image is served for (Vault's default)."""
 
 

@@ -304,7 +304,7 @@ class VaultSettings(_Section):
     """The Image Factory schematic of the boot image (this default: no extensions)."""
     talos_versions: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^v\d+\.\d+\.\d+$")]],
                               msgspec.Meta(min_length=1)] = \
-        msgspec.field(default_factory=lambda: ["v1.11.5"])
+        msgspec.field(default_factory=lambda: ["v1.12.1"])
     """The Talos versions a tenant may ask for; the first is the default."""
     power_timeout_s: PositiveFloat = 120.0
     """The longest wait for one power change to land on a node."""

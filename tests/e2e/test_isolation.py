@@ -108,6 +108,7 @@ ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("GET", "/v1/vault/racks/{rack_id}"): _racks(),
     ("DELETE", "/v1/vault/racks/{rack_id}"): _racks(),
     ("GET", "/v1/vault/racks/{rack_id}/attestation"): _racks("/attestation"),
+    ("GET", "/v1/vault/racks/{rack_id}/talos-config"): _racks("/talos-config"),
     ("GET", "/.well-known/volt/verifier-keys"): NoId("public: the verifier's public keys"),
     ("GET", "/v1/usage"): NoId("the caller's org only (test_metering)"),
     ("GET", "/v1/me"): NoId("the caller"),

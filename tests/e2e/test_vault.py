@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import sushy
+import yaml
 from support.sushy import Bmc
 
 from volt.sdk import Client
@@ -255,6 +256,37 @@ def test_the_attestation_report_is_signed_and_says_not_attested_without_a_verdic
     assert "signature verified" in shown.stderr
     assert "e1-n1" in shown.stdout
     assert "not_attested" in shown.stdout
+
+
+def test_the_tenant_gets_talos_configs_for_its_nodes(world: World) -> None:
+    with world.sdk("vault-a") as volt:
+        config = volt.vault.talos_config("e1")
+        again = volt.vault.talos_config("e1")
+        one = volt.vault.talos_files("e1", node="e1-n2", format="yaml").decode()
+        with pytest.raises(APIStatusError) as nobody:
+            volt.vault.talos_config("e1", node="e2-n1")  # another rack's node
+        assert (nobody.value.status, nobody.value.param) == (404, "node")
+    assert (config.talos_version, config.endpoint) == ("v1.12.1", "https://e1-n1:6443")
+    assert [(n.node, n.role) for n in config.nodes] == [("e1-n1", "controlplane"),
+                                                         ("e1-n2", "worker")]
+    documents = list(yaml.safe_load_all(config.nodes[1].config))
+    assert documents[1] == {"apiVersion": "v1alpha1", "kind": "HostnameConfig",
+                            "hostname": "e1-n2", "auto": "off"}
+    assert documents[0]["machine"]["install"]["disk"] == "/dev/nvme0n1"
+    # One bundle per reservation: every call gives the same cluster.
+    assert yaml.safe_load(again.secrets)["cluster"] == yaml.safe_load(config.secrets)["cluster"]
+    assert next(yaml.safe_load_all(one))["cluster"]["id"] == documents[0]["cluster"]["id"]
+    out = world.tmp / "e1-talos"
+    written = world.cli("vault-a", "vault", "talos-config", "e1", "--out", str(out))
+    assert written.returncode == 0, written.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["e1-n1.yaml", "e1-n2.yaml", "secrets.yaml",
+                                                     "talosconfig"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in out.iterdir())  # keys: owner only
+    # The bundle is sealed in the store, never in the clear.
+    secret = yaml.safe_load(config.secrets)["secrets"]["secretboxencryptionsecret"]
+    assert secret.encode() not in (world.cluster.data_dir / "volt.db").read_bytes()
+    assert secret not in world.cluster.services["scheduler"].log_text()
+    assert secret not in world.cluster.services["api"].log_text()
 
 
 def test_release_cleans_every_node_even_across_a_scheduler_kill(world: World) -> None:

@@ -196,7 +196,7 @@ async def test_a_rack_is_provisioned_in_parallel_then_cleaned_back_to_available(
         assert booted.boot.target == sushy.BootSource.CD
         media = booted.virtual_media.get_member(booted.virtual_media.members_identities[0])
         assert media.inserted
-        assert media.image.endswith("/v1.11.5/metal-amd64.iso")
+        assert media.image.endswith("/v1.12.1/metal-amd64.iso")
 
     released = await vault.release("org-a", "r1")
     assert released.state == RackState.RELEASING
@@ -334,7 +334,7 @@ class Verdicts:
         verdict = Verdict(node_id=node, passed=passed, time_ms=int((at or time.time()) * 1000),
                           policy="talos@1", nonce="ab" * 16, ak_name="000b" + "cd" * 32,
                           pcrs={"0": "11" * 32, "4": "22" * 32, "7": "33" * 32},
-                          matched={"kernel": "talos-v1.11.5"} if passed else {},
+                          matched={"kernel": "talos-v1.12.1"} if passed else {},
                           findings=findings)
         self.latest[node] = sign_verdict(verdict, self.key, key_id(self.key))
 
@@ -372,7 +372,7 @@ async def test_a_rack_is_ready_only_once_every_node_passed_measured_boot(
     node = report["nodes"][0]
     assert node["state"] == "passed"
     assert node["verdict"]["verdict"]["pcrs"]["7"] == "33" * 32
-    assert node["verdict"]["verdict"]["matched"] == {"kernel": "talos-v1.11.5"}
+    assert node["verdict"]["verdict"]["matched"] == {"kernel": "talos-v1.12.1"}
     # Offline checks: a changed byte, or another key, and the report is refused.
     header, payload, signature = token.split(".")
     forged = ".".join((header, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1],
@@ -396,7 +396,7 @@ async def attesting_rack(store: ResourceStore, rack_id: str, booted_at: float
     return await store.create(
         kind=KIND, id=rack_id, org_id="org-a", state=RackState.ATTESTING,
         spec={"metro": "fra", "tier": "standard", "cleaning": "erase", "nodes": nodes},
-        status={"attesting_at": booted_at, "talos_version": "v1.11.5",
+        status={"attesting_at": booted_at, "talos_version": "v1.12.1",
                 "nodes": {n["name"]: {"state": "booted", "booted_at": booted_at}
                           for n in nodes}}, now=booted_at)
 

@@ -36,7 +36,8 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
                            wire.KubeconfigMinted, wire.AvailabilityAnswer, wire.ForgeRefused)),
     "vault": (wire.VAULT, (wire.RackReserve, wire.RackRelease, wire.RackChanged,
                            wire.AttestationReportQuery, wire.AttestationReportAnswer,
-                           wire.VerifierKeysQuery, wire.VerifierKeysAnswer, wire.VaultRefused)),
+                           wire.VerifierKeysQuery, wire.VerifierKeysAnswer,
+                           wire.TalosConfigQuery, wire.TalosConfigAnswer, wire.VaultRefused)),
 }
 
 text = st.text(max_size=20)

@@ -40,7 +40,14 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
-from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, ReserveRackRequest
+from volt.protocol.vault import (
+    AttestationReport,
+    Jwks,
+    Rack,
+    RackList,
+    ReserveRackRequest,
+    TalosConfig,
+)
 
 _ERROR_TEXT = {
     400: "Invalid request (bad JSON or field)",
@@ -183,6 +190,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/v1/vault/racks/{rack_id}/attestation", "getVaultAttestation",
               "The rack's measured-boot report, per node, signed by the verifier's key",
               response=AttestationReport, errors=(400, 401, 403, 404, 503)),
+    Operation("get", "/v1/vault/racks/{rack_id}/talos-config", "getVaultTalosConfig",
+              "The rack's Talos machine configs (one per node), talosconfig and secrets "
+              "bundle; `format=yaml` (with `node`) or `tar` for files",
+              response=TalosConfig, errors=(400, 401, 403, 404, 409, 503),
+              query=(("node", "only this node's configuration"),
+                     ("format", "json (default), yaml (one node) or tar"))),
     Operation("get", "/.well-known/volt/verifier-keys", "getVerifierKeys",
               "The verifier's public keys (JWKS): check attestation reports offline",
               response=Jwks, public=True, errors=(503,)),

@@ -9,9 +9,11 @@ both only find the caller's own.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
+import yaml
 from quart import Quart, Response, g, request
 
 from volt.control_api.errors import InvalidRequest, NotFound, PermissionDenied
@@ -27,17 +29,22 @@ from volt.protocol.vault import (
     RackList,
     RackNode,
     ReserveRackRequest,
+    TalosConfig,
+    TalosNodeConfig,
 )
 from volt.store.database import Database
 from volt.store.resources import ResourceRecord, ResourceStore
 from volt.vault.report import verify_report
 from volt.vault.states import RackState
+from volt.vault.talos import KUBERNETES, machine_config, talosconfig, tar_of, to_yaml
 from volt.wire import (
     VAULT,
     AttestationReportAnswer,
     AttestationReportQuery,
     RackRelease,
     RackReserve,
+    TalosConfigAnswer,
+    TalosConfigQuery,
     VaultRefused,
     VerifierKeysAnswer,
     VerifierKeysQuery,
@@ -76,6 +83,26 @@ def rack_object(record: ResourceRecord) -> Rack:
         talos_version=status.get("talos_version"), reserved_at=_int(status.get("reserved_at")),
         ready_at=_int(status.get("ready_at")), released_at=_int(status.get("releasing_at")),
         nodes=nodes)
+
+
+def render_talos(answer: TalosConfigAnswer, node: str | None) -> TalosConfig:
+    """Every node's machine configuration (or one node's), from the rack's bundle."""
+    bundle = yaml.safe_load(answer.secrets)
+    names = [n.name for n in answer.nodes]
+    return TalosConfig(
+        rack_id=answer.cluster_name, talos_version=answer.talos_version,
+        kubernetes_version=KUBERNETES[answer.talos_version], cluster_name=answer.cluster_name,
+        endpoint=answer.endpoint,
+        nodes=[TalosNodeConfig(
+            node=n.name, role="controlplane" if n.control_plane else "worker",
+            config=to_yaml(machine_config(
+                bundle, node=n.name, control_plane=n.control_plane,
+                cluster_name=answer.cluster_name, endpoint=answer.endpoint,
+                install_disk=n.install_disk, talos_version=answer.talos_version)))
+            for n in answer.nodes if node is None or n.name == node],
+        talosconfig=yaml.safe_dump(talosconfig(bundle, context=answer.cluster_name,
+                                               endpoints=names), sort_keys=False),
+        secrets=answer.secrets.decode())
 
 
 def register_vault_routes(app: Quart, services: Any) -> None:
@@ -162,6 +189,35 @@ def register_vault_routes(app: Quart, services: Any) -> None:
             generated_at=int(report["generated_at"]), all_passed=bool(report["all_passed"]),
             nodes=[NodeAttestation(node=n["node"], state=n["state"], verdict=n["verdict"])
                    for n in report["nodes"]], jws=answer.jws))
+
+    @app.get("/v1/vault/racks/<rack_id>/talos-config")
+    async def talos_config(rack_id: str) -> Response:
+        principal: Principal = g.principal
+        known_query(request.args, ("node", "format"))
+        node, form = request.args.get("node"), request.args.get("format", "json")
+        if form not in ("json", "yaml", "tar"):
+            raise InvalidRequest("`format` must be json, yaml or tar.", param="format")
+        if form == "yaml" and not node:
+            raise InvalidRequest("`format=yaml` is one node's configuration: give `node`.",
+                                 param="node")
+        await own_rack(principal, rack_id)
+        answer = await commands().ask(TalosConfigQuery(org_id=principal.org_id,
+                                                       rack_id=rack_id))
+        assert isinstance(answer, TalosConfigAnswer)
+        if node is not None and node not in {n.name for n in answer.nodes}:
+            raise NotFound(f"Rack {rack_id} has no node {node}.", param="node",
+                           code="node_not_found")
+        rendered = await asyncio.to_thread(render_talos, answer, node)
+        if form == "yaml":
+            return Response(rendered.nodes[0].config, content_type="application/yaml")
+        if form == "tar":
+            files = {"secrets.yaml": rendered.secrets, "talosconfig": rendered.talosconfig,
+                     **{f"{n.node}.yaml": n.config for n in rendered.nodes}}
+            response = Response(tar_of(files), content_type="application/x-tar")
+            response.headers["Content-Disposition"] = (
+                f'attachment; filename="{rack_id}-talos.tar"')
+            return response
+        return json_response(rendered)
 
     @app.get("/.well-known/volt/verifier-keys")
     async def verifier_keys() -> Response:

@@ -102,3 +102,27 @@ class AttestationReport(msgspec.Struct, kw_only=True):
 
 class Jwks(msgspec.Struct, kw_only=True):
     keys: list[dict[str, Any]]
+
+
+class TalosNodeConfig(msgspec.Struct, kw_only=True):
+    node: str
+    role: Literal["controlplane", "worker"]
+    config: str
+    """The node's machine configuration (YAML, several documents):
+    ``talosctl apply-config --insecure -n <node> -f <file>`` while it waits in
+    Talos's maintenance mode."""
+
+
+class TalosConfig(msgspec.Struct, kw_only=True):
+    object: Literal["vault.talos_config"] = "vault.talos_config"
+    rack_id: str
+    talos_version: str
+    kubernetes_version: str
+    cluster_name: str
+    endpoint: str
+    nodes: list[TalosNodeConfig]
+    talosconfig: str
+    """A talosctl client configuration (``os:admin``) for the rack's nodes."""
+    secrets: str
+    """The secrets bundle (``talosctl gen secrets``'s shape): the cluster's PKI.
+    Keep it safe: it is the only other copy."""

@@ -53,6 +53,7 @@ from volt.wire import (
     RackChanged,
     RackRelease,
     RackReserve,
+    TalosConfigQuery,
     VaultRefused,
     VerifierKeysAnswer,
     VerifierKeysQuery,
@@ -349,6 +350,8 @@ class Scheduler:
         elif isinstance(command, AttestationReportQuery):
             return AttestationReportAnswer(
                 jws=await vault.attestation_report(command.org_id, command.rack_id))
+        elif isinstance(command, TalosConfigQuery):
+            return await vault.talos_config(command.org_id, command.rack_id)
         elif isinstance(command, VerifierKeysQuery):
             return VerifierKeysAnswer(jwks=msgspec.json.encode(vault.verifier_keys()))
         else:

@@ -36,7 +36,14 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
-from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, ReserveRackRequest
+from volt.protocol.vault import (
+    AttestationReport,
+    Jwks,
+    Rack,
+    RackList,
+    ReserveRackRequest,
+    TalosConfig,
+)
 
 T = TypeVar("T")
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -207,3 +214,14 @@ def vault_attestation(rack_id: str) -> Call[AttestationReport]:
 
 def vault_verifier_keys() -> Call[Jwks]:
     return Call("GET", "/.well-known/volt/verifier-keys", Jwks, authenticated=False)
+
+
+def vault_talos_config(rack_id: str, node: str | None = None) -> Call[TalosConfig]:
+    return Call("GET", f"/v1/vault/racks/{rack_id}/talos-config", TalosConfig,
+                _params(node=node))
+
+
+def vault_talos_files(rack_id: str, node: str | None = None,
+                      format: str = "tar") -> Call[bytes]:
+    return Call("GET", f"/v1/vault/racks/{rack_id}/talos-config", bytes,
+                _params(node=node, format=format))

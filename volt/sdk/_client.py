@@ -44,7 +44,7 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
-from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList
+from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, TalosConfig
 from volt.sdk import _calls as calls
 from volt.sdk._credentials import Tokens, load_tokens, save_tokens
 from volt.sdk._errors import APIConnectionError, APIStatusError, AuthenticationError, error_for
@@ -77,6 +77,8 @@ def _decode(call: calls.Call[T], response: httpx.Response) -> T:
         except ValueError:
             body = None
         raise error_for(response.status_code, body, dict(response.headers))
+    if call.returns is bytes:  # a file (a tar, a YAML document), as it came
+        return response.content  # type: ignore[return-value]
     return msgspec.json.decode(response.content, type=call.returns)
 
 
@@ -248,6 +250,15 @@ class Vault:
 
     def verifier_keys(self) -> Jwks:
         return self._client.run(calls.vault_verifier_keys())
+
+    def talos_config(self, rack_id: str, *, node: str | None = None) -> TalosConfig:
+        return self._client.run(calls.vault_talos_config(rack_id, node))
+
+    def talos_files(self, rack_id: str, *, node: str | None = None,
+                    format: str = "tar") -> bytes:
+        """``tar``: every file (secrets.yaml, talosconfig, <node>.yaml); ``yaml``:
+        one node's configuration."""
+        return self._client.run(calls.vault_talos_files(rack_id, node, format))
 
     def verified_attestation(self, rack_id: str, jwks: Jwks | None = None) -> dict[str, Any]:
         """The rack's report, checked against the verifier's keys (fetched, or
@@ -455,6 +466,13 @@ class AsyncVault:
 
     async def verifier_keys(self) -> Jwks:
         return await self._client.run(calls.vault_verifier_keys())
+
+    async def talos_config(self, rack_id: str, *, node: str | None = None) -> TalosConfig:
+        return await self._client.run(calls.vault_talos_config(rack_id, node))
+
+    async def talos_files(self, rack_id: str, *, node: str | None = None,
+                          format: str = "tar") -> bytes:
+        return await self._client.run(calls.vault_talos_files(rack_id, node, format))
 
     async def verified_attestation(self, rack_id: str, jwks: Jwks | None = None
                                    ) -> dict[str, Any]:

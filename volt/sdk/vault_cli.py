@@ -5,9 +5,12 @@ report, checked offline against the verifier's published keys."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -125,6 +128,34 @@ def _attestation(args: argparse.Namespace) -> None:
     show(report, args, table)
 
 
+def _talos_config(args: argparse.Namespace) -> None:
+    if args.format == "yaml" and not args.node:
+        sys.exit("volt: --format yaml is one node's configuration: give --node")
+    with client_for(args) as volt:
+        if args.json:
+            show(volt.vault.talos_config(args.rack_id, node=args.node), args, str)
+            return
+        if args.node and args.format == "yaml":
+            sys.stdout.write(volt.vault.talos_files(args.rack_id, node=args.node,
+                                                    format="yaml").decode())
+            return
+        archive = volt.vault.talos_files(args.rack_id, node=args.node)
+    folder = Path(args.out or f"{args.rack_id}-talos")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or "/" in member.name or member.name.startswith("."):
+                continue
+            handle = tar.extractfile(member)
+            assert handle is not None
+            path = folder / member.name
+            path.touch(mode=0o600)
+            path.write_bytes(handle.read())
+            print(path, file=sys.stderr)
+    print(f"talosctl apply-config --insecure -n <node address> -f {folder}/<node>.yaml, then "
+          f"talosctl --talosconfig {folder}/talosconfig bootstrap", file=sys.stderr)
+
+
 def add_vault_commands(commands: Any, client: argparse.ArgumentParser) -> None:
     vault = commands.add_parser("vault", help="bare-metal racks").add_subparsers(
         dest="vault", required=True)
@@ -134,7 +165,7 @@ def add_vault_commands(commands: Any, client: argparse.ArgumentParser) -> None:
     reserve.add_argument("--tier")
     reserve.add_argument("--gpu-model", help="e.g. H100")
     reserve.add_argument("--nodes", type=int, help="at least this many nodes")
-    reserve.add_argument("--talos-version", help="e.g. v1.11.5")
+    reserve.add_argument("--talos-version", help="e.g. v1.12.1")
     reserve.add_argument("--wait", action="store_true",
                          help="show each node's progress until the rack is ready or failed")
     reserve.set_defaults(func=guarded(_reserve))
@@ -158,3 +189,12 @@ def add_vault_commands(commands: Any, client: argparse.ArgumentParser) -> None:
                                   "keys the API publishes)")
     attestation.add_argument("--keys", help="a JWKS file kept from before")
     attestation.set_defaults(func=guarded(_attestation))
+    talos = vault.add_parser("talos-config", parents=[client],
+                             help="the rack's Talos machine configs, talosconfig and secrets "
+                                  "(written to a folder, 0600)")
+    talos.add_argument("rack_id")
+    talos.add_argument("--node", help="only this node's")
+    talos.add_argument("--format", choices=("files", "yaml"), default="files",
+                       help="yaml: the node's config on stdout (with --node)")
+    talos.add_argument("--out", help="the folder (default: RACK-talos)")
+    talos.set_defaults(func=guarded(_talos_config))

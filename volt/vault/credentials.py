@@ -43,23 +43,28 @@ class CredentialBox:
             return cls(Path(config.vault.credentials_key_file).expanduser().read_bytes())
         return cls(Keyring(config.secrets_path()).vault_credentials_key())
 
-    @staticmethod
-    def _context(rack_id: str, node: str) -> bytes:
-        return f"volt.vault.bmc/{rack_id}/{node}".encode()
-
     def seal(self, secret: str, *, rack_id: str, node: str) -> str:
-        nonce = os.urandom(12)
-        sealed = self._aead.encrypt(nonce, secret.encode(), self._context(rack_id, node))
-        return PREFIX + base64.b64encode(nonce + sealed).decode()
+        """A node's BMC password."""
+        return self.seal_as(secret, f"volt.vault.bmc/{rack_id}/{node}")
 
     def open(self, sealed: str, *, rack_id: str, node: str) -> str:
+        try:
+            return self.open_as(sealed, f"volt.vault.bmc/{rack_id}/{node}")
+        except CredentialError as exc:
+            raise CredentialError(f"node {node}: {exc}") from exc
+
+    def seal_as(self, secret: str, context: str) -> str:
+        """Any secret, bound to ``context`` (what it belongs to)."""
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, secret.encode(), context.encode())
+        return PREFIX + base64.b64encode(nonce + sealed).decode()
+
+    def open_as(self, sealed: str, context: str) -> str:
         if not sealed.startswith(PREFIX):
-            raise CredentialError(f"node {node}: not a sealed credential")
+            raise CredentialError("not a sealed secret")
         try:
             raw = base64.b64decode(sealed[len(PREFIX):], validate=True)
-            return self._aead.decrypt(raw[:12], raw[12:],
-                                      self._context(rack_id, node)).decode()
+            return self._aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
         except (InvalidTag, ValueError) as exc:
-            raise CredentialError(
-                f"node {node}: its BMC credential does not open under this key "
-                "(vault.credentials_key_file)") from exc
+            raise CredentialError("it does not open under this key "
+                                  "(vault.credentials_key_file)") from exc

@@ -58,6 +58,9 @@ class NodeEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The Redfish system on that BMC; empty: its only one."""
     verify_tls: bool = True
     """Check the BMC's HTTPS certificate (off only for BMCs with self-signed ones)."""
+    install_disk: Annotated[str, msgspec.Meta(pattern=r"^/dev/[A-Za-z0-9/_-]+$")] = \
+        "/dev/nvme0n1"
+    """Where Talos installs itself (its machine config says so)."""
 
 
 class RackEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +68,9 @@ class RackEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metro: Token
     tier: Token = "standard"
     cleaning: Cleaning = "erase"
+    talos_endpoint: Annotated[str, msgspec.Meta(pattern=r"^https://")] | None = None
+    """The Kubernetes API endpoint the nodes' Talos configs name (a VIP or DNS
+    name in front of the control plane); absent: the first node, port 6443."""
     nodes: Annotated[list[NodeEntry], msgspec.Meta(min_length=1, max_length=256)]
 
 
@@ -159,11 +165,13 @@ async def register(store: ResourceStore, box: CredentialBox, entry: RackEntry, *
         "bmc_url": node.bmc_url, "bmc_username": node.bmc_username,
         "bmc_password": box.seal(passwords[node.name], rack_id=entry.id, node=node.name),
         "system_id": fact["system_id"], "verify_tls": node.verify_tls,
+        "install_disk": node.install_disk,
         "virtual_media": fact["virtual_media"], "boot_sources": fact["boot_sources"],
         "hardware": {"manufacturer": fact["manufacturer"], "model": fact["model"],
                      "serial": fact["serial"]},
     } for node, fact in zip(entry.nodes, facts, strict=True)]
     spec = {"metro": entry.metro, "tier": entry.tier, "cleaning": entry.cleaning,
+            "talos_endpoint": entry.talos_endpoint or f"https://{entry.nodes[0].name}:6443",
             "nodes": nodes, "registered_by": registered_by}
     return await store.create(kind=KIND, id=entry.id, org_id="", state=RackState.AVAILABLE,
                               spec=spec, status={}, now=now, reason="registered")

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from volt.attestation.verifier import SignedVerdict
@@ -42,7 +44,8 @@ from volt.vault.inventory import KIND, Connect, connect_bmc
 from volt.vault.redfish import BmcError, RedfishBmc
 from volt.vault.report import build_report, public_jwk, sign_report
 from volt.vault.states import RACKS, RESUME, RackEvent, RackState
-from volt.wire import RackReserve
+from volt.vault.talos import KUBERNETES, control_planes, generate_secrets
+from volt.wire import RackReserve, TalosConfigAnswer, TalosNode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +54,9 @@ HOLDING = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTES
                      RackState.READY, RackState.FAILED, RackState.RELEASING,
                      RackState.CLEANING, RackState.MAINTENANCE})
 """States in which a rack belongs to a tenant (its ``org_id`` is set)."""
+TALOS_STATES = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
+                          RackState.READY, RackState.FAILED})
+"""States in which the tenant may have its rack's Talos configuration."""
 PROVISION_STEPS = ("power_off", "boot_override", "power_on")
 CLEAN_STEPS = ("clean", "power_off")
 
@@ -79,6 +85,11 @@ class NodeFailed(Exception):
 
 class RackMoved(Exception):
     """The rack changed under its work (released, or another writer): stop."""
+
+
+def talos_context(rack_id: str, reservation: str) -> str:
+    """What the sealed Talos secrets belong to: this rack, this reservation."""
+    return f"volt.vault.talos/{rack_id}/{reservation}"
 
 
 def rack_gpu_model(spec: dict[str, Any]) -> str:
@@ -162,28 +173,23 @@ class Vault:
 
     async def reserve(self, command: RackReserve) -> ResourceRecord:
         talos = command.talos_version or self.settings.talos_versions[0]
-        if talos not in self.settings.talos_versions:
+        if talos not in self.settings.talos_versions or talos not in KUBERNETES:
             raise VaultError(f"Talos {talos} is not offered; choose one of "
                              f"{', '.join(self.settings.talos_versions)}.",
                              code="invalid_talos_version", status=400, param="talos_version")
         async with self._lock:
-            racks = [r for r in await self.store.in_states(KIND, [s.value for s in RackState])
-                     if fits(r, command)]
-            free = sorted((r for r in racks if r.state == RackState.AVAILABLE),
-                          key=lambda r: (len(r.spec["nodes"]), r.id))
-            if not racks:
-                raise VaultError(self._no_such_rack(command), code="no_matching_rack",
-                                 status=400, param="metro")
-            if not free:
-                raise VaultError(
-                    f"No rack is free now: all {len(racks)} that match are taken. Try again "
-                    "later, or ask for another metro, tier or GPU model.",
-                    code="insufficient_capacity", status=503)
-            # Best fit: the smallest rack that is large enough.
-            rack = free[0]
-            now = self.clock()
-            status = {"reserved_at": now, "talos_version": talos,
+            await self._choose(command)  # a clear refusal before any work
+        # The tenant's cluster PKI, made now (outside the lock: an RSA key
+        # takes a moment) and kept sealed for as long as the tenant holds the rack.
+        bundle = await asyncio.to_thread(lambda: yaml.safe_dump(generate_secrets(),
+                                                                sort_keys=False))
+        async with self._lock:
+            rack = await self._choose(command)  # again: another may have won meanwhile
+            reservation = "rsv-" + secrets.token_hex(8)
+            status = {"reservation": reservation, "talos_version": talos,
                       "created_by": command.created_by,
+                      "talos_secrets": self.box.seal_as(bundle,
+                                                        talos_context(rack.id, reservation)),
                       "nodes": {n["name"]: {"state": "pending", "step": "", "attempts": 0,
                                             "last_error": ""} for n in rack.spec["nodes"]}}
             rack = await self._advance(rack, RackEvent.RESERVE, "reserved",
@@ -192,6 +198,22 @@ class Vault:
         log.info("rack reserved", extra={"rack_id": rack.id, "org_id": command.org_id})
         self._wake.set()
         return rack
+
+    async def _choose(self, command: RackReserve) -> ResourceRecord:
+        """Best fit: the smallest free rack that is large enough (under the lock)."""
+        racks = [r for r in await self.store.in_states(KIND, [s.value for s in RackState])
+                 if fits(r, command)]
+        free = sorted((r for r in racks if r.state == RackState.AVAILABLE),
+                      key=lambda r: (len(r.spec["nodes"]), r.id))
+        if not racks:
+            raise VaultError(self._no_such_rack(command), code="no_matching_rack",
+                             status=400, param="metro")
+        if not free:
+            raise VaultError(
+                f"No rack is free now: all {len(racks)} that match are taken. Try again "
+                "later, or ask for another metro, tier or GPU model.",
+                code="insufficient_capacity", status=503)
+        return free[0]
 
     def _no_such_rack(self, command: RackReserve) -> str:
         wanted = [f"in metro {command.metro}"]
@@ -237,6 +259,26 @@ class Vault:
             self.verdict_of, now=self.clock(), ttl_s=self.verdict_ttl_s)
         report["state"] = record.state
         return sign_report(report, self.signing_key)
+
+    async def talos_config(self, org_id: str, rack_id: str) -> TalosConfigAnswer:
+        record = await self.store.get(KIND, rack_id, org_id=org_id)
+        if record is None:
+            raise not_found(rack_id)
+        sealed = record.status.get("talos_secrets")
+        if sealed is None or RackState(record.state) not in TALOS_STATES:
+            raise VaultError(f"Rack {rack_id} is {record.state}: its Talos configuration is "
+                             "there from reservation until release.",
+                             code="rack_not_ready", status=409)
+        names = [n["name"] for n in record.spec["nodes"]]
+        planes = set(control_planes(names))
+        return TalosConfigAnswer(
+            secrets=self.box.open_as(sealed, talos_context(
+                rack_id, record.status["reservation"])).encode(),
+            talos_version=record.status["talos_version"], cluster_name=rack_id,
+            endpoint=record.spec.get("talos_endpoint") or f"https://{names[0]}:6443",
+            nodes=[TalosNode(name=n["name"], control_plane=n["name"] in planes,
+                             install_disk=n.get("install_disk", "/dev/nvme0n1"))
+                   for n in record.spec["nodes"]])
 
     def verifier_keys(self) -> dict[str, Any]:
         return {"keys": [public_jwk(self.signing_key)] if self.signing_key else []}

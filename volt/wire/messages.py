@@ -613,6 +613,29 @@ class VerifierKeysAnswer(WireMessage, frozen=True, kw_only=True, tag="vault.veri
     """The verifier's public keys as a JWKS (JSON)."""
 
 
+class TalosConfigQuery(WireMessage, frozen=True, kw_only=True, tag="vault.talos.get"):
+    org_id: str
+    rack_id: str
+
+
+class TalosNode(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    control_plane: bool
+    install_disk: str
+
+
+class TalosConfigAnswer(WireMessage, frozen=True, kw_only=True, tag="vault.talos"):
+    """The rack's Talos secrets bundle (a secret: it travels only as the reply,
+    on the asking replica's own inbox) and what its configs are made from."""
+
+    secrets: bytes
+    """The bundle, as ``talosctl gen secrets`` writes it (YAML)."""
+    talos_version: str
+    cluster_name: str
+    endpoint: str
+    nodes: list[TalosNode]
+
+
 class VaultRefused(WireMessage, frozen=True, kw_only=True, tag="vault.refused"):
     """The command was not applied: ``code`` and ``status`` say why (404 not
     found, 409 wrong state, 400 bad shape, 503 no rack free now)."""
@@ -625,4 +648,4 @@ class VaultRefused(WireMessage, frozen=True, kw_only=True, tag="vault.refused"):
 
 VaultMessage = (RackReserve | RackRelease | RackChanged | AttestationReportQuery
                 | AttestationReportAnswer | VerifierKeysQuery | VerifierKeysAnswer
-                | VaultRefused)
+                | TalosConfigQuery | TalosConfigAnswer | VaultRefused)
