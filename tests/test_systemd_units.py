@@ -14,7 +14,7 @@ UNITS = sorted((Path(__file__).parent.parent / "systemd").glob("*.service"))
 
 def test_one_unit_per_service() -> None:
     assert [u.name for u in UNITS] == ["volt-agent.service", "volt-api.service",
-                                       "volt-scheduler.service"]
+                                       "volt-redfish-proxy.service", "volt-scheduler.service"]
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)

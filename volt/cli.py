@@ -65,6 +65,8 @@ def _service(name: str) -> Any:
             from volt.control_api.main import run_api as main
         elif name == "scheduler":
             from volt.scheduler.main import run_scheduler as main
+        elif name == "redfish-proxy":
+            from volt.vault.proxy_main import run_redfish_proxy as main
         else:
             from volt.agent.main import run_agent as main
         run_service(lambda: main(config))
@@ -333,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
 
     for name, text in (("api", "run the API"), ("scheduler", "run the scheduler"),
-                       ("agent", "run a node agent")):
+                       ("agent", "run a node agent"),
+                       ("redfish-proxy", "run Vault's Redfish proxy for tenants")):
         commands.add_parser(name, parents=[common], help=text).set_defaults(func=_service(name))
 
     db = commands.add_parser("db", help="state store").add_subparsers(dest="db", required=True)

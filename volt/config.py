@@ -321,6 +321,21 @@ class VaultSettings(_Section):
     attest_timeout_s: PositiveFloat = 600.0
     """How long a provisioned rack waits for its nodes' verdicts."""
     reconcile_interval_s: PositiveFloat = 2.0
+    redfish_credential_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86400)] = 8 * 3600
+    """How long a minted Redfish proxy credential lasts unless asked otherwise
+    (every one is revoked when its rack is released)."""
+    proxy_url: str = ""
+    """Where tenants reach the Redfish proxy (shown with minted credentials).
+    Empty: ``http://<proxy_host>:<proxy_port>``."""
+    proxy_host: str = "127.0.0.1"
+    proxy_port: Port = 8443
+    proxy_replica_id: SubjectToken = "redfish-proxy"
+    """The proxy's name on the bus (an API replica's identity: it publishes audit
+    events only)."""
+    proxy_tls_cert: str = ""
+    proxy_tls_key: str = ""
+    """PEM files to serve the proxy over HTTPS (Redfish clients expect it);
+    empty: plain HTTP (development and tests on loopback)."""
     bmc_threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 128
     """Threads for BMC calls (sushy is synchronous): the nodes of a rack are
     driven in parallel, so this bounds how many at once."""
@@ -380,6 +395,11 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def public_url(self) -> str:
         return (self.identity.public_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
+
+    def redfish_proxy_url(self) -> str:
+        vault = self.vault
+        scheme = "https" if vault.proxy_tls_cert else "http"
+        return (vault.proxy_url or f"{scheme}://{vault.proxy_host}:{vault.proxy_port}").rstrip("/")
 
 
 _SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation",

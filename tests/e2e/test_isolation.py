@@ -107,6 +107,11 @@ ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("GET", "/v1/vault/racks"): NoId("lists the caller's org (test_vault)"),
     ("GET", "/v1/vault/racks/{rack_id}"): _racks(),
     ("DELETE", "/v1/vault/racks/{rack_id}"): _racks(),
+    ("POST", "/v1/vault/racks/{rack_id}/redfish-credentials"): [
+        Probe(lambda w: f"/v1/vault/racks/{w.their_rack}/redfish-credentials", body={}),
+        Probe(lambda w: f"/v1/vault/racks/{w.free_rack}/redfish-credentials", body={})],
+    ("DELETE", "/v1/vault/racks/{rack_id}/redfish-credentials/{credential_id}"):
+        _racks("/redfish-credentials/rfc-01234567"),
     ("GET", "/v1/vault/racks/{rack_id}/attestation"): _racks("/attestation"),
     ("GET", "/v1/vault/racks/{rack_id}/talos-config"): _racks("/talos-config"),
     ("GET", "/.well-known/volt/verifier-keys"): NoId("public: the verifier's public keys"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -27,12 +28,14 @@ import pytest
 import sushy
 import yaml
 from support.sushy import Bmc
+from support.tls import serving_cert
 
 from volt.sdk import Client
 from volt.sdk._errors import APIStatusError, VoltError
 from volt.store import Database
 from volt.store.resources import ResourceStore
 from volt.testing import Cluster
+from volt.up.nats_server import free_port
 
 pytestmark = pytest.mark.slow
 NODES = ["e1-n1", "e1-n2", "e2-n1", "e2-n2"]
@@ -45,6 +48,14 @@ class World:
     keys: dict[str, str]
     """Org name -> an owner key."""
     tmp: Path
+    proxy: str
+    """The Redfish proxy's base URL (HTTPS, as Redfish clients expect)."""
+    proxy_ca: Path
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """Trusts the proxy's certificate (its CA is the test's own)."""
+        return ssl.create_default_context(cafile=self.proxy_ca)
 
     def sdk(self, org: str) -> Client:
         return Client(f"http://127.0.0.1:{self.cluster.api_port}", self.keys[org],
@@ -126,25 +137,33 @@ def world(tmp_path_factory: pytest.TempPathFactory, image_server: str,
           tiny_model: Path) -> Iterator[World]:
     root = tmp_path_factory.mktemp("vault")
     bmcs: dict[str, Bmc] = {}
+    (root / "tls").mkdir()
+    ca, cert, key = serving_cert(root / "tls", "redfish-proxy")
+    proxy_port = free_port()
+    proxy = f"https://127.0.0.1:{proxy_port}"
     try:
         for name in NODES:
             bmcs[name] = Bmc(root / "bmcs" / name, systems=[name]).start()
         with Cluster(root, engine_mode="instant", model_cache=tiny_model, extra_env={
+            "VOLT_VAULT_PROXY_URL": proxy,
             "VOLT_VAULT_IMAGE_URL": image_server + "/{talos_version}/metal-amd64.iso",
             "VOLT_VAULT_REQUIRE_ATTESTATION": "0", "VOLT_VAULT_RETRY_BACKOFF_S": "0.2",
             "VOLT_VAULT_RECONCILE_INTERVAL_S": "0.2", "VOLT_VAULT_POWER_TIMEOUT_S": "30",
         }) as cluster:
             cluster.start_api()
+            cluster.start_redfish_proxy(port=proxy_port, proxy_tls_cert=str(cert),
+                                        proxy_tls_key=str(key))
             keys = {org: cluster.add_key(org) for org in ("vault-a", "vault-b")}
-            world = World(cluster, bmcs, keys, root)
+            world = World(cluster, bmcs, keys, root, proxy, ca)
             deadline = time.monotonic() + 60
             while True:
                 try:
                     with world.sdk("vault-a") as volt:
                         volt.vault.list()
+                    httpx.get(proxy + "/redfish/v1/", verify=world.tls, timeout=5)
                     break
-                except VoltError:
-                    assert time.monotonic() < deadline, "the API never answered"
+                except (VoltError, httpx.HTTPError):
+                    assert time.monotonic() < deadline, "the API or the proxy never answered"
                     time.sleep(0.2)
             yield world
     finally:
@@ -289,9 +308,137 @@ def test_the_tenant_gets_talos_configs_for_its_nodes(world: World) -> None:
     assert secret not in world.cluster.services["api"].log_text()
 
 
+def bmc_system(world: World, name: str) -> Any:
+    """A node's system as its own BMC shows it (what the tenant cannot reach)."""
+    bmc = world.bmcs[name]
+    root = sushy.Sushy(bmc.url + "/redfish/v1", auth=sushy.auth.BasicAuth(
+        username=bmc.username, password=bmc.password))
+    return root.get_system(f"/redfish/v1/Systems/{bmc.systems[name]}")
+
+
+def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_the_tenant_drives_its_nodes_through_the_redfish_proxy(world: World) -> None:
+    with world.sdk("vault-a") as volt:
+        minted = volt.vault.redfish_credential("e1")
+        with pytest.raises(APIStatusError) as theirs:
+            volt.vault.redfish_credential("e2")
+        assert theirs.value.status == 404
+    assert minted.endpoint == world.proxy
+    assert minted.username.startswith("e1_")
+    for bmc in world.bmcs.values():  # the tenant never sees a BMC's own password
+        assert bmc.password != minted.password
+
+    # sushy, as a tenant would use it: it logs in through the SessionService.
+    root = sushy.Sushy(world.proxy + "/redfish/v1", username=minted.username,
+                       password=minted.password, verify=str(world.proxy_ca))
+    assert sorted(root.get_system_collection().members_identities) == [
+        "/redfish/v1/Systems/e1-n1", "/redfish/v1/Systems/e1-n2"]
+    system = root.get_system("/redfish/v1/Systems/e1-n1")
+    assert system.identity == "e1-n1"
+    assert system.power_state == sushy.PowerState.ON
+    system.reset_system(sushy.ResetType.FORCE_OFF)
+    until(lambda: bmc_system(world, "e1-n1").power_state == sushy.PowerState.OFF,
+          "the power-off never reached the BMC")
+    system.set_system_boot_options(sushy.BootSource.PXE,
+                                   enabled=sushy.BootSourceOverrideEnabled.ONCE)
+    assert bmc_system(world, "e1-n1").boot.target == sushy.BootSource.PXE
+    media = system.virtual_media.get_member(system.virtual_media.members_identities[0])
+    media.eject_media()
+    assert not bmc_system(world, "e1-n1").virtual_media.get_member(
+        bmc_system(world, "e1-n1").virtual_media.members_identities[0]).inserted
+
+    # DMTF's redfishtool, HTTP Basic on every call.
+    def redfishtool(*args: str) -> subprocess.CompletedProcess[str]:
+        tool = Path(sys.executable).with_name("redfishtool")
+        return subprocess.run(
+            [str(tool), "-r", world.proxy.removeprefix("https://"), "-u", minted.username,
+             "-p", minted.password, "-S", "Always", *args], capture_output=True, text=True,
+            timeout=60, check=False)
+
+    listed = redfishtool("Systems", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "e1-n1" in listed.stdout
+    assert "e2-n1" not in listed.stdout
+    on = redfishtool("Systems", "-I", "e1-n1", "reset", "On")
+    assert on.returncode == 0, on.stderr
+    until(lambda: bmc_system(world, "e1-n1").power_state == sushy.PowerState.ON,
+          "redfishtool's power-on never reached the BMC")
+    boot = redfishtool("Systems", "-I", "e1-n1", "setBootOverride", "Once", "Hdd")
+    assert boot.returncode == 0, boot.stderr
+    assert bmc_system(world, "e1-n1").boot.target == sushy.BootSource.HDD
+    tag = redfishtool("Systems", "-I", "e1-n1", "setAssetTag", "mine")
+    assert tag.returncode != 0  # not a tenant's to change
+
+    # What a tenant may not do is refused, in Redfish's own error shape.
+    with httpx.Client(base_url=world.proxy, verify=world.tls,
+                      auth=(minted.username, minted.password), timeout=30) as http:
+        for path, status in (("/redfish/v1/AccountService", 403),
+                             ("/redfish/v1/AccountService/Accounts", 403),
+                             ("/redfish/v1/UpdateService", 403),
+                             ("/redfish/v1/Managers", 403), ("/redfish/v1/Chassis", 403),
+                             ("/redfish/v1/CertificateService", 403),
+                             ("/redfish/v1/Systems/e2-n1", 404),
+                             (f"/redfish/v1/Systems/{world.bmcs['e1-n1'].systems['e1-n1']}",
+                              404)):
+            response = http.get(path)
+            assert response.status_code == status, (path, response.text)
+            error = response.json()["error"]
+            assert error["code"].startswith("Base.")
+            assert error["@Message.ExtendedInfo"][0]["MessageId"] == error["code"]
+        firmware = http.post("/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate",
+                             json={"ImageURI": "http://evil.invalid/fw.bin"})
+        assert firmware.status_code == 403
+        patched = http.patch("/redfish/v1/Systems/e1-n1", json={"AssetTag": "x"})
+        assert patched.status_code == 403
+        bios = http.post("/redfish/v1/Systems/e1-n1/Bios/Actions/Bios.ResetBios", json={})
+        assert bios.status_code == 403
+        shown = http.get("/redfish/v1/Systems/e1-n1").json()
+        assert "ManagedBy" not in shown.get("Links", {})  # the BMC itself is not shown
+        assert "Chassis" not in shown.get("Links", {})
+        assert f"/Systems/{world.bmcs['e1-n1'].systems['e1-n1']}" not in json.dumps(shown)
+        assert http.get("/redfish/v1/Systems/e1-n1", auth=(minted.username, "wrong")
+                        ).status_code == 401
+    assert httpx.get(world.proxy + "/redfish/v1/Systems", verify=world.tls,
+                     timeout=30).status_code == 401
+
+    # Every call is in the tamper-evident audit log, under the tenant's org.
+    def resets() -> list[Any]:
+        with world.sdk("vault-a") as volt:
+            return [record for _, record in volt.audit.events(
+                route="/redfish/v1/Systems/{node}/Actions/ComputerSystem.Reset")]
+    until(lambda: len(resets()) >= 2, "the proxied resets were not audited")
+    event = resets()[0].event
+    assert (event.auth_method, event.auth_id) == ("redfish", minted.id)
+    assert event.resources == {"rack_id": "e1", "node": "e1-n1"}
+
+    # Revoked: HTTP Basic and the session sushy holds both stop within a second.
+    session_root = sushy.Sushy(world.proxy + "/redfish/v1", username=minted.username,
+                               password=minted.password, verify=str(world.proxy_ca))
+    with world.sdk("vault-a") as volt:
+        rack = volt.vault.revoke_redfish_credential("e1", minted.id)
+    assert rack.redfish_credentials[0].revoked_at is not None
+    until(lambda: httpx.get(world.proxy + "/redfish/v1/Systems", verify=world.tls,
+                            auth=(minted.username, minted.password)).status_code == 401,
+          "a revoked credential still works")
+    with pytest.raises(sushy.exceptions.AccessError):
+        session_root.get_system_collection()
+
+
 def test_release_cleans_every_node_even_across_a_scheduler_kill(world: World) -> None:
+    with world.sdk("vault-a") as volt:
+        minted = volt.vault.redfish_credential("e1")
     shown = world.cli("vault-a", "vault", "racks", "release", "e1")
     assert shown.returncode == 0, shown.stderr
+    # Release revokes every credential of the rack at once.
+    until(lambda: httpx.get(world.proxy + "/redfish/v1/Systems", verify=world.tls,
+                            auth=(minted.username, minted.password)).status_code == 401,
+          "a released rack's credential still works", timeout_s=5)
     # Killed while the nodes are being cleaned (powering off after the reset).
     world.wait("vault-a", "e1", lambda r: r is not None and r.state == "cleaning"
                and any(n.step == "clean" or n.running == "power_off" for n in r.nodes))

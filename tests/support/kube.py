@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -41,11 +39,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from support.go_built import built
+from support.tls import serving_cert, write_pem
 
 from volt.processes import _die_with_parent
 from volt.up.nats_server import free_port
@@ -68,52 +65,6 @@ def kubernetes_binaries() -> Path:
 def etcd_binary() -> str | None:
     return shutil.which("etcd") or (
         "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
-
-
-def _write_pem(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return path
-
-
-def _self_signed_serving_cert(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a serving certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "volt-test-kube-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(
-              digital_signature=True, key_cert_sign=True, crl_sign=True,
-              content_commitment=False, key_encipherment=False, data_encipherment=False,
-              key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
-                x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc"),
-            ]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    plain = serialization.NoEncryption()
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    return (
-        _write_pem(folder / "ca.crt", ca.public_bytes(pem)),
-        _write_pem(folder / "apiserver.crt", cert.public_bytes(pem)),
-        _write_pem(folder / "apiserver.key", key.private_bytes(pem, pkcs8, plain)),
-    )
 
 
 def kubeconfig(server: str, ca_pem: bytes, token: str, *, namespace: str = "default",
@@ -156,16 +107,17 @@ class KubeControlPlane:
         self.binaries = binaries
         pki = self.root / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        ca, cert, key = _self_signed_serving_cert(pki)
+        ca, cert, key = serving_cert(pki, "apiserver", names=(
+            "127.0.0.1", "10.96.0.1", "localhost", "kubernetes.default.svc"))
         self.ca_pem = ca.read_bytes()
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        sa_private = _write_pem(pki / "sa.key", sa_key.private_bytes(
+        sa_private = write_pem(pki / "sa.key", sa_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))
-        sa_public = _write_pem(pki / "sa.pub", sa_key.public_key().public_bytes(
+        sa_public = write_pem(pki / "sa.pub", sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         tokens = pki / "tokens.csv"
-        _write_pem(tokens, f'{self.admin_token},volt-test-admin,uid-admin,"system:masters"\n'
+        write_pem(tokens, f'{self.admin_token},volt-test-admin,uid-admin,"system:masters"\n'
                    .encode())
 
         etcd_port, etcd_peer = free_port(), free_port()

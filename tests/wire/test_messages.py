@@ -37,7 +37,9 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
     "vault": (wire.VAULT, (wire.RackReserve, wire.RackRelease, wire.RackChanged,
                            wire.AttestationReportQuery, wire.AttestationReportAnswer,
                            wire.VerifierKeysQuery, wire.VerifierKeysAnswer,
-                           wire.TalosConfigQuery, wire.TalosConfigAnswer, wire.VaultRefused)),
+                           wire.TalosConfigQuery, wire.TalosConfigAnswer,
+                           wire.RedfishCredentialMint, wire.RedfishCredentialMinted,
+                           wire.RedfishCredentialRevoke, wire.VaultRefused)),
 }
 
 text = st.text(max_size=20)

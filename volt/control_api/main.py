@@ -74,13 +74,21 @@ async def _serve_hypercorn(app: ASGIApp, config: VoltConfig) -> None:
 
 
 async def _serve_uvicorn(app: ASGIApp, config: VoltConfig) -> None:
+    await serve_uvicorn(app, config.api.host, config.api.port)
+
+
+async def serve_uvicorn(app: ASGIApp, host: str, port: int, *, tls_cert: str = "",
+                        tls_key: str = "") -> None:
+    """Serve ``app`` with uvicorn on a SO_REUSEPORT listener until cancelled
+    (then gracefully); over TLS with ``tls_cert`` and ``tls_key``."""
     import uvicorn
 
-    listener = listening_socket(config.api.host, config.api.port)
+    listener = listening_socket(host, port)
     server = uvicorn.Server(uvicorn.Config(
-        app, host=config.api.host, port=config.api.port, http="httptools", lifespan="on",
+        app, host=host, port=port, http="httptools", lifespan="on",
         access_log=False, log_config=None, log_level="warning", timeout_keep_alive=75,
         server_header=False, timeout_graceful_shutdown=5,
+        ssl_certfile=tls_cert or None, ssl_keyfile=tls_key or None,
     ))
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:

@@ -43,8 +43,10 @@ from volt.protocol.usage import UsageReport
 from volt.protocol.vault import (
     AttestationReport,
     Jwks,
+    MintRedfishCredentialRequest,
     Rack,
     RackList,
+    RedfishCredential,
     ReserveRackRequest,
     TalosConfig,
 )
@@ -187,6 +189,15 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("delete", "/v1/vault/racks/{rack_id}", "releaseVaultRack",
               "Release a rack: every node is cleaned (per the rack's cleaning policy) "
               "before anyone else can have it", response=Rack, errors=(401, 403, 404, 503)),
+    Operation("post", "/v1/vault/racks/{rack_id}/redfish-credentials",
+              "mintVaultRedfishCredential",
+              "Mint a username and password for Volt's Redfish proxy, scoped to the rack's "
+              "systems (the password is shown once)", request=MintRedfishCredentialRequest,
+              body_required=False, response=RedfishCredential, success=201,
+              errors=(400, 401, 403, 404, 409, 503)),
+    Operation("delete", "/v1/vault/racks/{rack_id}/redfish-credentials/{credential_id}",
+              "revokeVaultRedfishCredential", "Revoke a Redfish proxy credential (its "
+              "sessions end with it)", response=Rack, errors=(401, 403, 404, 503)),
     Operation("get", "/v1/vault/racks/{rack_id}/attestation", "getVaultAttestation",
               "The rack's measured-boot report, per node, signed by the verifier's key",
               response=AttestationReport, errors=(400, 401, 403, 404, 503)),

@@ -24,10 +24,13 @@ from volt.identity import Principal
 from volt.protocol.vault import (
     AttestationReport,
     CleaningStep,
+    MintRedfishCredentialRequest,
     NodeAttestation,
     Rack,
     RackList,
     RackNode,
+    RedfishCredential,
+    RedfishCredentialInfo,
     ReserveRackRequest,
     TalosConfig,
     TalosNodeConfig,
@@ -43,6 +46,9 @@ from volt.wire import (
     AttestationReportQuery,
     RackRelease,
     RackReserve,
+    RedfishCredentialMint,
+    RedfishCredentialMinted,
+    RedfishCredentialRevoke,
     TalosConfigAnswer,
     TalosConfigQuery,
     VaultRefused,
@@ -54,6 +60,7 @@ from volt.wire import (
 KIND = "rack"
 STATES = tuple(state.value for state in RackState if state is not RackState.AVAILABLE)
 _reserve = msgspec.json.Decoder(ReserveRackRequest)
+_mint = msgspec.json.Decoder(MintRedfishCredentialRequest)
 
 
 def _int(value: Any) -> int | None:
@@ -82,7 +89,12 @@ def rack_object(record: ResourceRecord) -> Rack:
         cleaning_policy=spec.get("cleaning", "erase"),
         talos_version=status.get("talos_version"), reserved_at=_int(status.get("reserved_at")),
         ready_at=_int(status.get("ready_at")), released_at=_int(status.get("releasing_at")),
-        nodes=nodes)
+        nodes=nodes, redfish_credentials=[
+            RedfishCredentialInfo(id=c["id"], username=c["username"],
+                                  created_at=int(c["created_at"]),
+                                  expires_at=int(c["expires_at"]),
+                                  revoked_at=_int(c["revoked_at"]))
+            for c in status.get("redfish_credentials", [])])
 
 
 def render_talos(answer: TalosConfigAnswer, node: str | None) -> TalosConfig:
@@ -171,6 +183,29 @@ def register_vault_routes(app: Quart, services: Any) -> None:
         principal: Principal = g.principal
         await own_rack(principal, rack_id)  # another org's: 404 before anything is asked
         await commands().ask(RackRelease(org_id=principal.org_id, rack_id=rack_id))
+        return json_response(rack_object(await own_rack(principal, rack_id)))
+
+    @app.post("/v1/vault/racks/<rack_id>/redfish-credentials")
+    async def mint_redfish_credential(rack_id: str) -> Response:
+        principal: Principal = g.principal
+        await own_rack(principal, rack_id)
+        body: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
+        req = decode_request(_mint, body) if body.strip() else MintRedfishCredentialRequest()
+        answer = await commands().ask(RedfishCredentialMint(
+            org_id=principal.org_id, rack_id=rack_id, ttl_s=req.ttl_s,
+            created_by=principal.credential_id))
+        assert isinstance(answer, RedfishCredentialMinted)
+        return json_response(RedfishCredential(
+            id=answer.credential_id, rack_id=rack_id, endpoint=services.config
+            .redfish_proxy_url(), username=answer.username, password=answer.password,
+            expires_at=int(answer.expires_at)), status=201)
+
+    @app.delete("/v1/vault/racks/<rack_id>/redfish-credentials/<credential_id>")
+    async def revoke_redfish_credential(rack_id: str, credential_id: str) -> Response:
+        principal: Principal = g.principal
+        await own_rack(principal, rack_id)
+        await commands().ask(RedfishCredentialRevoke(
+            org_id=principal.org_id, rack_id=rack_id, credential_id=credential_id))
         return json_response(rack_object(await own_rack(principal, rack_id)))
 
     @app.get("/v1/vault/racks/<rack_id>/attestation")

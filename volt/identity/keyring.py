@@ -9,6 +9,9 @@
   the scheduler, the log's single writer).
 * ``vault-credentials.key``: the AES-256 key that Vault's BMC credentials are
   encrypted under in the store (the scheduler and ``volt admin racks``).
+* ``vault-proxy-hmac``: the key of the keyed hash under which tenants' Redfish
+  proxy passwords are stored, and that MACs proxy sessions (the scheduler
+  mints, the Redfish proxy checks).
 
 On one machine (``volt up``, tests) they are made on first use in the secrets
 folder (``identity.secrets_dir``, default ``<data>/secrets``, mode 0700, files
@@ -83,3 +86,7 @@ class Keyring:
         """Encrypts BMC credentials at rest (``volt/vault/credentials.py``)."""
         return _create_once(self.folder / "vault-credentials.key",
                             lambda: secrets.token_bytes(32))
+
+    def vault_proxy_key(self) -> bytes:
+        """Hashes Redfish proxy passwords, MACs proxy sessions."""
+        return _create_once(self.folder / "vault-proxy-hmac", lambda: secrets.token_bytes(32))

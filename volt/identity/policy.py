@@ -77,6 +77,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/vault/racks"): _read(),
     ("GET", "/v1/vault/racks/{rack_id}"): _read(),
     ("DELETE", "/v1/vault/racks/{rack_id}"): _write(),
+    ("POST", "/v1/vault/racks/{rack_id}/redfish-credentials"): _write(),
+    ("DELETE", "/v1/vault/racks/{rack_id}/redfish-credentials/{credential_id}"): _write(),
     ("GET", "/v1/vault/racks/{rack_id}/attestation"): _read(),
     # The rack's whole cluster PKI: members only (like a write), never viewers.
     ("GET", "/v1/vault/racks/{rack_id}/talos-config"): _read(Role.MEMBER),

@@ -53,6 +53,14 @@ class RackNode(msgspec.Struct, kw_only=True):
     cleaning: list[CleaningStep] = []
 
 
+class RedfishCredentialInfo(msgspec.Struct, kw_only=True):
+    id: str
+    username: str
+    created_at: int
+    expires_at: int
+    revoked_at: int | None = None
+
+
 class Rack(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["vault.rack"] = "vault.rack"
@@ -70,6 +78,8 @@ class Rack(msgspec.Struct, kw_only=True):
     ready_at: int | None = None
     released_at: int | None = None
     nodes: list[RackNode] = []
+    redfish_credentials: list[RedfishCredentialInfo] = []
+    """Credentials minted for the Redfish proxy (their passwords are never shown again)."""
 
 
 class RackList(msgspec.Struct, kw_only=True):
@@ -126,3 +136,21 @@ class TalosConfig(msgspec.Struct, kw_only=True):
     secrets: str
     """The secrets bundle (``talosctl gen secrets``'s shape): the cluster's PKI.
     Keep it safe: it is the only other copy."""
+
+
+class MintRedfishCredentialRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86400)] | None = None
+    """Default ``vault.redfish_credential_ttl_s`` (8 hours); never past the
+    rack's release, which revokes every credential."""
+
+
+class RedfishCredential(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["vault.redfish_credential"] = "vault.redfish_credential"
+    rack_id: str
+    endpoint: str
+    """Volt's Redfish proxy (its service root is ``<endpoint>/redfish/v1/``)."""
+    username: str
+    password: str
+    """Shown once: Volt keeps only a keyed hash of it."""
+    expires_at: int

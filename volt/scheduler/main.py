@@ -41,6 +41,7 @@ async def run_scheduler(config: VoltConfig) -> None:
         config.forge, quota_of=orgs.gpu_quota)
     keyring = Keyring(config.secrets_path())
     vault = Vault(ResourceStore(db), config.vault, CredentialBox.from_config(config),
+                  proxy_key=keyring.vault_proxy_key(),
                   signing_key=keyring.verifier_signing_key(),
                   verdict_ttl_s=config.attestation.verdict_ttl_s,
                   connect=lambda url, user, password, verify: connect_bmc(

@@ -53,6 +53,8 @@ from volt.wire import (
     RackChanged,
     RackRelease,
     RackReserve,
+    RedfishCredentialMint,
+    RedfishCredentialRevoke,
     TalosConfigQuery,
     VaultRefused,
     VerifierKeysAnswer,
@@ -350,6 +352,11 @@ class Scheduler:
         elif isinstance(command, AttestationReportQuery):
             return AttestationReportAnswer(
                 jws=await vault.attestation_report(command.org_id, command.rack_id))
+        elif isinstance(command, RedfishCredentialMint):
+            return await vault.mint_credential(command)
+        elif isinstance(command, RedfishCredentialRevoke):
+            record = await vault.revoke_credential(command.org_id, command.rack_id,
+                                                   command.credential_id)
         elif isinstance(command, TalosConfigQuery):
             return await vault.talos_config(command.org_id, command.rack_id)
         elif isinstance(command, VerifierKeysQuery):

@@ -39,8 +39,10 @@ from volt.protocol.usage import UsageReport
 from volt.protocol.vault import (
     AttestationReport,
     Jwks,
+    MintRedfishCredentialRequest,
     Rack,
     RackList,
+    RedfishCredential,
     ReserveRackRequest,
     TalosConfig,
 )
@@ -225,3 +227,15 @@ def vault_talos_files(rack_id: str, node: str | None = None,
                       format: str = "tar") -> Call[bytes]:
     return Call("GET", f"/v1/vault/racks/{rack_id}/talos-config", bytes,
                 _params(node=node, format=format))
+
+
+def vault_redfish_credential(rack_id: str, ttl_s: int | None = None
+                             ) -> Call[RedfishCredential]:
+    body = msgspec.to_builtins(MintRedfishCredentialRequest(ttl_s=ttl_s))
+    return Call("POST", f"/v1/vault/racks/{rack_id}/redfish-credentials", RedfishCredential,
+                json=body, retry=False)
+
+
+def vault_redfish_credential_revoke(rack_id: str, credential_id: str) -> Call[Rack]:
+    return Call("DELETE", f"/v1/vault/racks/{rack_id}/redfish-credentials/{credential_id}",
+                Rack)

@@ -44,7 +44,14 @@ from volt.protocol.identity import (
     TokenResponse,
 )
 from volt.protocol.usage import UsageReport
-from volt.protocol.vault import AttestationReport, Jwks, Rack, RackList, TalosConfig
+from volt.protocol.vault import (
+    AttestationReport,
+    Jwks,
+    Rack,
+    RackList,
+    RedfishCredential,
+    TalosConfig,
+)
 from volt.sdk import _calls as calls
 from volt.sdk._credentials import Tokens, load_tokens, save_tokens
 from volt.sdk._errors import APIConnectionError, APIStatusError, AuthenticationError, error_for
@@ -253,6 +260,13 @@ class Vault:
 
     def talos_config(self, rack_id: str, *, node: str | None = None) -> TalosConfig:
         return self._client.run(calls.vault_talos_config(rack_id, node))
+
+    def redfish_credential(self, rack_id: str, *, ttl_s: int | None = None
+                           ) -> RedfishCredential:
+        return self._client.run(calls.vault_redfish_credential(rack_id, ttl_s))
+
+    def revoke_redfish_credential(self, rack_id: str, credential_id: str) -> Rack:
+        return self._client.run(calls.vault_redfish_credential_revoke(rack_id, credential_id))
 
     def talos_files(self, rack_id: str, *, node: str | None = None,
                     format: str = "tar") -> bytes:
@@ -469,6 +483,14 @@ class AsyncVault:
 
     async def talos_config(self, rack_id: str, *, node: str | None = None) -> TalosConfig:
         return await self._client.run(calls.vault_talos_config(rack_id, node))
+
+    async def redfish_credential(self, rack_id: str, *, ttl_s: int | None = None
+                                 ) -> RedfishCredential:
+        return await self._client.run(calls.vault_redfish_credential(rack_id, ttl_s))
+
+    async def revoke_redfish_credential(self, rack_id: str, credential_id: str) -> Rack:
+        return await self._client.run(calls.vault_redfish_credential_revoke(rack_id,
+                                                                            credential_id))
 
     async def talos_files(self, rack_id: str, *, node: str | None = None,
                           format: str = "tar") -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from volt.sdk._cli_common import client_for, guarded, show, when
+from volt.sdk._cli_common import client_for, duration, guarded, show, when
 from volt.vault.report import ReportInvalid, verify_report
 
 SETTLED = ("ready", "failed", "available", "maintenance")
@@ -156,6 +156,21 @@ def _talos_config(args: argparse.Namespace) -> None:
           f"talosctl --talosconfig {folder}/talosconfig bootstrap", file=sys.stderr)
 
 
+def _redfish_credential(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        minted = volt.vault.redfish_credential(args.rack_id, ttl_s=args.ttl)
+    show(minted, args, lambda m: (
+        f"endpoint  {m.endpoint}/redfish/v1/\nusername  {m.username}\npassword  {m.password}\n"
+        f"expires   {when(m.expires_at)} UTC ({m.id})\n"
+        "Store the password now: Volt keeps only a keyed hash of it."))
+
+
+def _revoke_redfish_credential(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        volt.vault.revoke_redfish_credential(args.rack_id, args.credential_id)
+    print(f"revoked {args.credential_id} of {args.rack_id}")
+
+
 def add_vault_commands(commands: Any, client: argparse.ArgumentParser) -> None:
     vault = commands.add_parser("vault", help="bare-metal racks").add_subparsers(
         dest="vault", required=True)
@@ -189,6 +204,17 @@ def add_vault_commands(commands: Any, client: argparse.ArgumentParser) -> None:
                                   "keys the API publishes)")
     attestation.add_argument("--keys", help="a JWKS file kept from before")
     attestation.set_defaults(func=guarded(_attestation))
+    credential = vault.add_parser(
+        "redfish-credentials", parents=[client],
+        help="mint a username and password for Volt's Redfish proxy (the rack's systems only)")
+    credential.add_argument("rack_id")
+    credential.add_argument("--ttl", type=duration, help="e.g. 8h (the default)")
+    credential.set_defaults(func=guarded(_redfish_credential))
+    revoke = vault.add_parser("revoke-redfish-credentials", parents=[client],
+                              help="revoke a Redfish proxy credential")
+    revoke.add_argument("rack_id")
+    revoke.add_argument("credential_id")
+    revoke.set_defaults(func=guarded(_revoke_redfish_credential))
     talos = vault.add_parser("talos-config", parents=[client],
                              help="the rack's Talos machine configs, talosconfig and secrets "
                                   "(written to a folder, 0600)")

@@ -311,6 +311,18 @@ class Cluster:
         self.nats.reload()
         return self._spawn(name, "api", extra)
 
+    def start_redfish_proxy(self, name: str = "redfish-proxy", *, port: int | None = None,
+                            **settings: str) -> tuple[ServiceProcess, int]:
+        """Vault's Redfish proxy (on the bus as an API replica named ``name``;
+        ``settings``: vault.* values); returns the process and its port."""
+        port = port or free_port()
+        extra = {"VOLT_VAULT_PROXY_PORT": str(port), "VOLT_VAULT_PROXY_REPLICA_ID": name}
+        extra.update({f"VOLT_VAULT_{k.upper()}": v for k, v in settings.items()})
+        extra.update(self._bus_identity(workload.api_id(self.trust_domain, name),
+                                        lambda bus: bus.api(name)))
+        self.nats.reload()
+        return self._spawn(name, "redfish-proxy", extra), port
+
     def add_key(self, org: str, *, role: Role = Role.OWNER, mode: Mode = "live",
                 scopes: frozenset[Scope] = frozenset(Scope), limits: Limits = NO_LIMITS) -> str:
         """A new API key for the org called ``org`` (created if new)."""

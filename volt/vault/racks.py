@@ -42,10 +42,17 @@ from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
 from volt.vault.inventory import KIND, Connect, connect_bmc
 from volt.vault.redfish import BmcError, RedfishBmc
+from volt.vault.redfish_credentials import new_credential
 from volt.vault.report import build_report, public_jwk, sign_report
 from volt.vault.states import RACKS, RESUME, RackEvent, RackState
 from volt.vault.talos import KUBERNETES, control_planes, generate_secrets
-from volt.wire import RackReserve, TalosConfigAnswer, TalosNode
+from volt.wire import (
+    RackReserve,
+    RedfishCredentialMint,
+    RedfishCredentialMinted,
+    TalosConfigAnswer,
+    TalosNode,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,6 +146,7 @@ class Vault:
         settings: VaultSettings,
         box: CredentialBox,
         *,
+        proxy_key: bytes = b"",
         signing_key: Ed25519PrivateKey | None = None,
         verdict_of: Callable[[str], SignedVerdict | None] = lambda node: None,
         verdict_ttl_s: float = 900.0,
@@ -148,6 +156,8 @@ class Vault:
         self.store = store
         self.settings = settings
         self.box = box
+        self.proxy_key = proxy_key
+        """Hashes the tenants' Redfish proxy passwords (the proxy checks with it)."""
         self.signing_key = signing_key
         """The verifier's key: it signs attestation reports (None: reports refused)."""
         self.verdict_of = verdict_of
@@ -236,14 +246,68 @@ class Vault:
                 task = self._work.pop(rack_id, None)
                 if task is not None:
                     task.cancel()  # its provisioning or attesting is moot
+                now = self.clock()
+                revoked = [{**c, "revoked_at": c["revoked_at"] or now}
+                           for c in record.status.get("redfish_credentials", [])]
                 try:
-                    record = await self._advance(record, RackEvent.RELEASE,
-                                                 "released by the tenant")
+                    record = await self._advance(
+                        record, RackEvent.RELEASE, "released by the tenant",
+                        status={**record.status, "redfish_credentials": revoked})
                     break
                 except StaleResource:
                     continue  # its work wrote a node's progress meanwhile: read again
         self._wake.set()
         return record
+
+    async def mint_credential(self, command: RedfishCredentialMint) -> RedfishCredentialMinted:
+        if not self.proxy_key:
+            raise VaultError("This scheduler has no Redfish proxy key.", code="no_proxy",
+                             status=503)
+        ttl = command.ttl_s or self.settings.redfish_credential_ttl_s
+        async with self._lock:
+            while True:
+                record = await self.store.get(KIND, command.rack_id, org_id=command.org_id)
+                if record is None:
+                    raise not_found(command.rack_id)
+                if record.state != RackState.READY:
+                    raise VaultError(
+                        f"Rack {command.rack_id} is {record.state}: Redfish credentials are "
+                        "minted once it is ready.", code="rack_not_ready", status=409)
+                entry, password = new_credential(self.proxy_key, record.id, now=self.clock(),
+                                                 ttl_s=ttl, created_by=command.created_by)
+                kept = record.status.get("redfish_credentials", [])
+                try:
+                    await self.store.update_status(record, {
+                        **record.status, "redfish_credentials": [*kept, entry]}, self.clock())
+                    break
+                except StaleResource:
+                    continue
+        log.info("redfish credential minted", extra={"rack_id": record.id,
+                                                     "credential_id": entry["id"]})
+        return RedfishCredentialMinted(
+            credential_id=entry["id"], rack_id=record.id, username=entry["username"],
+            password=password, expires_at=entry["expires_at"])
+
+    async def revoke_credential(self, org_id: str, rack_id: str, credential_id: str
+                                ) -> ResourceRecord:
+        async with self._lock:
+            while True:
+                record = await self.store.get(KIND, rack_id, org_id=org_id)
+                if record is None:
+                    raise not_found(rack_id)
+                kept = record.status.get("redfish_credentials", [])
+                if not any(c["id"] == credential_id for c in kept):
+                    raise VaultError(f"Rack {rack_id} has no Redfish credential "
+                                     f"{credential_id}.", code="credential_not_found",
+                                     status=404, param="credential_id")
+                now = self.clock()
+                try:
+                    return await self.store.update_status(record, {
+                        **record.status, "redfish_credentials": [
+                            {**c, "revoked_at": c["revoked_at"] or now}
+                            if c["id"] == credential_id else c for c in kept]}, now)
+                except StaleResource:
+                    continue
 
     async def attestation_report(self, org_id: str, rack_id: str) -> str:
         if self.signing_key is None:

@@ -636,6 +636,33 @@ class TalosConfigAnswer(WireMessage, frozen=True, kw_only=True, tag="vault.talos
     nodes: list[TalosNode]
 
 
+class RedfishCredentialMint(WireMessage, frozen=True, kw_only=True,
+                            tag="vault.redfish_credential.mint"):
+    org_id: str
+    rack_id: str
+    ttl_s: int | None = None
+    created_by: str = ""
+
+
+class RedfishCredentialMinted(WireMessage, frozen=True, kw_only=True,
+                              tag="vault.redfish_credential"):
+    """The only time the password exists outside the tenant: the reply, on the
+    asking replica's own inbox."""
+
+    credential_id: str
+    rack_id: str
+    username: str
+    password: str
+    expires_at: float
+
+
+class RedfishCredentialRevoke(WireMessage, frozen=True, kw_only=True,
+                              tag="vault.redfish_credential.revoke"):
+    org_id: str
+    rack_id: str
+    credential_id: str
+
+
 class VaultRefused(WireMessage, frozen=True, kw_only=True, tag="vault.refused"):
     """The command was not applied: ``code`` and ``status`` say why (404 not
     found, 409 wrong state, 400 bad shape, 503 no rack free now)."""
@@ -648,4 +675,5 @@ class VaultRefused(WireMessage, frozen=True, kw_only=True, tag="vault.refused"):
 
 VaultMessage = (RackReserve | RackRelease | RackChanged | AttestationReportQuery
                 | AttestationReportAnswer | VerifierKeysQuery | VerifierKeysAnswer
-                | TalosConfigQuery | TalosConfigAnswer | VaultRefused)
+                | TalosConfigQuery | TalosConfigAnswer | RedfishCredentialMint
+                | RedfishCredentialMinted | RedfishCredentialRevoke | VaultRefused)
