@@ -141,6 +141,15 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     sched.add_argument("--json", type=Path, help="also write the figures here")
     sched.set_defaults(func=run)
 
+    vault = bench.add_parser(
+        "vault", help="a rack from reservation to ready (emulated BMCs, one per node) and the "
+                      "Redfish proxy's cost per call")
+    vault.add_argument("--nodes", default="8,32", help="comma-separated rack sizes")
+    vault.add_argument("--calls", type=int, default=500,
+                       help="Redfish calls timed direct and through the proxy")
+    vault.add_argument("--json", type=Path, help="also write the figures here")
+    vault.set_defaults(func=run)
+
     prefix = bench.add_parser(
         "prefix", help="prefix-aware routing vs least-load and round-robin: cache hits, TTFT, "
                        "throughput, on several pods")
@@ -204,6 +213,11 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_placement(nodes=args.nodes, decisions=args.decisions,
                       concurrency=args.concurrency, json_path=args.json)
+    elif args.bench == "vault":
+        from volt.bench.vault import run_vault_bench
+
+        run_vault_bench(sizes=[int(n) for n in args.nodes.split(",")], calls=args.calls,
+                        json_path=args.json)
     elif args.bench == "sched":
         from volt.bench.sched import run_sched
 
