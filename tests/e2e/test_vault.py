@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import sushy
 import yaml
 from support.sushy import Bmc
 from support.tls import serving_cert
 
+from volt.protocol.vault import RedfishCredential
 from volt.sdk import Client
 from volt.sdk._errors import APIStatusError, VoltError
 from volt.store import Database
@@ -324,8 +326,10 @@ def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
 
 
 def test_the_tenant_drives_its_nodes_through_the_redfish_proxy(world: World) -> None:
+    shown = world.cli("vault-a", "vault", "redfish-credentials", "e1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    minted = msgspec.convert(json.loads(shown.stdout), RedfishCredential)
     with world.sdk("vault-a") as volt:
-        minted = volt.vault.redfish_credential("e1")
         with pytest.raises(APIStatusError) as theirs:
             volt.vault.redfish_credential("e2")
         assert theirs.value.status == 404
@@ -459,7 +463,9 @@ def test_release_cleans_every_node_even_across_a_scheduler_kill(world: World) ->
     assert got.returncode == 0, got.stderr
     assert "e1: provisioning" in got.stderr
     assert got.stdout.split("\n")[1].split()[:2] == ["e1", "ready"]
-    for rack_id in ("e1", "e2"):
-        with world.sdk("vault-b") as volt:
-            volt.vault.release(rack_id)
-        world.wait("vault-b", rack_id, lambda r: r is None)
+    with world.sdk("vault-b") as volt:
+        volt.vault.release("e1")
+    world.wait("vault-b", "e1", lambda r: r is None)
+    released = world.cli("vault-b", "vault", "racks", "release", "e2", "--wait")
+    assert released.returncode == 0, released.stderr
+    assert "e2: cleaning" in released.stderr

@@ -32,6 +32,9 @@ NOT_RUN = {
     "volt forge availability --metro fra": "needs a Kubernetes cluster and GPU hosts; "
                                            "tests/e2e/test_forge.py runs these commands "
                                            "against a real control plane",
+    "volt vault racks reserve --metro fra --gpu-model H100 --nodes 4 --wait":
+        "needs registered racks and their BMCs; tests/e2e/test_vault.py runs these commands "
+        "against sushy-emulator BMCs",
 }
 """Blocks not run, by their first line, and why."""
 
