@@ -11,11 +11,14 @@ reason (``volt/store/resources.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
 S = TypeVar("S", bound=StrEnum)
 E = TypeVar("E", bound=StrEnum)
 
@@ -42,3 +45,26 @@ class Lifecycle(Generic[S, E]):
 
     def allows(self, state: S, event: E) -> bool:
         return (state, event) in self.transitions
+
+
+async def reconcile_forever(reconcile: Callable[[], Awaitable[None]], wake: asyncio.Event,
+                            interval_s: float, kind: str) -> None:
+    """A writer's loop: one reconcile pass at every interval, and at once when
+    ``wake`` is set (after a command). A failing pass is logged; the next one
+    tries again."""
+    while True:
+        try:
+            await reconcile()
+        except Exception:
+            log.exception("%s reconcile failed", kind)
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), interval_s)
+        except TimeoutError:
+            pass
+
+
+def remaining(steps: tuple[str, ...], done: str) -> tuple[str, ...]:
+    """The steps after the last one stored as done (all of them when none is):
+    where work resumes after a restart."""
+    return steps[steps.index(done) + 1:] if done else steps

@@ -18,7 +18,7 @@ import yaml
 from quart import Quart, Response, g, request
 
 from volt.control_api.errors import InvalidRequest, NotFound, PermissionDenied
-from volt.control_api.identity_routes import page_limit
+from volt.control_api.resource_pages import org_page
 from volt.control_api.scheduler_commands import SchedulerCommands, json_response, known_query
 from volt.control_api.serving import decode_request
 from volt.control_api.usage import gpu_seconds
@@ -152,18 +152,8 @@ def register_forge_routes(app: Quart, services: Any) -> None:
     @app.get("/v1/forge/leases")
     async def list_leases() -> Response:
         principal: Principal = g.principal
-        known_query(request.args, ("limit", "after", "state"))
-        limit = page_limit(request.args)
-        state = request.args.get("state")
-        if state is not None and state not in STATES:
-            raise InvalidRequest(f"`state` must be one of {', '.join(STATES)}.", param="state")
-        try:
-            page = await leases().page(KIND, principal.org_id, limit=limit,
-                                       after=request.args.get("after") or None,
-                                       states=[state] if state else None)
-        except KeyError:
-            raise InvalidRequest("`after` is not a lease of this organization.",
-                                 param="after") from None
+        page = await org_page(leases(), KIND, principal, request.args, states=STATES,
+                              noun="lease")
         data = [lease_object(record) for record in page.records]
         return json_response(LeaseList(data=data, has_more=page.has_more,
                                first_id=data[0].id if data else None,

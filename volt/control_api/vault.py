@@ -17,7 +17,7 @@ import yaml
 from quart import Quart, Response, g, request
 
 from volt.control_api.errors import InvalidRequest, NotFound, PermissionDenied
-from volt.control_api.identity_routes import page_limit
+from volt.control_api.resource_pages import org_page
 from volt.control_api.scheduler_commands import SchedulerCommands, json_response, known_query
 from volt.control_api.serving import decode_request
 from volt.identity import Principal
@@ -156,18 +156,8 @@ def register_vault_routes(app: Quart, services: Any) -> None:
     @app.get("/v1/vault/racks")
     async def list_racks() -> Response:
         principal: Principal = g.principal
-        known_query(request.args, ("limit", "after", "state"))
-        limit = page_limit(request.args)
-        state = request.args.get("state")
-        if state is not None and state not in STATES:
-            raise InvalidRequest(f"`state` must be one of {', '.join(STATES)}.", param="state")
-        try:
-            page = await racks().page(KIND, principal.org_id, limit=limit,
-                                      after=request.args.get("after") or None,
-                                      states=[state] if state else None)
-        except KeyError:
-            raise InvalidRequest("`after` is not a rack of this organization.",
-                                 param="after") from None
+        page = await org_page(racks(), KIND, principal, request.args, states=STATES,
+                              noun="rack")
         data = [rack_object(record) for record in page.records]
         return json_response(RackList(data=data, has_more=page.has_more,
                                       first_id=data[0].id if data else None,

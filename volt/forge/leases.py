@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from volt.config import ForgeSettings
 from volt.forge.kube import LeaseScope, MintedToken, namespace_for
 from volt.forge.states import HOLDS_GPUS, LEASES, LIVE, RESUME, LeaseEvent, LeaseState
+from volt.lifecycle import reconcile_forever
 from volt.placement.gpus import (
     GpuNode,
     GpuPlacement,
@@ -386,16 +387,8 @@ class Forge:
 
     async def run(self) -> None:
         """Reconcile for ever: at every interval, and at once after a command."""
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("lease reconcile failed")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
-            except TimeoutError:
-                pass
+        await reconcile_forever(self.reconcile, self._wake,
+                                self.settings.reconcile_interval_s, "lease")
 
     async def reconcile(self) -> None:
         """One pass: start what is due, end what is over, and make sure every

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import msgspec
@@ -36,6 +36,7 @@ from volt.wire import (
     AttestationReportQuery,
     AvailabilityAnswer,
     AvailabilityQuery,
+    FamilyDecoder,
     ForgeRefused,
     Heartbeat,
     KubeconfigMint,
@@ -273,23 +274,30 @@ class Scheduler:
         task.add_done_callback(self._background.discard)
 
     async def _on_forge_command(self, msg: Msg) -> None:
-        self._in_task(self._answer_forge(msg))
+        self._in_task(self._answer(msg, FORGE, self._forge_answer, ForgeError, ForgeRefused,
+                                   "lease"))
 
-    async def _answer_forge(self, msg: Msg) -> None:
-        command = FORGE.decode_or_drop(msg.data)
+    async def _answer(self, msg: Msg, family: FamilyDecoder[Any],
+                      apply: Callable[[Any], Awaitable[WireMessage]],
+                      refusal: type[ForgeError | VaultError],
+                      refused: type[ForgeRefused | VaultRefused], noun: str) -> None:
+        """Apply one command of a writer's family and answer it: the result, or
+        the refusal (``code``/``status``) the API passes on to the client."""
+        command = family.decode_or_drop(msg.data)
         if not msg.reply or command is None:
             return
+        answer: WireMessage
         try:
-            answer = await self._forge_answer(command)
-        except ForgeError as exc:
-            answer = ForgeRefused(code=exc.code, message=str(exc), status=exc.status,
-                                  param=exc.param)
+            answer = await apply(command)
+        except refusal as exc:
+            answer = refused(code=exc.code, message=str(exc), status=exc.status,
+                             param=exc.param)
         except Exception as exc:
-            log.exception("forge command failed")
-            answer = ForgeRefused(code="forge_error", status=500,
-                                  message=f"The scheduler could not apply the command "
-                                          f"({type(exc).__name__}); nothing was changed "
-                                          "unless the lease says so.")
+            log.exception("%s command failed", family.family)
+            answer = refused(code=f"{family.family}_error", status=500,
+                             message=f"The scheduler could not apply the command "
+                                     f"({type(exc).__name__}); nothing was changed "
+                                     f"unless the {noun} says so.")
         await msg.respond(encode(answer))
 
     async def _forge_answer(self, command: object) -> WireMessage:
@@ -321,24 +329,8 @@ class Scheduler:
     # --- Vault ---------------------------------------------------------------------
 
     async def _on_vault_command(self, msg: Msg) -> None:
-        self._in_task(self._answer_vault(msg))
-
-    async def _answer_vault(self, msg: Msg) -> None:
-        command = VAULT.decode_or_drop(msg.data)
-        if not msg.reply or command is None:
-            return
-        try:
-            answer = await self._vault_answer(command)
-        except VaultError as exc:
-            answer = VaultRefused(code=exc.code, message=str(exc), status=exc.status,
-                                  param=exc.param)
-        except Exception as exc:
-            log.exception("vault command failed")
-            answer = VaultRefused(code="vault_error", status=500,
-                                  message=f"The scheduler could not apply the command "
-                                          f"({type(exc).__name__}); nothing was changed "
-                                          "unless the rack says so.")
-        await msg.respond(encode(answer))
+        self._in_task(self._answer(msg, VAULT, self._vault_answer, VaultError, VaultRefused,
+                                   "rack"))
 
     async def _vault_answer(self, command: object) -> WireMessage:
         vault = self.vault

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from volt.attestation.verifier import SignedVerdict
 from volt.config import VaultSettings
+from volt.lifecycle import reconcile_forever, remaining
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
 from volt.vault.inventory import KIND, Connect, connect_bmc
@@ -366,16 +367,8 @@ class Vault:
 
     async def run(self) -> None:
         """Reconcile for ever: at every interval, and at once after a command."""
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("rack reconcile failed")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
-            except TimeoutError:
-                pass
+        await reconcile_forever(self.reconcile, self._wake,
+                                self.settings.reconcile_interval_s, "rack")
 
     async def reconcile(self) -> None:
         """Make sure every rack in a state with work to do has its work running
@@ -520,8 +513,7 @@ class Vault:
             if state.get("state") == "booted":
                 return
             await progress.save(name, state="provisioning")
-            done = state.get("step", "")
-            todo = PROVISION_STEPS[PROVISION_STEPS.index(done) + 1:] if done else PROVISION_STEPS
+            todo = remaining(PROVISION_STEPS, state.get("step", ""))
             bmc = self._lazy_bmc(record, node)
             for step in todo:
                 if step == "power_off":
@@ -593,8 +585,7 @@ class Vault:
             if state.get("state") == "cleaned":
                 return
             await progress.save(name, state="cleaning")
-            done = state.get("step", "")
-            todo = CLEAN_STEPS[CLEAN_STEPS.index(done) + 1:] if done else CLEAN_STEPS
+            todo = remaining(CLEAN_STEPS, state.get("step", ""))
             bmc = self._lazy_bmc(record, node)
             for step in todo:
                 if step == "clean":
