@@ -1,25 +1,15 @@
 """The scheduler's Vault: the single writer of racks.
 
-Commands (reserve, release) are applied one at a time under one lock, and
-every write is a compare-and-set on the rack's row (``ResourceStore``), so two
-orgs racing for the last rack get exactly one winner. The slow work — driving
-each node's BMC through provisioning, waiting for measured boot, cleaning —
-runs in the reconcile loop, one task per rack, every node of the rack in
-parallel. Each node's progress (the last step done, attempts, last error) is
-stored as it happens: a scheduler that restarts (SIGKILL included) reads it
-back and carries on from the step after the last one stored; every step is
-idempotent, so one redone after a crash does no harm.
-
-Every wait on a BMC is bounded (``vault.power_timeout_s``) and a failing
-step is retried with backoff (``vault.node_attempts``); a node that still
-fails sends the rack to FAILED (provisioning) or MAINTENANCE (cleaning) with
-the reason. Time is an injected clock (wall seconds) for what is stored and
-for the attestation deadline.
-
-Provisioning, per node: power off → boot once from the Talos image (virtual
-media, or PXE where the BMC has none) → power on. Cleaning, per node: disks
-erased (``erase`` racks; a BMC that cannot is a failure, recorded, never
-skipped), BIOS reset, boot override cleared, power off.
+Commands (reserve, release, Redfish credentials, Talos configs, attestation
+reports) are applied one at a time under one lock, and every write is a
+compare-and-set on the rack's row (``ResourceStore``), so two orgs racing for
+the last rack get exactly one winner. The slow work — driving each node's BMC
+through provisioning and cleaning (``nodes.py``), waiting for measured boot —
+runs in the reconcile loop, one task per rack, resumed after a restart from
+the progress stored (SIGKILL included). A node that fails sends the rack to
+FAILED (provisioning) or MAINTENANCE (cleaning) with the reason. Time is an
+injected clock (wall seconds) for what is stored and for the attestation
+deadline.
 """
 
 from __future__ import annotations
@@ -28,21 +18,19 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from volt.attestation.verifier import SignedVerdict
 from volt.config import VaultSettings
-from volt.lifecycle import reconcile_forever, remaining
+from volt.lifecycle import reconcile_forever
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
 from volt.vault.inventory import KIND, Connect, connect_bmc
-from volt.vault.redfish import BmcError, RedfishBmc
+from volt.vault.nodes import NodeDriver, RackMoved
 from volt.vault.redfish_credentials import new_credential
 from volt.vault.report import build_report, public_jwk, sign_report
 from volt.vault.states import RACKS, RESUME, RackEvent, RackState
@@ -56,8 +44,6 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-POLL_S = 0.5
 HOLDING = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
                      RackState.READY, RackState.FAILED, RackState.RELEASING,
                      RackState.CLEANING, RackState.MAINTENANCE})
@@ -65,8 +51,6 @@ HOLDING = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTES
 TALOS_STATES = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
                           RackState.READY, RackState.FAILED})
 """States in which the tenant may have its rack's Talos configuration."""
-PROVISION_STEPS = ("power_off", "boot_override", "power_on")
-CLEAN_STEPS = ("clean", "power_off")
 
 
 class VaultError(Exception):
@@ -83,16 +67,6 @@ class VaultError(Exception):
 def not_found(rack_id: str) -> VaultError:
     return VaultError(f"No rack {rack_id}.", code="rack_not_found", status=404,
                       param="rack_id")
-
-
-class NodeFailed(Exception):
-    def __init__(self, node: str, message: str) -> None:
-        super().__init__(f"node {node}: {message}")
-        self.node = node
-
-
-class RackMoved(Exception):
-    """The rack changed under its work (released, or another writer): stop."""
 
 
 def talos_context(rack_id: str, reservation: str) -> str:
@@ -114,30 +88,6 @@ def fits(record: ResourceRecord, command: RackReserve) -> bool:
     if command.gpu_model is not None and rack_gpu_model(spec) != command.gpu_model:
         return False
     return command.nodes is None or len(spec["nodes"]) >= command.nodes
-
-
-class Progress:
-    """The rack's record while its work runs: each node's progress is written
-    through at once (under one lock: the nodes run in parallel)."""
-
-    def __init__(self, vault: Vault, record: ResourceRecord) -> None:
-        self.vault = vault
-        self.record = record
-        self._lock = asyncio.Lock()
-
-    def node(self, name: str) -> dict[str, Any]:
-        nodes: dict[str, dict[str, Any]] = self.record.status.get("nodes", {})
-        return dict(nodes.get(name, {}))
-
-    async def save(self, name: str, **fields: Any) -> None:
-        async with self._lock:
-            nodes = dict(self.record.status.get("nodes", {}))
-            nodes[name] = {**nodes.get(name, {}), **fields}
-            try:
-                self.record = await self.vault.store.update_status(
-                    self.record, {**self.record.status, "nodes": nodes}, self.vault.clock())
-            except StaleResource as exc:
-                raise RackMoved(self.record.id) from exc
 
 
 class Vault:
@@ -171,14 +121,8 @@ class Vault:
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
-        self._threads = ThreadPoolExecutor(settings.bmc_threads,
-                                           thread_name_prefix="volt-bmc")
-
-    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A BMC call in Vault's own threads (sushy blocks), so a rack's nodes
-        run in parallel instead of queueing for asyncio's few default threads."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._threads, partial(function, *args, **kwargs))
+        self.nodes = NodeDriver(store, settings, box, connect=connect, clock=clock)
+        """Drives each node's BMC through provisioning and cleaning."""
 
     # --- commands ----------------------------------------------------------------
 
@@ -431,73 +375,6 @@ class Vault:
             elif state is RackState.CLEANING:
                 await self._clean(record)
 
-    # --- one node's BMC ---------------------------------------------------------------
-
-    async def _bmc(self, record: ResourceRecord, node: dict[str, Any]) -> RedfishBmc:
-        password = self.box.open(node["bmc_password"], rack_id=record.id, node=node["name"])
-        return await self._call(self.connect, node["bmc_url"], node["bmc_username"], password,
-                                bool(node.get("verify_tls", True)))
-
-    def _lazy_bmc(self, record: ResourceRecord, node: dict[str, Any]
-                  ) -> Callable[[], Awaitable[RedfishBmc]]:
-        """The node's BMC, connected on first use (inside a step, so a BMC that
-        does not answer counts as that step's failure and is retried)."""
-        held: list[RedfishBmc] = []
-
-        async def get() -> RedfishBmc:
-            if not held:
-                held.append(await self._bmc(record, node))
-            return held[0]
-
-        return get
-
-    async def _power(self, bmc: RedfishBmc, system_id: str, on: bool) -> None:
-        await self._call(bmc.power, system_id, on)
-        deadline = time.monotonic() + self.settings.power_timeout_s
-        want = "on" if on else "off"
-        while await self._call(bmc.power_state, system_id) != want:
-            if time.monotonic() > deadline:
-                raise BmcError(f"not powered {want} within {self.settings.power_timeout_s:.0f}"
-                               " s", "timeout")
-            await asyncio.sleep(POLL_S)
-
-    async def _step(self, progress: Progress, name: str, step: str,
-                    work: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
-        """Run one node step, retrying a BMC's failure with backoff; its outcome
-        is stored either way."""
-        attempts = int(progress.node(name).get("attempts", 0))
-        for attempt in range(1, self.settings.node_attempts + 1):
-            await progress.save(name, running=step)
-            try:
-                extra = await work() or {}
-            except BmcError as exc:
-                attempts += 1
-                await progress.save(name, attempts=attempts,
-                                    last_error=f"{step}: {exc} [{exc.code}]")
-                if attempt == self.settings.node_attempts:
-                    raise NodeFailed(name, f"{step} failed {attempt} times; last: {exc}"
-                                     ) from exc
-                await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
-            else:
-                await progress.save(name, step=step, running="", **extra)
-                return
-
-    async def _each_node(self, record: ResourceRecord,
-                         drive: Callable[[Progress, dict[str, Any]], Awaitable[None]]
-                         ) -> tuple[Progress, list[NodeFailed]]:
-        """Drive every node at once; the ones that failed, with why."""
-        progress = Progress(self, record)
-        results = await asyncio.gather(*(drive(progress, node) for node in record.spec["nodes"]),
-                                       return_exceptions=True)
-        failed: list[NodeFailed] = []
-        for node, result in zip(record.spec["nodes"], results, strict=True):
-            if isinstance(result, NodeFailed):
-                failed.append(result)
-                await progress.save(node["name"], state="failed", running="")
-            elif isinstance(result, BaseException):
-                raise result
-        return progress, failed
-
     # --- provisioning -------------------------------------------------------------------
 
     def image_url(self, talos_version: str) -> str:
@@ -505,34 +382,8 @@ class Vault:
                                               schematic=self.settings.talos_schematic)
 
     async def _provision(self, record: ResourceRecord) -> None:
-        image = self.image_url(record.status["talos_version"])
-
-        async def node_work(progress: Progress, node: dict[str, Any]) -> None:
-            name, system_id = node["name"], node["system_id"]
-            state = progress.node(name)
-            if state.get("state") == "booted":
-                return
-            await progress.save(name, state="provisioning")
-            todo = remaining(PROVISION_STEPS, state.get("step", ""))
-            bmc = self._lazy_bmc(record, node)
-            for step in todo:
-                if step == "power_off":
-                    async def work() -> dict[str, Any] | None:
-                        await self._power(await bmc(), system_id, on=False)
-                        return None
-                elif step == "boot_override":
-                    async def work() -> dict[str, Any] | None:
-                        way = await self._call((await bmc()).boot_from_image, system_id, image)
-                        return {"boot": way}
-                else:
-                    async def work() -> dict[str, Any] | None:
-                        await self._power(await bmc(), system_id, on=True)
-                        return {"booted_at": self.clock()}
-                await self._step(progress, name, step, work)
-            await progress.save(name, state="booted", last_error="")
-
-        progress, failed = await self._each_node(record, node_work)
-        record = progress.record
+        record, failed = await self.nodes.provision(
+            record, self.image_url(record.status["talos_version"]))
         if failed:
             await self._advance(record, RackEvent.FAIL, "; ".join(str(f) for f in failed))
         else:
@@ -577,39 +428,8 @@ class Vault:
     # --- cleaning ----------------------------------------------------------------------
 
     async def _clean(self, record: ResourceRecord) -> None:
-        erase = record.spec.get("cleaning", "erase") == "erase"
-
-        async def node_work(progress: Progress, node: dict[str, Any]) -> None:
-            name, system_id = node["name"], node["system_id"]
-            state = progress.node(name)
-            if state.get("state") == "cleaned":
-                return
-            await progress.save(name, state="cleaning")
-            todo = remaining(CLEAN_STEPS, state.get("step", ""))
-            bmc = self._lazy_bmc(record, node)
-            for step in todo:
-                if step == "clean":
-                    async def work() -> dict[str, Any] | None:
-                        report = await self._call((await bmc()).clean, system_id, erase=erase)
-                        return {"steps": [{"step": s.step, "outcome": s.outcome}
-                                          for s in report.steps]}
-                else:
-                    async def work() -> dict[str, Any] | None:
-                        await self._power(await bmc(), system_id, on=False)
-                        return None
-                await self._step(progress, name, step, work)
-            if erase:
-                steps = progress.node(name).get("steps", [])
-                erased = next((s["outcome"] for s in steps if s["step"] == "secure_erase"),
-                              "not run")
-                if erased != "done":
-                    # The tenant's data may still be on the disks: this node
-                    # goes to no one else until an operator has seen to it.
-                    raise NodeFailed(name, f"disks not erased ({erased})")
-            await progress.save(name, state="cleaned", last_error="")
-
-        progress, failed = await self._each_node(record, node_work)
-        record = progress.record
+        record, failed = await self.nodes.clean(
+            record, erase=record.spec.get("cleaning", "erase") == "erase")
         if failed:
             await self._advance(record, RackEvent.CLEAN_FAILED,
                                 "; ".join(str(f) for f in failed))
@@ -625,4 +445,4 @@ class Vault:
         for task in list(self._work.values()):
             task.cancel()
         await asyncio.gather(*self._work.values(), return_exceptions=True)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.nodes.shutdown()
