@@ -15,12 +15,20 @@ from pathlib import Path
 import msgspec
 import pytest
 from cryptography import x509
+from joserfc.jwk import OKPKey
 from support.requirements import require
+from support.sushy import Bmc
 
 from volt.attestation import event_log
 from volt.attestation.policy import ApprovedVersion, Component, Policy
+from volt.attestation.verifier import SignedVerdict, check_verdict
+from volt.sdk import Client
+from volt.store import Database
+from volt.store.resources import ResourceStore
 from volt.testing import Cluster
 from volt.up.software_tpm import Swtpm, manufacturer_cas
+from volt.vault.credentials import CredentialBox
+from volt.vault.inventory import NodeEntry, RackEntry, register
 
 BOOT = [(0, event_log.EV_S_CRTM_VERSION, b"firmware 2.3.1"),
         (7, event_log.EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1"),
@@ -36,8 +44,8 @@ def approved(data: bytes) -> list[ApprovedVersion]:
 
 
 @pytest.fixture(scope="module")
-def trusted(tmp_path_factory: pytest.TempPathFactory,
-            tiny_model: Path) -> Iterator[tuple[Cluster, Swtpm]]:
+def trusted(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
+            image_server: str) -> Iterator[tuple[Cluster, Swtpm]]:
     for tool in ("swtpm", "swtpm_setup", "tpm2_dictionarylockout"):
         if shutil.which(tool) is None:
             require(f"{tool} is not installed (Debian packages swtpm, swtpm-tools, tpm2-tools)")
@@ -56,7 +64,11 @@ def trusted(tmp_path_factory: pytest.TempPathFactory,
                                 # Earned SVIDs last 4 s: renewal is what keeps the node on.
                                 "VOLT_ATTESTATION_NODE_SVID_LIFETIME_S": "4",
                                 "VOLT_ATTESTATION_POLICY_FILE": str(root / "policy.json"),
-                                "VOLT_ATTESTATION_EK_CA_FILE": str(root / "cas.pem")}) as cluster:
+                                "VOLT_ATTESTATION_EK_CA_FILE": str(root / "cas.pem"),
+                                # Vault racks need a passing verdict (the default).
+                                "VOLT_VAULT_IMAGE_URL":
+                                    image_server + "/{talos_version}/metal-amd64.iso",
+                                "VOLT_VAULT_RECONCILE_INTERVAL_S": "0.2"}) as cluster:
             # A TPM node joins as production ones do: it holds only an enrolment
             # SVID and earns its node SVID by its first passing attestation.
             cluster.add_agent("tpm-1", metro="fra", tpm=tpm.tcti, enrolling=True,
@@ -108,6 +120,51 @@ def test_the_earned_svid_is_renewed_under_the_running_agent(
     cluster.wait_routable(metro="fra", timeout_s=30)
     status, _, body = cluster.request("/v1/chat/completions", {**CHAT, "volt": {"metro": "fra"}})
     assert status == 200, body
+
+
+def test_a_vault_rack_is_ready_only_once_its_node_passed_measured_boot(
+        trusted: tuple[Cluster, Swtpm], tmp_path: Path) -> None:
+    """A rack whose node is ``tpm-1`` (its agent stands in for the attester a
+    Vault node's Talos image carries): provisioned through a real BMC, then
+    ready on a real quote's passing verdict, and the tenant's report carries
+    that verdict, signed, checkable offline."""
+    cluster, _ = trusted
+    with Bmc(tmp_path / "bmc", systems=["tpm-1"]) as bmc:
+        async def register_rack() -> None:
+            db = Database(cluster.store_url)
+            try:
+                await register(ResourceStore(db), CredentialBox.from_config(cluster.config),
+                               RackEntry(id="t1", metro="fra", cleaning="metadata", nodes=[
+                                   NodeEntry(name="tpm-1", gpu_model="H100", gpus=8,
+                                             bmc_url=bmc.url, bmc_username=bmc.username,
+                                             bmc_password=bmc.password)]), now=time.time())
+            finally:
+                await db.close()
+
+        asyncio.run(register_rack())
+        key = cluster.add_key("vault-t")
+        with Client(f"http://127.0.0.1:{cluster.api_port}", key, max_retries=0) as volt:
+            assert volt.vault.reserve("fra").id == "t1"
+            deadline = time.monotonic() + 60
+            while (rack := volt.vault.get("t1")).state not in ("ready", "failed"):
+                assert time.monotonic() < deadline, rack
+                time.sleep(0.2)
+            assert rack.state == "ready", rack.reason
+            assert rack.reason == "every node passed measured boot"
+            jwks = volt.vault.verifier_keys()
+            report = volt.vault.verified_attestation("t1", jwks)
+            volt.vault.release("t1")
+    (node,) = report["nodes"]
+    assert (node["node"], node["state"]) == ("tpm-1", "passed")
+    verdict = msgspec.convert(node["verdict"], SignedVerdict)
+    assert verdict.verdict.passed
+    assert verdict.verdict.policy == "fleet@1"
+    assert verdict.verdict.matched["kernel"] == "1"
+    assert {"0", "4", "7", "9"} <= set(verdict.verdict.pcrs)  # the policy's, quoted
+    assert verdict.verdict.time_ms / 1000 >= rack.nodes[0].booted_at - 1  # of this boot
+    # The verdict inside is the verifier's own, checkable with the published key too.
+    public = OKPKey.import_key(msgspec.to_builtins(jwks)["keys"][0]).get_op_key("verify")
+    assert check_verdict(verdict, public)
 
 
 def test_a_node_that_fails_attestation_never_joins_the_bus(
