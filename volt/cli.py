@@ -212,7 +212,8 @@ def _racks_add(args: argparse.Namespace) -> None:
 
     from volt.store.resources import ResourceStore
     from volt.vault.credentials import CredentialBox
-    from volt.vault.inventory import RegistrationError, connect_bmc, parse_rack, register
+    from volt.vault.inventory import RegistrationError, parse_rack, register
+    from volt.vault.redfish import connect_bmc
 
     try:
         entry = parse_rack(Path(args.file).read_bytes())

@@ -22,8 +22,8 @@ from volt.scheduler.service import Scheduler
 from volt.store import Database, Inventory, UsageLedger
 from volt.store.resources import ResourceStore
 from volt.vault.credentials import CredentialBox
-from volt.vault.inventory import connect_bmc
 from volt.vault.racks import Vault
+from volt.vault.redfish import connect_bmc
 from volt.wire import bus, permissions
 
 log = logging.getLogger(__name__)

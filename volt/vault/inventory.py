@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
@@ -36,7 +35,8 @@ import msgspec
 from volt.lifecycle import InvalidTransition
 from volt.store.resources import ResourceRecord, ResourceStore
 from volt.vault.credentials import CredentialBox
-from volt.vault.redfish import BmcError, RedfishBmc
+from volt.vault.nodes import fresh_progress
+from volt.vault.redfish import BmcError, Connect, connect_bmc
 from volt.vault.states import RACKS, RackEvent, RackState
 
 KIND = "rack"
@@ -76,14 +76,6 @@ class RackEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class RegistrationError(Exception):
     """The rack was not registered; the message says which nodes failed and why."""
-
-
-Connect = Callable[[str, str, str, bool], RedfishBmc]
-
-
-def connect_bmc(url: str, username: str, password: str, verify_tls: bool,
-                timeout_s: float = 10.0) -> RedfishBmc:
-    return RedfishBmc(url, username, password, verify=verify_tls, timeout_s=timeout_s)
 
 
 def parse_rack(data: bytes) -> RackEntry:
@@ -193,8 +185,6 @@ async def operator_transition(store: ResourceStore, rack_id: str, event: RackEve
                                 f"{event.value}") from exc
     status = dict(record.status)
     if to is RackState.CLEANING:
-        status["nodes"] = {n["name"]: {"state": "pending", "step": "", "attempts": 0,
-                                       "last_error": "", "steps": []}
-                           for n in record.spec["nodes"]}
+        status["nodes"] = fresh_progress(record.spec["nodes"])
     return await store.transition(record, event=event.value, to=to.value, now=now,
                                   reason=reason, status=status)

@@ -32,8 +32,7 @@ from volt.config import VaultSettings
 from volt.lifecycle import remaining
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
-from volt.vault.inventory import Connect
-from volt.vault.redfish import BmcError, RedfishBmc
+from volt.vault.redfish import BmcError, Connect, RedfishBmc
 
 T = TypeVar("T")
 POLL_S = 0.5
@@ -41,6 +40,12 @@ PROVISION_STEPS = ("power_off", "boot_override", "power_on")
 CLEAN_STEPS = ("clean", "power_off")
 Work = Callable[[], Awaitable[dict[str, Any] | None]]
 """One step's work; what it returns is stored with the node's progress."""
+
+
+def fresh_progress(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every node at the start of a step list (provisioning or cleaning)."""
+    return {n["name"]: {"state": "pending", "step": "", "running": "", "attempts": 0,
+                        "last_error": "", "steps": []} for n in nodes}
 
 
 class NodeFailed(Exception):

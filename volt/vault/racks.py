@@ -29,8 +29,9 @@ from volt.config import VaultSettings
 from volt.lifecycle import reconcile_forever
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
-from volt.vault.inventory import KIND, Connect, connect_bmc
-from volt.vault.nodes import NodeDriver, RackMoved
+from volt.vault.inventory import KIND
+from volt.vault.nodes import NodeDriver, RackMoved, fresh_progress
+from volt.vault.redfish import Connect, connect_bmc
 from volt.vault.redfish_credentials import new_credential
 from volt.vault.report import build_report, public_jwk, sign_report
 from volt.vault.states import RACKS, RESUME, RackEvent, RackState
@@ -44,10 +45,6 @@ from volt.wire import (
 )
 
 log = logging.getLogger(__name__)
-HOLDING = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
-                     RackState.READY, RackState.FAILED, RackState.RELEASING,
-                     RackState.CLEANING, RackState.MAINTENANCE})
-"""States in which a rack belongs to a tenant (its ``org_id`` is set)."""
 TALOS_STATES = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.ATTESTING,
                           RackState.READY, RackState.FAILED})
 """States in which the tenant may have its rack's Talos configuration."""
@@ -145,8 +142,7 @@ class Vault:
                       "created_by": command.created_by,
                       "talos_secrets": self.box.seal_as(bundle,
                                                         talos_context(rack.id, reservation)),
-                      "nodes": {n["name"]: {"state": "pending", "step": "", "attempts": 0,
-                                            "last_error": ""} for n in rack.spec["nodes"]}}
+                      "nodes": fresh_progress(rack.spec["nodes"])}
             rack = await self._advance(rack, RackEvent.RESERVE, "reserved",
                                        status=status, org_id=command.org_id)
             rack = await self._advance(rack, RackEvent.PROVISION, "provisioning")
@@ -323,14 +319,6 @@ class Vault:
                 self._work[record.id] = asyncio.create_task(self._drive(record.id),
                                                             name=f"rack {record.id}")
 
-    async def settle(self, rack_id: str) -> ResourceRecord:
-        """Wait until the rack's work is done (tests and the benchmark)."""
-        while (task := self._work.get(rack_id)) is not None:
-            await asyncio.shield(task)
-        record = await self.store.get(KIND, rack_id)
-        assert record is not None
-        return record
-
     async def _drive(self, rack_id: str) -> None:
         try:
             await self._drive_once(rack_id)
@@ -352,7 +340,6 @@ class Vault:
         finally:
             if self._work.get(rack_id) is asyncio.current_task():
                 del self._work[rack_id]
-            self._wake.set()
 
     async def _drive_once(self, rack_id: str) -> None:
         """Take the rack through its states until it rests (or waits for verdicts)."""
@@ -368,10 +355,7 @@ class Vault:
                     return  # verdicts still to come: the next pass looks again
             elif state is RackState.RELEASING:
                 await self._advance(record, RackEvent.CLEAN, "cleaning", status={
-                    **record.status, "nodes": {
-                        n["name"]: {"state": "pending", "step": "", "attempts": 0,
-                                    "last_error": "", "steps": []}
-                        for n in record.spec["nodes"]}})
+                    **record.status, "nodes": fresh_progress(record.spec["nodes"])})
             elif state is RackState.CLEANING:
                 await self._clean(record)
 

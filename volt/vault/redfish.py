@@ -224,3 +224,12 @@ class RedfishBmc:
         except BmcError as exc:
             return f"not supported: {exc}"
         return "done"
+
+
+Connect = Callable[[str, str, str, bool], RedfishBmc]
+"""(Redfish URL, user, password, verify TLS) -> the BMC: how Vault reaches one."""
+
+
+def connect_bmc(url: str, username: str, password: str, verify_tls: bool,
+                timeout_s: float = 10.0) -> RedfishBmc:
+    return RedfishBmc(url, username, password, verify=verify_tls, timeout_s=timeout_s)
