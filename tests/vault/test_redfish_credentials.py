@@ -4,9 +4,11 @@ stops, with an injected clock (the proxy end to end: tests/e2e/test_vault.py).""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
+from volt.config import ConfigError, load_config
 from volt.store import Database
 from volt.store.resources import ResourceStore
 from volt.vault.credentials import CredentialBox
@@ -93,3 +95,14 @@ def test_a_bmc_answer_is_shown_scoped_to_the_tenants_node() -> None:
         "Actions": {"#ComputerSystem.Reset": {
             "target": "/redfish/v1/Systems/r1-n1/Actions/ComputerSystem.Reset"}},
         "Oem": {}}
+
+
+def test_a_bad_credentials_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_bytes(b"x" * 16)
+    for path, said in ((tmp_path / "missing.key", "cannot read"), (short, "32 bytes")):
+        config = load_config(env={"VOLT_VAULT_CREDENTIALS_KEY_FILE": str(path),
+                                  "VOLT_DATA_DIR": str(tmp_path)})
+        with pytest.raises(ConfigError, match=r"vault\.credentials_key_file") as bad:
+            CredentialBox.from_config(config)
+        assert said in str(bad.value)

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from volt.config import VoltConfig
+from volt.config import ConfigError, VoltConfig
 from volt.identity.keyring import Keyring
 
 PREFIX = "aesgcm1:"
@@ -39,9 +39,16 @@ class CredentialBox:
 
     @classmethod
     def from_config(cls, config: VoltConfig) -> CredentialBox:
-        if config.vault.credentials_key_file:
-            return cls(Path(config.vault.credentials_key_file).expanduser().read_bytes())
-        return cls(Keyring(config.secrets_path()).vault_credentials_key())
+        path = config.vault.credentials_key_file
+        if not path:
+            return cls(Keyring(config.secrets_path()).vault_credentials_key())
+        try:
+            return cls(Path(path).expanduser().read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"vault.credentials_key_file: cannot read {path}: "
+                              f"{exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"vault.credentials_key_file: {exc}") from None
 
     def seal(self, secret: str, *, rack_id: str, node: str) -> str:
         """A node's BMC password."""
