@@ -23,6 +23,18 @@ S = TypeVar("S", bound=StrEnum)
 E = TypeVar("E", bound=StrEnum)
 
 
+class Refusal(Exception):
+    """A writer's command refused: the API answers ``status`` with ``code``
+    (Forge's ``ForgeError``, Vault's ``VaultError``)."""
+
+    def __init__(self, message: str, *, code: str, status: int, param: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.param = param
+
+
 class InvalidTransition(Exception):
     def __init__(self, kind: str, state: str, event: str) -> None:
         super().__init__(f"a {kind} in state {state} cannot take {event}")

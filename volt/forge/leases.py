@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from volt.config import ForgeSettings
 from volt.forge.kube import LeaseScope, MintedToken, namespace_for
 from volt.forge.states import HOLDS_GPUS, LEASES, LIVE, RESUME, LeaseEvent, LeaseState
-from volt.lifecycle import reconcile_forever
+from volt.lifecycle import Refusal, reconcile_forever
 from volt.placement.gpus import (
     GpuNode,
     GpuPlacement,
@@ -43,15 +43,8 @@ KIND = "lease"
 _CIDR = re.compile(r"^[0-9a-fA-F:.]+/\d{1,3}$")
 
 
-class ForgeError(Exception):
-    """A command refused: the API answers ``status`` with ``code``."""
-
-    def __init__(self, message: str, *, code: str, status: int, param: str | None = None
-                 ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.param = param
+class ForgeError(Refusal):
+    """A Forge command refused."""
 
 
 def not_found(lease_id: str) -> ForgeError:

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from volt.forge.leases import Forge, ForgeError
+from volt.lifecycle import Refusal
 from volt.placement import DEFAULT_POLICY, PlacementQuery, Policy
 from volt.scheduler.node_states import GONE, LIVE
 from volt.scheduler.node_table import NodeRecord, NodeTable
@@ -279,7 +280,7 @@ class Scheduler:
 
     async def _answer(self, msg: Msg, family: FamilyDecoder[Any],
                       apply: Callable[[Any], Awaitable[WireMessage]],
-                      refusal: type[ForgeError | VaultError],
+                      refusal: type[Refusal],
                       refused: type[ForgeRefused | VaultRefused], noun: str) -> None:
         """Apply one command of a writer's family and answer it: the result, or
         the refusal (``code``/``status``) the API passes on to the client."""

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from volt.attestation.verifier import SignedVerdict
 from volt.config import VaultSettings
-from volt.lifecycle import reconcile_forever
+from volt.lifecycle import Refusal, reconcile_forever
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.vault.credentials import CredentialBox
 from volt.vault.inventory import KIND
@@ -50,15 +50,8 @@ TALOS_STATES = frozenset({RackState.RESERVED, RackState.PROVISIONING, RackState.
 """States in which the tenant may have its rack's Talos configuration."""
 
 
-class VaultError(Exception):
-    """A command refused: the API answers ``status`` with ``code``."""
-
-    def __init__(self, message: str, *, code: str, status: int, param: str | None = None
-                 ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.param = param
+class VaultError(Refusal):
+    """A Vault command refused."""
 
 
 def not_found(rack_id: str) -> VaultError:
