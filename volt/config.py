@@ -341,6 +341,31 @@ class VaultSettings(_Section):
     driven in parallel, so this bounds how many at once."""
 
 
+class FinetuneSettings(_Section):
+    """Spark fine-tuning: training files and LoRA jobs (``volt/finetune``)."""
+
+    data_key_file: str = ""
+    """The 32-byte key (raw) that training files and adapters are encrypted under
+    in their metro's object store. Empty: ``finetune-data.key`` in the secrets
+    folder, made on first use. The API and the agents need it; the scheduler
+    does not (it never reads a file)."""
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)] = 16 * 1024 * 1024
+    """The largest training file (the API's body limit is 16 MiB)."""
+    max_examples: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    default_epochs: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
+    """``n_epochs: auto``."""
+    learning_rate: PositiveFloat = 5e-3
+    """The base learning rate; a job's ``learning_rate_multiplier`` scales it."""
+    max_seq_tokens: Annotated[int, msgspec.Meta(ge=16)] = 1024
+    """Longer examples are cut to this many tokens."""
+    progress_interval_s: PositiveFloat = 0.5
+    """An agent reports a running job's progress (an event) at most this often."""
+    reconcile_interval_s: PositiveFloat = 1.0
+    lost_after_s: PositiveFloat = 10.0
+    """A running job that its node's heartbeats stop naming for this long (the
+    agent restarted, the node went away) fails with that reason."""
+
+
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "volt")
@@ -359,6 +384,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     forge: ForgeSettings = msgspec.field(default_factory=ForgeSettings)
     vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
+    finetune: FinetuneSettings = msgspec.field(default_factory=FinetuneSettings)
 
     # Derived values: computed from the settings, never stored twice.
 

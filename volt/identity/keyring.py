@@ -12,6 +12,9 @@
 * ``vault-proxy-hmac``: the key of the keyed hash under which tenants' Redfish
   proxy passwords are stored, and that MACs proxy sessions (the scheduler
   mints, the Redfish proxy checks).
+* ``finetune-data.key``: the AES-256 key that training files and the adapters
+  trained on them are encrypted under in their metro's object store (the API
+  at upload and download, the agents that train and serve them).
 
 On one machine (``volt up``, tests) they are made on first use in the secrets
 folder (``identity.secrets_dir``, default ``<data>/secrets``, mode 0700, files
@@ -90,3 +93,7 @@ class Keyring:
     def vault_proxy_key(self) -> bytes:
         """Hashes Redfish proxy passwords, MACs proxy sessions."""
         return _create_once(self.folder / "vault-proxy-hmac", lambda: secrets.token_bytes(32))
+
+    def finetune_data_key(self) -> bytes:
+        """Encrypts training files and adapters at rest (``volt/finetune/blobs.py``)."""
+        return _create_once(self.folder / "finetune-data.key", lambda: secrets.token_bytes(32))
