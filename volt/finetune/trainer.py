@@ -48,7 +48,7 @@ def sequences(examples: list[Any], encode_chat: Any, encode: Any, eos_id: int,
         for message in example.messages:
             if message.role == "assistant" and message.weight:
                 prompt = encode_chat(history)
-                reply = encode(message.content) + [eos_id]
+                reply = [*encode(message.content), eos_id]
                 ids = (prompt + reply)[:max_tokens]
                 labels = ([IGNORE] * len(prompt) + reply)[:max_tokens]
                 if any(label != IGNORE for label in labels):
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from volt.agent.engine.backends import _Tokenizer
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.max_seq_tokens)
     held_out = sequences(validation, tokenizer.encode_chat, tokenizer.encode,
                          tokenizer.eos_id, args.max_seq_tokens)
-    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    model = model.to(device)
     pad_id = int(model.config.pad_token_id or 0)
     model = get_peft_model(model, LoraConfig(
         r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, bias="none",
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids, labels, mask = batch_tensors(held_out[start:start + args.batch_size])
                 total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
         model.train()
-        return total / max(1, -(-len(held_out) // args.batch_size))
+        return float(total / max(1, -(-len(held_out) // args.batch_size)))
 
     rng = random.Random(args.seed)
     per_epoch = -(-len(train) // args.batch_size)

@@ -14,18 +14,21 @@ Both tokenize with the tiny model's tokenizer, so usage counts are real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from volt.agent.engine.lora import AdapterError, LoraAdapters, Step, deliver_to
 from volt.agent.engine.sampling import SamplingParams, TokenLogprob, install
 from volt.agent.engine.tiny_model import EOS_TOKEN, render_chatml
 
-__all__ = ["Backend", "EngineFailure", "InstantBackend", "SamplingParams", "StopMatcher",
+__all__ = ["AdapterError", "Backend", "EngineFailure", "InstantBackend", "SamplingParams",
+           "StopMatcher",
            "TokenEvent", "TransformersBackend"]
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,12 @@ class TokenEvent:
     """Prompt tokens whose KV cache was reused (set on a request's first event)."""
 
 
+@dataclass(slots=True)
+class _Run:
+    ended: bool = False
+    """The generation finished by itself: nothing left to cancel."""
+
+
 class Backend(Protocol):
     model_id: str
     max_context: int
@@ -73,8 +82,15 @@ class Backend(Protocol):
     def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]: ...
 
     def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]: ...
+
+    def load_adapter(self, name: str, path: Path) -> bool: ...
+
+    def unload_adapter(self, name: str) -> bool: ...
+
+    def adapter_names(self) -> list[str]: ...
 
     def kv_cache_usage(self) -> float: ...
 
@@ -236,6 +252,15 @@ class _TokenizedBackend:
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size()
 
+    def load_adapter(self, name: str, path: Path) -> bool:
+        raise AdapterError("this engine mode has no model, so it serves no adapters")
+
+    def unload_adapter(self, name: str) -> bool:
+        return False
+
+    def adapter_names(self) -> list[str]:
+        return []
+
 
 class PrefixHits:
     """How many prompt tokens each request found in the KV cache.
@@ -310,6 +335,8 @@ class TransformersBackend(_TokenizedBackend):
         self.sampler = install(self._manager)
         self.prefix_hits = PrefixHits()
         self.prefix_hits.install()
+        self.adapters = LoraAdapters(model_dir, self.tokenizer.eos_id)
+        """Tuned models: LoRA adapters served beside this model (``lora.py``)."""
         self._manager.start()
 
     def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
@@ -336,75 +363,131 @@ class TransformersBackend(_TokenizedBackend):
             entries.append(TokenLogprob(ids[position], float(row[ids[position]]), best))
         return entries
 
+    def load_adapter(self, name: str, path: Path) -> bool:
+        """Serve the LoRA adapter at ``path`` as model ``name`` (blocking)."""
+        return self.adapters.load(name, path)
+
+    def unload_adapter(self, name: str) -> bool:
+        return self.adapters.unload(name)
+
+    def adapter_names(self) -> list[str]:
+        return self.adapters.names()
+
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
+        if adapter is not None:
+            async with contextlib.aclosing(
+                self._generate_adapter(request_id, adapter, prompt_ids, params)) as events:
+                async for event in events:
+                    yield event
+            return
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         self.sampler.register(request_id, params)
         self._manager.register_result_handler(request_id, outputs.put_nowait)
         self._manager.add_request(
             prompt_ids, request_id=request_id, max_new_tokens=params.max_new_tokens, streaming=True
         )
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
-        stopper = StopMatcher(params.stop)
         seen = 0
-        finished = False
-        cached: int | None = None
+
+        async def next_step() -> Step:
+            nonlocal seen
+            output = await outputs.get()
+            new_tokens = output.generated_tokens[seen:]
+            seen = len(output.generated_tokens)
+            logprobs = (self.sampler.take_logprobs(request_id, len(new_tokens))
+                        if params.top_logprobs is not None else [])
+            return Step(new_tokens, output.is_finished(), logprobs,
+                        error="generation failed" if output.error is not None else None)
+
+        run = _Run()
         try:
-            while not finished:
-                output = await outputs.get()
-                if cached is None:  # the prefix was matched before the first token
-                    cached = self.prefix_hits.take(request_id)
-                if output.error is not None:
-                    finished = True
-                    raise EngineFailure("generation failed")
-                new_tokens = output.generated_tokens[seen:]
-                seen = len(output.generated_tokens)
-                produced = len(new_tokens)  # EOS included: it was generated (as vLLM counts)
-                finished = output.is_finished()
-                finish_reason = None
-                if new_tokens and new_tokens[-1] == self.tokenizer.eos_id:
-                    new_tokens = new_tokens[:-1]
-                    finish_reason = "stop"
-                elif finished:
-                    finish_reason = "length"
-                pieces = [detokenizer.push(t) for t in new_tokens]
-                if finished and (rest := detokenizer.flush()):
-                    if pieces:
-                        pieces[-1] += rest
-                    else:
-                        pieces.append(rest)
-                logprobs = (self.sampler.take_logprobs(request_id, produced)
-                            if params.top_logprobs is not None else [])
-                stopped = False
-                for i, piece in enumerate(pieces):
-                    pieces[i], stopped = stopper.feed(piece)
-                    if stopped:
-                        del pieces[i + 1:]
-                        break
-                if stopped:
-                    finished, finish_reason = False, "stop"  # still running: cancelled below
-                    yield TokenEvent(pieces, "stop", tokens=produced, logprobs=logprobs,
-                                     cached_tokens=cached)
-                    return
-                if finished and (held := stopper.flush()):
-                    pieces.append(held)
-                yield TokenEvent(
-                    pieces, finish_reason if finished else None, tokens=produced,
-                    logprobs=logprobs, cached_tokens=cached,
-                )
-                cached = 0  # reported once
+            async with contextlib.aclosing(self._events(
+                    params, next_step, lambda: self.prefix_hits.take(request_id), run)) as events:
+                async for event in events:
+                    yield event
         finally:
-            if not finished:
-                # The consumer went away (client disconnect): stop generating now.
-                # A cancelled request gets no final output, so its result
-                # handler would stay registered; drop it ourselves.
+            if not run.ended:
+                # The consumer went away (client disconnect) or a stop string
+                # ended it: stop generating now. A cancelled request gets no
+                # final output, so its result handler would stay registered;
+                # drop it ourselves.
                 self._manager.cancel_request(request_id)
                 router = self._manager.output_router
                 with router._lock:
                     router.result_handlers.pop(request_id, None)
             self.sampler.forget(request_id)
             self.prefix_hits.take(request_id)
+
+    async def _generate_adapter(
+        self, request_id: str, adapter: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[TokenEvent, None]:
+        steps: asyncio.Queue[Step] = asyncio.Queue()
+        try:
+            active = self.adapters.start(request_id, adapter, prompt_ids, params,
+                                         deliver_to(asyncio.get_running_loop(), steps))
+        except AdapterError as exc:
+            raise EngineFailure(str(exc)) from exc
+        run = _Run()
+        try:
+            async with contextlib.aclosing(
+                    self._events(params, steps.get, lambda: 0, run)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if not run.ended:
+                self.adapters.cancel(active)
+
+    async def _events(self, params: SamplingParams, next_step: Callable[[], Awaitable[Step]],
+                      cached_tokens: Callable[[], int], run: _Run
+                      ) -> AsyncGenerator[TokenEvent, None]:
+        """A generation's raw token steps as text events: incremental
+        detokenizing, stop strings, EOS as ``stop`` and the limit as ``length``.
+        ``run.ended``: the generation finished by itself (nothing to cancel)."""
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stopper = StopMatcher(params.stop)
+        cached: int | None = None
+        while True:
+            step = await next_step()
+            if cached is None:  # the prefix was matched before the first token
+                cached = cached_tokens()
+            if step.error is not None:
+                run.ended = True
+                raise EngineFailure(step.error)
+            new_tokens = step.tokens
+            produced = len(new_tokens)  # EOS included: it was generated (as vLLM counts)
+            finished = step.finished
+            run.ended = finished
+            finish_reason = None
+            if new_tokens and new_tokens[-1] == self.tokenizer.eos_id:
+                new_tokens = new_tokens[:-1]
+                finish_reason = "stop"
+            elif finished:
+                finish_reason = "length"
+            pieces = [detokenizer.push(t) for t in new_tokens]
+            if finished and (rest := detokenizer.flush()):
+                if pieces:
+                    pieces[-1] += rest
+                else:
+                    pieces.append(rest)
+            stopped = False
+            for i, piece in enumerate(pieces):
+                pieces[i], stopped = stopper.feed(piece)
+                if stopped:
+                    del pieces[i + 1:]
+                    break
+            if stopped:
+                yield TokenEvent(pieces, "stop", tokens=produced, logprobs=step.logprobs,
+                                 cached_tokens=cached)
+                return  # still running unless it also finished: the caller cancels
+            if finished and (held := stopper.flush()):
+                pieces.append(held)
+            yield TokenEvent(pieces, finish_reason if finished else None, tokens=produced,
+                             logprobs=step.logprobs, cached_tokens=cached)
+            if finished:
+                return
+            cached = 0  # reported once
 
     def kv_cache_usage(self) -> float:
         processor = self._manager.batch_processor
@@ -414,6 +497,7 @@ class TransformersBackend(_TokenizedBackend):
         return max(0.0, min(1.0, 1.0 - free))
 
     def close(self) -> None:
+        self.adapters.close()
         self._manager.stop(block=True, timeout=5)
 
 
@@ -435,7 +519,8 @@ class PacedBackend(_TokenizedBackend):
         self._pieces = [self.tokenizer.decode([i]) for i in ids]
 
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
         loop = asyncio.get_running_loop()
         started, n, pieces = loop.time(), params.max_new_tokens, self._pieces
@@ -469,7 +554,8 @@ class InstantBackend(_TokenizedBackend):
         self._pieces = [self.tokenizer.decode([i]) for i in ids]
 
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
         n, pieces = params.max_new_tokens, self._pieces
         yield TokenEvent([pieces[i % len(pieces)] for i in range(n)], "length", tokens=n)

@@ -31,6 +31,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from volt.agent.engine.backends import (
+    AdapterError,
     Backend,
     EngineFailure,
     InstantBackend,
@@ -65,6 +66,15 @@ _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _text_decoder = msgspec.json.Decoder(CompletionRequest)
 _DONE = b"data: [DONE]\n\n"
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class LoadLoraAdapter(msgspec.Struct, forbid_unknown_fields=False):
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoraAdapter(msgspec.Struct, forbid_unknown_fields=False):
+    lora_name: str
 
 
 class EngineMetrics:
@@ -109,6 +119,8 @@ class Generation:
     score_prompts: int | None = None
     """``echo`` with ``logprobs``: the prompts' own logprobs, with this many
     alternatives each, go before the completion's."""
+    adapter: str | None = None
+    """A tuned model: the LoRA adapter that generates (None: the base model)."""
 
     @property
     def choices(self) -> int:
@@ -146,12 +158,41 @@ class EngineServer:
         elif route == ("GET", "/metrics"):
             await send_text(send, 200, generate_latest(self.metrics.registry))
         elif route == ("GET", "/v1/models"):
-            listing = ModelList(data=[Model(id=self.backend.model_id, created=0, owned_by="volt",
-                                              object="model")])
+            names = [self.backend.model_id, *self.backend.adapter_names()]
+            listing = ModelList(data=[Model(id=name, created=0, owned_by="volt", object="model")
+                                      for name in names])
             await send_json(send, 200, _json.encode(listing))
+        elif route == ("POST", "/v1/load_lora_adapter"):
+            await self.adapter_call(receive, send, load=True)
+        elif route == ("POST", "/v1/unload_lora_adapter"):
+            await self.adapter_call(receive, send, load=False)
         else:
             error = EngineRequestError(404, f"No route {route[0]} {route[1]}", "not_found")
             await send_json(send, 404, error.body())
+
+    async def adapter_call(self, receive: Receive, send: Send, *, load: bool) -> None:
+        """vLLM's runtime LoRA API: ``{"lora_name", "lora_path"}`` to load,
+        ``{"lora_name"}`` to unload."""
+        try:
+            body = msgspec.json.decode(await read_body(receive, 64 * 1024),
+                                       type=LoadLoraAdapter if load else UnloadLoraAdapter)
+        except Disconnected:
+            return
+        except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            error = EngineRequestError(400, f"Invalid request: {exc}", "invalid_request_error")
+            await send_json(send, 400, error.body())
+            return
+        try:
+            if isinstance(body, LoadLoraAdapter):
+                await asyncio.to_thread(self.backend.load_adapter, body.lora_name,
+                                        Path(body.lora_path))
+            elif not self.backend.unload_adapter(body.lora_name):
+                raise AdapterError(f"adapter {body.lora_name} is not loaded")
+        except AdapterError as exc:
+            error = EngineRequestError(400, str(exc), "invalid_request_error")
+            await send_json(send, 400, error.body())
+            return
+        await send_text(send, 200, b"ok")
 
     async def generate(
         self, receive: Receive, send: Send, prepare: Callable[[bytes], Generation]
@@ -187,7 +228,7 @@ class EngineServer:
             raise EngineRequestError(
                 400, f"Invalid request: {exc}", "invalid_request_error"
             ) from exc
-        if req.model != self.backend.model_id:
+        if req.model != self.backend.model_id and req.model not in self.backend.adapter_names():
             raise EngineRequestError(
                 404, f"The model `{req.model}` does not exist.", "invalid_request_error",
                 "model_not_found",
@@ -207,7 +248,8 @@ class EngineServer:
                                 (req.top_logprobs or 0) if req.logprobs else None)
         shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
                           self.backend.token_bytes)
-        return Generation(shape, [prompt_ids], req.n, params, req.stream, req.stream_options)
+        return Generation(shape, [prompt_ids], req.n, params, req.stream, req.stream_options,
+                          adapter=self._adapter(req.model))
 
     def _prepare_text(self, body: bytes) -> Generation:
         req: CompletionRequest = self._decode(_text_decoder, body)
@@ -231,8 +273,16 @@ class EngineServer:
             echo = [p if isinstance(p, str) else self.backend.decode(p) for p in req.prompts()]
         shape = TextShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.model,
                           self.backend.token_bytes, echo, req.n)
+        adapter = self._adapter(req.model)
+        if adapter is not None and req.echo and req.logprobs is not None:
+            raise EngineRequestError(
+                400, "`echo` with `logprobs` is not supported for tuned models on this engine.",
+                "invalid_request_error", "unsupported_parameter")
         return Generation(shape, prompts, req.n, params, req.stream, req.stream_options,
-                          score_prompts=req.logprobs if req.echo else None)
+                          score_prompts=req.logprobs if req.echo else None, adapter=adapter)
+
+    def _adapter(self, model: str) -> str | None:
+        return None if model == self.backend.model_id else model
 
     def _sampling(self, req: ChatCompletionRequest | CompletionRequest,
                   prompts: list[list[int]], limit: int | None,
@@ -259,7 +309,8 @@ class EngineServer:
         )
 
     async def _generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
         """The backend's events, with the request counted as waiting, then running.
 
@@ -272,7 +323,7 @@ class EngineServer:
         started = False
         try:
             async with contextlib.aclosing(
-                self.backend.generate(request_id, prompt_ids, params)
+                self.backend.generate(request_id, prompt_ids, params, adapter)
             ) as events:
                 async for event in events:
                     if not started:
@@ -294,13 +345,15 @@ class EngineServer:
         request in the batch (with seed + its number among its prompt's
         choices, when a seed is given)."""
         if job.choices == 1:  # no fan-out layer for the common case
-            return self._one_choice(request_id, job.prompts[0], job.params)
+            return self._one_choice(request_id, job.prompts[0], job.params, job.adapter)
         return self._fan_out(request_id, job)
 
     async def _one_choice(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+        adapter: str | None,
     ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
-        async with contextlib.aclosing(self._generate(request_id, prompt_ids, params)) as events:
+        async with contextlib.aclosing(
+                self._generate(request_id, prompt_ids, params, adapter)) as events:
             async for event in events:
                 yield 0, event
 
@@ -316,7 +369,8 @@ class EngineServer:
             )
             try:
                 async with contextlib.aclosing(
-                    self._generate(f"{request_id}-{index}", job.prompts[index // n], seeded)
+                    self._generate(f"{request_id}-{index}", job.prompts[index // n], seeded,
+                                   job.adapter)
                 ) as events:
                     async for event in events:
                         queue.put_nowait((index, event))

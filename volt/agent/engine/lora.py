@@ -1,0 +1,207 @@
+"""LoRA adapters served beside the base model, many per engine (vLLM's
+``--enable-lora`` with runtime loading, on the CPU engine).
+
+transformers' continuous batching runs one set of weights, so tuned models
+do not go through it. One peft ``PeftModel`` wraps a second copy of the base
+model with every loaded adapter; a decoding thread steps each active request
+in turn — one token per request per round, each with its own KV cache and
+the adapter it names — so many streams of many adapters progress together.
+Adapters load and unload at run time (``POST /v1/load_lora_adapter``, as
+vLLM's API); loading one already loaded under the same name is a no-op.
+
+Sampling is the base model's (``sampling._RequestSampler``): same seed, same
+penalties, same logprobs. The thread hands raw token ids to the event loop;
+the backend turns them into text exactly as for the base model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from volt.agent.engine.sampling import SamplingParams, TokenLogprob, _RequestSampler
+
+log = logging.getLogger(__name__)
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be loaded (no such folder, not a LoRA of this model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one round produced for a request: its new tokens, whether it ended."""
+
+    tokens: list[int]
+    finished: bool
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Active:
+    request_id: str
+    adapter: str
+    prompt: list[int]
+    sampler: _RequestSampler
+    max_new_tokens: int
+    deliver: Callable[[Step], None]
+    generated: list[int] = field(default_factory=list)
+    cache: Any = None
+    cancelled: bool = False
+
+
+class LoraAdapters:
+    def __init__(self, model_dir: Path, eos_id: int) -> None:
+        self.model_dir = model_dir
+        self.eos_id = eos_id
+        self._model: Any = None
+        self._keys: dict[str, str] = {}
+        """lora_name -> peft's adapter name (peft names may not hold ``:``)."""
+        self._serial = 0
+        self._lock = threading.Lock()
+        """Held by the decoding thread for each round, and by load/unload."""
+        self._active: list[_Active] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def names(self) -> list[str]:
+        return list(self._keys)
+
+    # -- loading (blocking: call in a thread) ---------------------------------------
+
+    def load(self, name: str, path: Path) -> bool:
+        """Load ``path`` as ``name``; False if it was loaded already."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        if name in self._keys:
+            return False
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterError(f"{path} holds no LoRA adapter (adapter_config.json)")
+        with self._lock:
+            self._serial += 1
+            key = f"a{self._serial}"
+            try:
+                if self._model is None:
+                    base = AutoModelForCausalLM.from_pretrained(self.model_dir,
+                                                                dtype=torch.float32)
+                    self._model = PeftModel.from_pretrained(base, str(path),
+                                                            adapter_name=key).eval()
+                else:
+                    self._model.load_adapter(str(path), adapter_name=key)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise AdapterError(f"the adapter does not load: {type(exc).__name__}") \
+                    from exc
+            self._keys[name] = key
+        log.info("adapter loaded", extra={"adapters": len(self._keys)})
+        return True
+
+    def unload(self, name: str) -> bool:
+        with self._lock:
+            key = self._keys.pop(name, None)
+            if key is None:
+                return False
+            for active in self._active:
+                if active.adapter == key:
+                    active.cancelled = True
+            self._model.delete_adapter(key)
+        return True
+
+    # -- generating -----------------------------------------------------------------
+
+    def start(self, request_id: str, name: str, prompt: list[int], params: SamplingParams,
+              deliver: Callable[[Step], None]) -> _Active:
+        """Begin generating; ``deliver`` is called (on the decoding thread) per round."""
+        import torch
+
+        key = self._keys.get(name)
+        if key is None:
+            raise AdapterError(f"adapter {name} is not loaded")
+        generator = torch.Generator()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        active = _Active(request_id, key, prompt, _RequestSampler(params, generator),
+                         params.max_new_tokens, deliver)
+        with self._wake:
+            self._active.append(active)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lora-decode",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return active
+
+    def cancel(self, active: _Active) -> None:
+        active.cancelled = True
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            with self._wake:
+                while not self._active and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                batch = list(self._active)
+            with self._lock, torch.no_grad():
+                for active in batch:
+                    if active.cancelled:
+                        self._drop(active)
+                        continue
+                    try:
+                        step = self._step(active)
+                    except Exception as exc:  # a failing request must not stop the others
+                        log.exception("adapter generation failed")
+                        step = Step([], True, error=type(exc).__name__)
+                    active.deliver(step)
+                    if step.finished:
+                        self._drop(active)
+
+    def _drop(self, active: _Active) -> None:
+        with self._wake:
+            if active in self._active:
+                self._active.remove(active)
+
+    def _step(self, active: _Active) -> Step:
+        import torch
+
+        self._model.set_adapter(active.adapter)
+        if active.cache is None:
+            inputs = torch.tensor([active.prompt])
+        else:
+            inputs = torch.tensor([[active.generated[-1]]])
+        output = self._model(input_ids=inputs, past_key_values=active.cache, use_cache=True)
+        active.cache = output.past_key_values
+        logits = output.logits[0, -1].float()
+        token = active.sampler.choose(logits, active.generated)
+        active.generated.append(token)
+        logprobs = []
+        if active.sampler.params.top_logprobs is not None and active.sampler.logprobs:
+            logprobs = [active.sampler.logprobs.popleft()]
+        finished = token == self.eos_id or len(active.generated) >= active.max_new_tokens
+        return Step([token], finished, logprobs)
+
+
+def deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Step]
+               ) -> Callable[[Step], None]:
+    """A ``deliver`` that hands each round to ``queue`` on the event loop."""
+    def deliver(step: Step) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, step)
+
+    return deliver
