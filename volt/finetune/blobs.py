@@ -33,8 +33,7 @@ class BlobError(Exception):
     """A blob that is not there, or does not open under this key."""
 
 
-def bucket_name(metro: str) -> str:
-    return f"volt-blobs-{subjects.token(metro)}"
+bucket_name = subjects.blob_bucket
 
 
 def file_blob(file_id: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from volt.config import ConfigError, VoltConfig
+from volt.finetune.jobs import FineTuning
 from volt.forge.kube import KubeScope
 from volt.forge.leases import Forge
 from volt.identity.audit_log import AuditLog
@@ -57,6 +58,7 @@ async def run_scheduler(config: VoltConfig) -> None:
         tiers=config.scheduler.tiers,
         forge=forge,
         vault=vault,
+        finetune=FineTuning(ResourceStore(db), config.finetune),
     )
     forge.spark_inflight = scheduler.spark_inflight
     forge.handed_over = scheduler.handed_over

@@ -49,13 +49,15 @@ class NodeRecord:
     nvlink_domain: str = ""
     lease_id: str = ""
     """The Forge lease the node says its GPUs are handed to (its heartbeat)."""
+    adapters: list[str] = field(default_factory=list)
+    """Tuned models its engines have loaded (its heartbeat)."""
 
     def view(self) -> NodeView:
         return NodeView(
             node_id=self.node_id, metro=self.metro, tier=self.tier, models=self.models,
             state=self.state.value, load=self.load, inflight_by_replica=self.inflight_by_replica,
             capacity=self.capacity, problems=self.problems, seal=self.seal,
-            attestation=self.attestation,
+            attestation=self.attestation, adapters=self.adapters,
         )
 
 
@@ -121,13 +123,15 @@ class NodeTable:
                 attestation=attestation, engine_ready=ready, base_problems=base,
                 rack=message.rack, nvlink_domain=message.nvlink_domain,
                 lease_id=message.lease_id if isinstance(message, Heartbeat) else "",
+                adapters=list(message.adapters) if isinstance(message, Heartbeat) else [],
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
             # A hello from a live node means its agent restarted; its engine
             # readiness comes with the next heartbeat.
             event = NodeEvent.HEARTBEAT_NOT_READY
-        before = (record.state, record.metro, record.tier, record.models, record.capacity)
+        before = (record.state, record.metro, record.tier, record.models, record.capacity,
+                  record.adapters)
         record.state = next_state(record.state, event)
         record.metro, record.tier, record.models = message.metro, message.tier, list(message.models)
         record.capacity = message.capacity
@@ -143,10 +147,11 @@ class NodeTable:
             record.load = message.load
             record.inflight_by_replica = dict(message.inflight_by_replica)
             record.lease_id = message.lease_id
+            record.adapters = list(message.adapters)
         else:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models,
-                          record.capacity)
+                          record.capacity, record.adapters)
 
     # -- attestation ---------------------------------------------------------------
 

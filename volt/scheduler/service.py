@@ -20,6 +20,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from volt.finetune.jobs import FinetuneError, FineTuning
 from volt.forge.leases import Forge, ForgeError
 from volt.lifecycle import Refusal
 from volt.placement import DEFAULT_POLICY, PlacementQuery, Policy
@@ -29,6 +30,7 @@ from volt.scheduler.senders import sent_by
 from volt.store import Inventory
 from volt.vault.racks import Vault, VaultError
 from volt.wire import (
+    FINETUNE,
     FORGE,
     NODE,
     SCHEDULER,
@@ -38,8 +40,15 @@ from volt.wire import (
     AvailabilityAnswer,
     AvailabilityQuery,
     FamilyDecoder,
+    FileChanged,
+    FileDelete,
+    FileRecord,
+    FinetuneRefused,
     ForgeRefused,
     Heartbeat,
+    JobCancel,
+    JobChanged,
+    JobCreate,
     KubeconfigMint,
     KubeconfigMinted,
     KubeconfigRevoke,
@@ -58,6 +67,7 @@ from volt.wire import (
     RedfishCredentialMint,
     RedfishCredentialRevoke,
     TalosConfigQuery,
+    TrainProgress,
     VaultRefused,
     VerifierKeysAnswer,
     VerifierKeysQuery,
@@ -83,8 +93,14 @@ class Scheduler:
         tiers: Iterable[str] = (),
         forge: Forge | None = None,
         vault: Vault | None = None,
+        finetune: FineTuning | None = None,
     ) -> None:
         self.table = table
+        self.finetune = finetune
+        """Fine-tuning's files and jobs (None: its commands are refused)."""
+        if finetune is not None:
+            finetune.nodes = table.records
+            finetune.send = self._send_training
         self.forge = forge
         """Forge's leases (None: Forge's commands are refused)."""
         self.vault = vault
@@ -138,12 +154,15 @@ class Scheduler:
             await self.forge.load()  # before any command: leases resume first
         await nc.subscribe(subjects.SCHED_FORGE, cb=self._on_forge_command)
         await nc.subscribe(subjects.SCHED_VAULT, cb=self._on_vault_command)
+        await nc.subscribe(subjects.SCHED_FINETUNE, cb=self._on_finetune_command)
         log.info("scheduler started", extra={"scheduler_id": self.scheduler_id})
         async with asyncio.TaskGroup() as tasks:
             if self.forge is not None:
                 tasks.create_task(self.forge.run())
             if self.vault is not None:
                 tasks.create_task(self.vault.run())
+            if self.finetune is not None:
+                tasks.create_task(self.finetune.run())
             await self._publish_forever()
 
     async def _publish_forever(self) -> None:
@@ -177,6 +196,12 @@ class Scheduler:
             return
         if not sent_by(msg, message.node_id):
             return
+        if isinstance(message, TrainProgress):
+            if self.finetune is not None:
+                self._spawn(self.finetune.progress(message))
+            return
+        if isinstance(message, Heartbeat) and self.finetune is not None:
+            self.finetune.node_report(message.node_id, message.training)
         if self.table.observe(message):
             self._dirty.set()
             log.info("node changed", extra={
@@ -281,7 +306,8 @@ class Scheduler:
     async def _answer(self, msg: Msg, family: FamilyDecoder[Any],
                       apply: Callable[[Any], Awaitable[WireMessage]],
                       refusal: type[Refusal],
-                      refused: type[ForgeRefused | VaultRefused], noun: str) -> None:
+                      refused: type[ForgeRefused | VaultRefused | FinetuneRefused],
+                      noun: str) -> None:
         """Apply one command of a writer's family and answer it: the result, or
         the refusal (``code``/``status``) the API passes on to the client."""
         command = family.decode_or_drop(msg.data)
@@ -357,3 +383,35 @@ class Scheduler:
         else:
             raise VaultError("Not a Vault command.", code="invalid_command", status=400)
         return RackChanged(rack_id=record.id, state=record.state)
+
+    # --- Fine-tuning ----------------------------------------------------------------
+
+    async def _send_training(self, node_id: str, message: WireMessage) -> None:
+        if self._nc is not None:
+            await self._nc.publish(subjects.train(node_id), encode(message))
+
+    async def _on_finetune_command(self, msg: Msg) -> None:
+        self._in_task(self._answer(msg, FINETUNE, self._finetune_answer, FinetuneError,
+                                   FinetuneRefused, "job"))
+
+    async def _finetune_answer(self, command: object) -> WireMessage:
+        finetune = self.finetune
+        if finetune is None:
+            raise FinetuneError("Fine-tuning is not enabled on this Volt.",
+                                code="finetune_disabled", status=503)
+        if isinstance(command, FileRecord):
+            record = await finetune.record_file(command)
+            return FileChanged(file_id=record.id, state=record.state,
+                               metro=record.spec["metro"])
+        if isinstance(command, FileDelete):
+            record = await finetune.delete_file(command.org_id, command.file_id)
+            return FileChanged(file_id=record.id, state=record.state,
+                               metro=record.spec["metro"])
+        if isinstance(command, JobCreate):
+            record = await finetune.create_job(command)
+        elif isinstance(command, JobCancel):
+            record = await finetune.cancel_job(command.org_id, command.job_id)
+        else:
+            raise FinetuneError("Not a fine-tuning command.", code="invalid_command",
+                                status=400)
+        return JobChanged(job_id=record.id, state=record.state)

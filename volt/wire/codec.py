@@ -22,6 +22,7 @@ from volt.wire.messages import (
     WIRE_VERSION,
     AttestMessage,
     BatchedReplyMessage,
+    FinetuneMessage,
     ForgeMessage,
     IdentityMessage,
     InferenceMessage,
@@ -115,3 +116,4 @@ IDENTITY: FamilyDecoder[IdentityMessage] = FamilyDecoder("identity", IdentityMes
 ATTEST: FamilyDecoder[AttestMessage] = FamilyDecoder("attest", AttestMessage)
 FORGE: FamilyDecoder[ForgeMessage] = FamilyDecoder("forge", ForgeMessage)
 VAULT: FamilyDecoder[VaultMessage] = FamilyDecoder("vault", VaultMessage)
+FINETUNE: FamilyDecoder[FinetuneMessage] = FamilyDecoder("finetune", FinetuneMessage)

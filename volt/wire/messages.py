@@ -91,6 +91,20 @@ class NodeHello(WireMessage, frozen=True, kw_only=True, tag="node.hello"):
     nvlink_domain: str = ""
 
 
+class TrainStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A fine-tune job as the agent running it sees it (in every heartbeat, so
+    a restarted scheduler learns each job's fate from the next one)."""
+
+    job_id: str
+    state: Literal["running", "succeeded", "failed", "cancelled"]
+    step: int = 0
+    total_steps: int = 0
+    trained_tokens: int = 0
+    error: str = ""
+    checkpoints: list[int] = []
+    """The steps whose checkpoint is kept (the last epochs')."""
+
+
 class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     node_id: str
     metro: str
@@ -114,6 +128,25 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     lease_id: str = ""
     """The Forge lease this node has handed its GPUs to (its engines stopped);
     empty: it serves Spark."""
+    training: list[TrainStatus] = []
+    """The fine-tune jobs this agent ran since it started (the recent ones)."""
+    adapters: list[str] = []
+    """The tuned models (LoRA adapters) its engines have loaded now."""
+
+
+class TrainProgress(WireMessage, frozen=True, kw_only=True, tag="node.training"):
+    """A running job's progress: one of its events (metadata only: numbers)."""
+
+    node_id: str
+    job_id: str
+    event: Literal["start", "step", "checkpoint"]
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    trained_tokens: int = 0
+    at: float = 0.0
 
 
 class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
@@ -122,7 +155,7 @@ class NodeGoodbye(WireMessage, frozen=True, kw_only=True, tag="node.goodbye"):
     node_id: str
 
 
-NodeMessage = NodeHello | Heartbeat | NodeGoodbye
+NodeMessage = NodeHello | Heartbeat | NodeGoodbye | TrainProgress
 
 
 # --- scheduler family (global, metadata only) ----------------------------------
@@ -150,6 +183,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     """``attested``, ``not_attested`` (no TPM, allowed for development) or ``failed``."""
     lease_id: str = ""
     """The Forge lease the node is given to: it takes no Spark request."""
+    adapters: list[str] = []
+    """Tuned models loaded on the node: their requests go there first."""
 
 
 class PlacementView(WireMessage, frozen=True, kw_only=True, tag="sched.view"):
@@ -191,7 +226,33 @@ class NodeAssignment(WireMessage, frozen=True, kw_only=True, tag="sched.assign")
     lease_id: str = ""
 
 
-SchedulerMessage = PlacementView | ViewQuery | PlaceQuery | PlaceAnswer | NodeAssignment
+class TrainStart(WireMessage, frozen=True, kw_only=True, tag="sched.train.start"):
+    """The scheduler to one node: train this job (repeated until the node's
+    heartbeat names it). Carries no data: the agent reads the training file
+    from its metro's blob store."""
+
+    node_id: str
+    job_id: str
+    org_id: str
+    model: str
+    """The base model (the agent's engine serves it)."""
+    training_file: str
+    validation_file: str | None = None
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    lora_rank: int
+    lora_alpha: int
+    seed: int
+
+
+class TrainCancel(WireMessage, frozen=True, kw_only=True, tag="sched.train.cancel"):
+    node_id: str
+    job_id: str
+
+
+SchedulerMessage = (PlacementView | ViewQuery | PlaceQuery | PlaceAnswer | NodeAssignment
+                    | TrainStart | TrainCancel)
 
 
 # --- inference family: API <-> agent (metro-local, carries payloads) ------------
@@ -677,3 +738,69 @@ VaultMessage = (RackReserve | RackRelease | RackChanged | AttestationReportQuery
                 | AttestationReportAnswer | VerifierKeysQuery | VerifierKeysAnswer
                 | TalosConfigQuery | TalosConfigAnswer | RedfishCredentialMint
                 | RedfishCredentialMinted | RedfishCredentialRevoke | VaultRefused)
+
+
+# --- fine-tuning family: API <-> scheduler, request/reply (global, metadata only) --
+#
+# The scheduler is the single writer of files' records and jobs; the API stores
+# a file's bytes in its metro's blob store first, then records it here. No
+# line of training data ever crosses these subjects.
+
+
+class FileRecord(WireMessage, frozen=True, kw_only=True, tag="finetune.file.record"):
+    org_id: str
+    file_id: str
+    metro: str
+    filename: str
+    bytes: int
+    purpose: str
+    examples: int
+    sha256: str
+    created_by: str = ""
+
+
+class FileDelete(WireMessage, frozen=True, kw_only=True, tag="finetune.file.delete"):
+    org_id: str
+    file_id: str
+
+
+class FileChanged(WireMessage, frozen=True, kw_only=True, tag="finetune.file"):
+    file_id: str
+    state: str
+    metro: str
+
+
+class JobCreate(WireMessage, frozen=True, kw_only=True, tag="finetune.job.create"):
+    org_id: str
+    created_by: str = ""
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str = ""
+    seed: int
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    lora_rank: int
+    lora_alpha: int
+
+
+class JobCancel(WireMessage, frozen=True, kw_only=True, tag="finetune.job.cancel"):
+    org_id: str
+    job_id: str
+
+
+class JobChanged(WireMessage, frozen=True, kw_only=True, tag="finetune.job"):
+    job_id: str
+    state: str
+
+
+class FinetuneRefused(WireMessage, frozen=True, kw_only=True, tag="finetune.refused"):
+    code: str
+    message: str
+    status: int
+    param: str | None = None
+
+
+FinetuneMessage = (FileRecord | FileDelete | FileChanged | JobCreate | JobCancel | JobChanged
+                   | FinetuneRefused)

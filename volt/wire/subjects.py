@@ -21,7 +21,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What a node publishes sits under its own prefix, ``volt.node.<node_id>.``, so
 # the bus can allow each node exactly its own subjects (wire/permissions.py) and
 # the scheduler can check that a message names the node whose subject it came on.
-NODE_EVENTS = ("hello", "heartbeat", "goodbye")
+NODE_EVENTS = ("hello", "heartbeat", "goodbye", "training")
 ATTEST_STEPS = ("enroll", "proof", "nonce", "evidence")
 """Request/reply with the scheduler: ``enroll`` (a node presents its TPM; the answer
 is a credential challenge), ``proof`` (the activated credential; the answer says
@@ -37,6 +37,8 @@ SCHED_FORGE = "volt.sched.forge"
 """Request/reply: the API's Forge commands (leases, kubeconfigs, availability)."""
 SCHED_VAULT = "volt.sched.vault"
 """Request/reply: the API's Vault commands (racks, attestation reports, verifier keys)."""
+SCHED_FINETUNE = "volt.sched.finetune"
+"""Request/reply: the API's fine-tuning commands (files' records, jobs)."""
 USAGE_STREAM = "VOLT_USAGE"
 """The JetStream stream that holds usage records until the scheduler has stored them."""
 
@@ -85,8 +87,22 @@ def assignment(node_id: str) -> str:
     return f"volt.sched.assign.{token(node_id)}"
 
 
+TRAIN_ALL = "volt.sched.train.*"
+"""Every node's training commands (the scheduler publishes them)."""
+
+
+def train(node_id: str) -> str:
+    """The scheduler's fine-tuning commands to one node (start, cancel)."""
+    return f"volt.sched.train.{token(node_id)}"
+
+
+def blob_bucket(metro: str) -> str:
+    """The JetStream object store bucket of a metro's training files and adapters."""
+    return f"volt-blobs-{token(metro)}"
+
+
 def node_event(node_id: str, event: str) -> str:
-    """A node's hello, heartbeat or goodbye."""
+    """A node's hello, heartbeat, goodbye or training progress."""
     return f"volt.node.{token(node_id)}.{_one_of(event, NODE_EVENTS, 'a node event')}"
 
 
