@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from volt.agent.adapters import Adapters
 from volt.agent.attestation import AttestationClient
 from volt.agent.engine import (
     VLLM_ENV,
@@ -21,10 +22,12 @@ from volt.agent.engine.tiny_model import MODEL_ID, ensure_built
 from volt.agent.seal import SealUnavailable, check_available
 from volt.agent.service import Agent, EngineHandle
 from volt.agent.telemetry import detect
+from volt.agent.training import Training
 from volt.config import ConfigError, VoltConfig
+from volt.finetune.blobs import Blobs, data_key
 from volt.identity.bus_credentials import bus_credentials
 from volt.identity.workload_ca import Svid
-from volt.wire import bus, permissions
+from volt.wire import bus, encode, permissions, subjects
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,20 @@ async def run_agent(config: VoltConfig) -> None:
                 "run the agent as root, or for development only set "
                 "agent.insecure_unsealed = true (VOLT_AGENT_INSECURE_UNSEALED=1)") from None
     supervisors = _supervisors(config)
+    blobs: list[Blobs] = []  # made once the bus is up
+
+    def blob_store() -> Blobs | None:
+        return blobs[0] if blobs else None
+
+    work = config.data_path / "finetune" / node_id
+    model_dirs = {config.agent.model: config.model_dir()} \
+        if config.agent.engine == "cpu" and config.agent.engine_mode == "model" else {}
+    training = Training(
+        node_id=node_id, metro=config.agent.metro, work_dir=work / "jobs",
+        model_dirs=model_dirs, settings=config.finetune, blobs=blob_store,
+        publish=lambda message: nc.publish(subjects.node_event(node_id, "training"),
+                                           encode(message)),
+        sealed=not config.agent.insecure_unsealed, threads=config.agent.engine_threads)
     agent = Agent(
         node_id=node_id, metro=config.agent.metro, tier=config.agent.tier,
         engines=[EngineHandle(model, sup.client, sup.ready, sup.seal_check, pause=sup.pause,
@@ -134,9 +151,12 @@ async def run_agent(config: VoltConfig) -> None:
             node_id, config.agent.tpm, config.agent.event_log,
             interval_s=config.agent.attestation_interval_s,
             renew=renew if earned else None) if config.agent.tpm else None,
+        training=training,
+        adapters=Adapters(metro=config.agent.metro, folder=work / "adapters", blobs=blob_store),
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}", tls=tls,
                            inbox_prefix=permissions.inbox_for("node", node_id))
+    blobs.append(Blobs(nc, data_key(config)))
     log.info("agent started", extra={"node_id": node_id, "metro": config.agent.metro,
                                      "models": [model for model, _ in supervisors]})
     try:

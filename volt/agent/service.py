@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 
+from volt.agent.adapters import Adapters, AdapterUnavailable
 from volt.agent.attestation import AttestationClient
 from volt.agent.engine.client import (
     EngineChunk,
@@ -32,7 +33,9 @@ from volt.agent.engine.client import (
 from volt.agent.outbox import ReplyOutbox
 from volt.agent.seal import Seal, SealCheck
 from volt.agent.telemetry import GpuCollector, GpuTelemetry
+from volt.agent.training import Training
 from volt.agent.usage import UsagePublisher
+from volt.finetune import model_ids
 from volt.wire import (
     INFERENCE,
     SCHEDULER,
@@ -49,6 +52,8 @@ from volt.wire import (
     NodeGoodbye,
     NodeHello,
     StreamChunk,
+    TrainCancel,
+    TrainStart,
     Usage,
     UsageRecord,
     encode,
@@ -119,8 +124,14 @@ class Agent:
         insecure: bool = False,
         attestation: AttestationClient | None = None,
         stream_interval_s: float = 0.0,
+        training: Training | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
         self.node_id = subjects.token(node_id)
+        self.training = training
+        """Runs fine-tune jobs the scheduler sends (None: this node trains nothing)."""
+        self.adapters = adapters
+        """Loads tuned models into the engines (None: this node serves none)."""
         self.stream_interval_s = stream_interval_s
         """Replies to one API replica within this long ride in one bus message."""
         self.outbox: ReplyOutbox | None = None
@@ -160,6 +171,7 @@ class Agent:
         )
         await nc.subscribe(subjects.cancel(self.metro, self.node_id), cb=self._on_cancel)
         await nc.subscribe(subjects.assignment(self.node_id), cb=self._on_assignment)
+        await nc.subscribe(subjects.train(self.node_id), cb=self._on_train)
         await self.gpus.refresh()
         await self._publish_hello()
         publisher = asyncio.create_task(self.usage.run(nc))
@@ -174,6 +186,8 @@ class Agent:
             await asyncio.gather(*background, return_exceptions=True)
             # Requests still running end as cancelled and record their usage;
             # then the publisher drains its queue to JetStream.
+            if self.training is not None:
+                await self.training.stop()
             inflight = list(self._inflight.values())
             for task in inflight:
                 task.cancel()
@@ -232,7 +246,27 @@ class Agent:
             heartbeat_interval_s=self.heartbeat_interval_s, seq=self._seq,
             inflight_by_replica=dict(self._by_replica), capacity=self.capacity,
             rack=self.rack, nvlink_domain=self.nvlink_domain, lease_id=self.lease_id,
+            training=self.training.statuses() if self.training is not None else [],
+            adapters=self.adapters.names() if self.adapters is not None else [],
         )
+
+    # -- fine-tuning --------------------------------------------------------------
+
+    async def _on_train(self, msg: Msg) -> None:
+        message = SCHEDULER.decode_or_drop(msg.data)
+        if (isinstance(message, TrainStart | TrainCancel) and message.node_id == self.node_id
+                and self.training is not None):
+            self.training.command(message)
+
+    def _engine_for(self, model: str) -> tuple[EngineHandle | None, model_ids.TunedModel | None]:
+        """The engine serving ``model``; for a tuned model, its base model's."""
+        handle = self.engines.get(model)
+        if handle is not None or self.adapters is None:
+            return handle, None
+        tuned = model_ids.parse(model)
+        if tuned is None:
+            return None, None
+        return self.engines.get(tuned.base), tuned
 
     # -- Forge: handing the GPUs over and taking them back ----------------------
 
@@ -279,6 +313,10 @@ class Agent:
         assert self._nc is not None
         while True:
             started = time.monotonic()
+            if self.adapters is not None:
+                for model, handle in self.engines.items():
+                    if not handle.ready.is_set():
+                        self.adapters.engine_down(model)
             self._load = await self._read_load()
             # Publishing while NATS is down buffers in the client (bounded);
             # nats-py flushes it after reconnecting.
@@ -320,7 +358,7 @@ class Agent:
             log.warning("request with a foreign reply subject dropped",
                         extra={"request_id": request.request_id})
             return
-        handle = self.engines.get(request.model)
+        handle, _ = self._engine_for(request.model)
         ready = handle is not None and handle.ready.is_set()
         if len(self._inflight) >= self.max_inflight or not ready:
             reason = "overloaded" if ready else "engine_unavailable"
@@ -365,8 +403,12 @@ class Agent:
             remaining = request.deadline_unix - time.time()
             if remaining <= 0:
                 raise TimeoutError
-            engine = self.engines[request.model].client
+            handle, tuned = self._engine_for(request.model)
+            assert handle is not None
+            engine = handle.client
             async with asyncio.timeout(remaining):
+                if tuned is not None and self.adapters is not None:
+                    await self.adapters.ensure(engine, tuned)
                 if request.endpoint == "embeddings":
                     await self._embed(engine, request, reply, received, progress)
                 else:
@@ -378,6 +420,11 @@ class Agent:
             await self._reply(reply, InferenceError(
                 request_id=request.request_id, code="deadline_exceeded", status=504,
                 message="the request ran past its deadline",
+            ))
+        except AdapterUnavailable as exc:
+            await self._reply(reply, InferenceError(
+                request_id=request.request_id, code=exc.code, status=exc.status,
+                message=str(exc), retryable=exc.status >= 500,
             ))
         except EngineRejected as exc:
             message = exc.message

@@ -70,8 +70,11 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 def _model(card: ModelCard, nodes: list[NodeView]) -> Model:
     # Only pods that can take the request count: a drained node serves nobody.
+    # A tuned model is served by its base model's pods in its metro.
+    served = card.base or card.id
     serving = [node for node in nodes
-               if node.state == "ready" and not node.lease_id and card.id in node.models]
+               if node.state == "ready" and not node.lease_id and served in node.models
+               and (not card.metro or node.metro == card.metro)]
     insecure = any(node.seal == "insecure" for node in serving)
     not_attested = any(node.attestation != "attested" for node in serving)
     return Model(id=card.id, created=card.created, owned_by=card.owned_by, object="model",
@@ -240,20 +243,26 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         log.error("unhandled error", exc_info=error, extra={"path": request.path})
         return error_response(ApiError("The server had an error processing your request."))
 
+    def visible(card: ModelCard, principal: Principal) -> bool:
+        """Base models in the org's catalog, and the org's own tuned models of them."""
+        if card.org_id:
+            return card.org_id == principal.org_id and principal.catalog.allows_model(card.base)
+        return principal.catalog.allows_model(card.id)
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         principal: Principal = g.principal
-        allowed = principal.catalog.allows_model
-        cards = [card for card in services.router.catalog.values() if allowed(card.id)]
+        cards = [card for card in services.router.catalog.values() if visible(card, principal)]
         nodes = services.router.nodes
         return _json(ModelList(data=[_model(card, nodes) for card in cards]))
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
         principal: Principal = g.principal
-        if not principal.catalog.allows_model(model_id):
+        card = services.router.catalog.get(model_id)
+        if card is None or not visible(card, principal):
             raise ModelNotFound(model_id)
-        return _json(_model(services.router.model(model_id), services.router.nodes))
+        return _json(_model(card, services.router.nodes))
 
     # Volt's reference spells it fine-tuning; OpenAI's clients call fine_tuning.
     @app.route("/v1/fine-tuning/jobs", methods=["GET", "POST"])

@@ -94,6 +94,10 @@ class Router:
             raise ModelNotFound(model_id)
         return card
 
+    def with_adapter(self, model: str) -> list[str]:
+        """The nodes that have tuned model ``model``'s adapter loaded."""
+        return [node.node_id for node in self.nodes if model in node.adapters]
+
     def place(self, query: PlacementQuery, exclude: Iterable[str] = ()) -> NodeView:
         if query.metros is None:
             nodes = self._by_model.get(query.model, [])

@@ -115,10 +115,22 @@ def placement_query(model: str, options: VoltOptions | None, principal: Principa
     pin, the catalog's metros and tiers are the limit.
     """
     catalog = principal.catalog
-    if not catalog.allows_model(model):
+    card = router.catalog.get(model)
+    tuned = card is not None and bool(card.org_id)
+    if tuned and card is not None and card.org_id != principal.org_id:
+        raise ModelNotFound(model)  # another org's tuned model does not exist for this one
+    if not catalog.allows_model(card.base if tuned and card is not None else model):
         raise ModelNotFound(model)
     router.model(model)
     pinned = options.metros() if options is not None else None
+    if tuned and card is not None:
+        # A tuned model is served only in the metro its adapter (trained on the
+        # org's data) was made in, by the engines of its base model.
+        if pinned is not None and card.metro not in pinned:
+            raise InvalidRequest(f"The model `{model}` is served only in metro {card.metro}.",
+                                 param="volt.metro", code="model_not_in_metro")
+        pinned = [card.metro]
+        model = card.base
     tier = options.tier if options is not None else None
     metros: frozenset[str] | None = frozenset(pinned) if pinned is not None else None
     if catalog.metros is not None:
@@ -239,6 +251,9 @@ class Dispatcher:
         affinity = self.affinity.matches(blocks)
         if (pinned := self.affinity.session_node(session)) is not None:
             affinity[pinned] = 1.0
+        if job.model != job.query.model:  # a tuned model: first where its adapter is loaded
+            for node_id in self.router.with_adapter(job.model):
+                affinity[node_id] = 1.0
         query = dataclasses.replace(job.query, affinity=affinity) if affinity else job.query
         call = await self._dispatch(query, job, arrived, principal)
         self.affinity.served(blocks, call.node.node_id, session)

@@ -35,6 +35,7 @@ from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.wire import (
     FileRecord,
     JobCreate,
+    ModelCard,
     TrainCancel,
     TrainProgress,
     TrainStart,
@@ -97,6 +98,23 @@ class FineTuning:
         self._wake = asyncio.Event()
         self._reports: dict[str, _Report] = {}
         self._started_at = clock()
+        self.cards: dict[str, ModelCard] = {}
+        """Every tuned model (a succeeded job's), for the placement view's catalog."""
+        self.on_change: Callable[[], None] = lambda: None
+        """The catalog changed: publish the view now."""
+
+    async def load(self) -> None:
+        """The tuned models already made (at start, before serving)."""
+        for record in await self.store.in_states(JOB_KIND, [JobState.SUCCEEDED.value]):
+            self._add_card(record)
+
+    def _add_card(self, record: ResourceRecord) -> None:
+        model = record.status.get("fine_tuned_model")
+        if model:
+            self.cards[model] = ModelCard(
+                id=model, created=int(record.status.get("finished_at", record.updated_at)),
+                owned_by=record.org_id, org_id=record.org_id, base=record.spec["model"],
+                metro=record.spec["metro"])
 
     # --- commands ----------------------------------------------------------------
 
@@ -315,11 +333,13 @@ class FineTuning:
         if status is not None and status.state == "succeeded":
             model = TunedModel(record.spec["model"], org_token(record.org_id),
                                record.spec.get("suffix", ""), record.id).id
-            await self._advance(record, JobEvent.SUCCEEDED, "trained", extra={
+            record = await self._advance(record, JobEvent.SUCCEEDED, "trained", extra={
                 "fine_tuned_model": model, "finished_at": now,
                 "trained_tokens": status.trained_tokens, "step": status.step},
                 events=[event(f"New fine-tuned model created: {model}", at=now),
                         event("The job has successfully completed", at=now)])
+            self._add_card(record)
+            self.on_change()
             log.info("fine-tuning job succeeded", extra={"job_id": record.id})
             return
         if status is not None and status.state in ("failed", "cancelled"):

@@ -101,6 +101,7 @@ class Scheduler:
         if finetune is not None:
             finetune.nodes = table.records
             finetune.send = self._send_training
+            finetune.on_change = self.changed
         self.forge = forge
         """Forge's leases (None: Forge's commands are refused)."""
         self.vault = vault
@@ -133,9 +134,12 @@ class Scheduler:
                      if node.node_id in leased else node for node in nodes]
         self._metros.update(node.metro for node in nodes)
         self._tiers.update(node.tier for node in nodes)
+        cards = list(self._catalog.values())
+        if self.finetune is not None:
+            cards += self.finetune.cards.values()
         return PlacementView(
             scheduler_id=self.scheduler_id, seq=self._seq, nodes=nodes,
-            models=sorted(self._catalog.values(), key=lambda card: card.id),
+            models=sorted(cards, key=lambda card: card.id),
             metros=sorted(self._metros), tiers=sorted(self._tiers),
         )
 
@@ -152,6 +156,8 @@ class Scheduler:
         await nc.subscribe(subjects.SCHED_PLACE, cb=self._on_place_query)
         if self.forge is not None:
             await self.forge.load()  # before any command: leases resume first
+        if self.finetune is not None:
+            await self.finetune.load()
         await nc.subscribe(subjects.SCHED_FORGE, cb=self._on_forge_command)
         await nc.subscribe(subjects.SCHED_VAULT, cb=self._on_vault_command)
         await nc.subscribe(subjects.SCHED_FINETUNE, cb=self._on_finetune_command)

@@ -165,6 +165,12 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     created: int
     owned_by: str = "volt"
+    org_id: str = ""
+    """A tuned model: only this org sees and calls it (empty: a base model)."""
+    base: str = ""
+    """A tuned model's base model: the engines that serve it load its adapter."""
+    metro: str = ""
+    """A tuned model's metro: its adapter (trained on the org's data) stays there."""
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True):

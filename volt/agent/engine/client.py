@@ -261,6 +261,12 @@ class EngineClient:
         except msgspec.MsgspecError as exc:
             raise EngineError("engine sent an unreadable completion") from exc
 
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Load a LoRA adapter as model ``name`` (vLLM's runtime LoRA API; the
+        CPU engine speaks it too). Already loaded: nothing to do."""
+        await self._post("/v1/load_lora_adapter", msgspec.json.encode(
+            {"lora_name": name, "lora_path": str(path)}))
+
     async def embed(self, body: bytes) -> Embedded:
         """``/v1/embeddings``, asked for base64 (``body`` says so): the vectors'
         float32 bytes, in input order."""

@@ -1,0 +1,80 @@
+"""Tuned models on this node: LoRA adapters loaded into the engine on first use.
+
+A request for ``ft:<base>:...`` goes to the engine of ``<base>``. The first
+one here fetches the adapter from the metro's blob store (sealed; opened with
+the fine-tuning data key), unpacks it into a private folder, and asks the
+engine to load it (vLLM's runtime LoRA API, which the CPU engine speaks too);
+later requests find it loaded. Heartbeats list what is loaded, so placement
+sends a tuned model's requests where its adapter already is. An engine that
+restarts forgets its adapters; so does this cache when the engine stops
+being ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from volt.agent.engine.client import EngineClient, EngineRejected
+from volt.agent.training import unpack
+from volt.finetune.blobs import BlobError, Blobs, adapter_blob
+from volt.finetune.model_ids import TunedModel
+
+log = logging.getLogger(__name__)
+
+
+class AdapterUnavailable(Exception):
+    """The tuned model cannot be served here: ``status`` and ``code`` for the client."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Adapters:
+    def __init__(self, *, metro: str, folder: Path, blobs: Callable[[], Blobs | None]) -> None:
+        self.metro = metro
+        self.folder = folder
+        self.blobs = blobs
+        self._loaded: dict[str, set[str]] = {}
+        """Base model -> the tuned models its engine has loaded."""
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def names(self) -> list[str]:
+        return sorted(name for names in self._loaded.values() for name in names)
+
+    def engine_down(self, base: str) -> None:
+        """The engine of ``base`` is not ready: whatever it had loaded is gone."""
+        self._loaded.pop(base, None)
+
+    async def ensure(self, client: EngineClient, tuned: TunedModel) -> None:
+        loaded = self._loaded.setdefault(tuned.base, set())
+        if tuned.id in loaded:
+            return
+        lock = self._locks.setdefault(tuned.id, asyncio.Lock())
+        async with lock:
+            if tuned.id in loaded:
+                return
+            folder = self.folder / tuned.job_id
+            if not (folder / "adapter_config.json").is_file():
+                blobs = self.blobs()
+                if blobs is None:
+                    raise AdapterUnavailable("the node cannot reach its blob store", 503,
+                                             "engine_unavailable")
+                try:
+                    data = await blobs.get(self.metro, adapter_blob(tuned.job_id))
+                except BlobError:
+                    raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
+                                             "model_not_found") from None
+                await asyncio.to_thread(unpack, data, folder)
+            try:
+                await client.load_adapter(tuned.id, folder)
+            except EngineRejected as exc:
+                if "already" not in exc.message:  # vLLM: "... has already been loaded"
+                    raise AdapterUnavailable(f"The engine cannot serve `{tuned.id}`: "
+                                             f"{exc.message}", 400, "unsupported_model") from None
+            loaded.add(tuned.id)
+            log.info("adapter loaded", extra={"job_id": tuned.job_id})
