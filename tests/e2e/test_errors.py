@@ -160,13 +160,15 @@ def test_health_and_docs_are_public(api_port: int) -> None:
             assert resp.status == 200
 
 
-def test_fine_tuning_says_it_is_not_available_yet(two_metros: Cluster, api_port: int) -> None:
+def test_fine_tuning_names_what_is_missing(two_metros: Cluster, api_port: int) -> None:
     with openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key=two_metros.api_key,
-                       max_retries=0) as sdk, pytest.raises(openai.APIStatusError) as info:
-        sdk.fine_tuning.jobs.create(model="volt-tiny", training_file="file-abc")
-    assert info.value.status_code == 501
-    assert "not available yet" in info.value.message
-    for method, path in (("GET", "/v1/fine-tuning/jobs"), ("GET", "/v1/fine-tuning/jobs/ft-1")):
+                       max_retries=0) as sdk:
+        with pytest.raises(openai.NotFoundError) as info:
+            sdk.fine_tuning.jobs.create(model="volt-tiny", training_file="file-abc")
+        assert info.value.body["param"] == "training_file"  # type: ignore[index]
+    for method, path in (("GET", "/v1/fine-tuning/jobs/ftjob-1"),
+                         ("GET", "/v1/fine_tuning/jobs/ftjob-1/events"),
+                         ("GET", "/v1/files/file-1")):
         status, _, payload = raw(api_port, method, path, None, auth(two_metros))
-        assert status == 501
-        assert payload["error"]["code"] == "not_implemented"
+        assert status == 404, payload
+        assert payload["error"]["code"] in ("job_not_found", "file_not_found")

@@ -45,6 +45,10 @@ class World:
     session: str
     """A console session of an admin of org A."""
     csrf: str
+    their_file: str = ""
+    """A training file of org B (its record, written straight to the store)."""
+    their_job: str = ""
+    """A fine-tuning job of org B, on that file."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Probe:
 
     path: Callable[[World], str]
     status: int = 404
-    body: dict[str, object] | None = None
+    body: dict[str, object] | Callable[[World], dict[str, object]] | None = None
     form: bool = False
 
 
@@ -79,21 +83,36 @@ def _racks(suffix: str = "") -> list[Probe]:
             Probe(lambda w: f"/v1/vault/racks/{w.free_rack}{suffix}")]
 
 
+def _jobs(base: str) -> dict[tuple[str, str], list[Probe] | NoId]:
+    """Org B's fine-tuning job, on every job route of one spelling."""
+    def job(suffix: str = "") -> Callable[[World], str]:
+        return lambda w: f"{base}/{w.their_job}{suffix}"
+
+    return {
+        ("POST", base): [Probe(lambda w: base, body=lambda w: {
+            "model": "volt-tiny", "training_file": w.their_file})],
+        ("GET", base): NoId("lists the caller's org (test_fine_tuning)"),
+        ("GET", base + "/{job_id}"): [Probe(job())],
+        ("POST", base + "/{job_id}/cancel"): [Probe(job("/cancel"), body={})],
+        ("GET", base + "/{job_id}/events"): [Probe(job("/events"))],
+        ("GET", base + "/{job_id}/checkpoints"): [Probe(job("/checkpoints"))],
+    }
+
+
 ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("POST", "/v1/chat/completions"): NoId("the body names a model; catalogs: test_catalog"),
     ("POST", "/v1/completions"): NoId("as chat"),
     ("POST", "/v1/embeddings"): NoId("as chat"),
     ("GET", "/v1/models"): NoId("lists the caller's catalog only (test_catalog)"),
     ("GET", "/v1/models/{model_id}"): [Probe(lambda w: "/v1/models/volt-tiny")],
-    ("POST", "/v1/fine-tuning/jobs"): NoId("creates in the caller's org"),
-    ("GET", "/v1/fine-tuning/jobs"): NoId("lists the caller's org"),
-    # No job exists yet for anyone: every id answers 501 (never 200 or 403).
-    ("GET", "/v1/fine-tuning/jobs/{job_id}"): [Probe(lambda w: "/v1/fine-tuning/jobs/ftjob-x",
-                                                     501)],
-    ("POST", "/v1/fine_tuning/jobs"): NoId("creates in the caller's org"),
-    ("GET", "/v1/fine_tuning/jobs"): NoId("lists the caller's org"),
-    ("GET", "/v1/fine_tuning/jobs/{job_id}"): [Probe(lambda w: "/v1/fine_tuning/jobs/ftjob-x",
-                                                     501)],
+    **{key: row for base in ("/v1/fine-tuning/jobs", "/v1/fine_tuning/jobs")
+       for key, row in _jobs(base).items()},
+    ("POST", "/v1/files"): NoId("stores in the caller's org"),
+    ("GET", "/v1/files"): NoId("lists the caller's org (test_fine_tuning)"),
+    ("GET", "/v1/files/{file_id}"): [Probe(lambda w: f"/v1/files/{w.their_file}")],
+    ("GET", "/v1/files/{file_id}/content"): [
+        Probe(lambda w: f"/v1/files/{w.their_file}/content")],
+    ("DELETE", "/v1/files/{file_id}"): [Probe(lambda w: f"/v1/files/{w.their_file}")],
     ("GET", "/v1/forge/availability"): NoId("the fleet's free capacity: no org's data"),
     ("POST", "/v1/forge/leases"): NoId("creates in the caller's org"),
     ("GET", "/v1/forge/leases"): NoId("lists the caller's org (test_forge)"),
@@ -218,11 +237,33 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             finally:
                 await db.close()
 
+        async def fine_tuning() -> tuple[str, str]:
+            db = Database(cluster.store_url)
+            try:
+                store = ResourceStore(db)
+                await store.create(kind="file", id="file-b", org_id=org_b, state="processed",
+                                   now=time.time(), status={}, spec={
+                                       "filename": "b.jsonl", "bytes": 10,
+                                       "purpose": "fine-tune", "metro": "fra", "examples": 1,
+                                       "sha256": "", "created_by": ""})
+                await store.create(kind="fine_tuning_job", id="ftjob-b", org_id=org_b,
+                                   state="running", now=time.time(), status={}, spec={
+                                       "model": "volt-tiny", "training_file": "file-b",
+                                       "validation_file": None, "suffix": "", "seed": 1,
+                                       "metro": "fra", "hyperparameters": {
+                                           "n_epochs": 1, "batch_size": 1,
+                                           "learning_rate_multiplier": 1.0,
+                                           "lora_rank": 8, "lora_alpha": 16}})
+                return "file-b", "ftjob-b"
+            finally:
+                await db.close()
+
         session, csrf = asyncio.run(console_session())
         their_rack, free_rack = asyncio.run(racks())
+        their_file, their_job = asyncio.run(fine_tuning())
         yield World(cluster, mine, cluster.org_id("org-a"), cluster.org_id("org-b"),
                     their_key_id, their_key, asyncio.run(their_lease()), their_rack, free_rack,
-                    session, csrf)
+                    session, csrf, their_file, their_job)
 
 
 PROBES = [(method, path, index, probe)
@@ -242,7 +283,8 @@ def test_another_orgs_resource_is_404(world: World, method: str, route: str, ind
                 "csrf_token": world.csrf, "name": "x", "user_code": "BCDF-GHJK",
                 "org_id": world.their_org, "action": "approve"})
         else:
-            response = client.request(method, probe.path(world), json=probe.body,
+            body = probe.body(world) if callable(probe.body) else probe.body
+            response = client.request(method, probe.path(world), json=body,
                                       headers={"Authorization": f"Bearer {world.mine}"})
     assert response.status_code == probe.status, response.text
     if response.headers.get("content-type", "").startswith("application/json"):

@@ -38,11 +38,12 @@ from volt.control_api.errors import (
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
-    NotImplementedYet,
     PayloadTooLarge,
     error_json,
     translate,
 )
+from volt.control_api.files import register_file_routes
+from volt.control_api.fine_tuning import register_fine_tuning_routes
 from volt.control_api.forge import register_forge_routes
 from volt.control_api.hot_path import Endpoint, HotPath
 from volt.control_api.identity_routes import register_identity_routes
@@ -53,6 +54,7 @@ from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
 from volt.control_api.vault import register_vault_routes
+from volt.finetune.blobs import Blobs, data_key
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
@@ -106,6 +108,8 @@ class ApiServices:
                              max_inflight_per_pod=config.api.max_inflight_per_pod,
                              replica_id=replica_id)
         self.nc: Client | None = None
+        self.blobs: Blobs | None = None
+        """Training files in their metros' object stores (sealed)."""
         self.endpoints: dict[str, Endpoint] = {}
         """Path -> the inference endpoint serving it (see ``hot_path``)."""
 
@@ -116,6 +120,7 @@ class ApiServices:
             on_reconnect=self.router.refresh, tls=self.credentials.tls(),
             inbox_prefix=permissions.inbox_for("api", self.replica_id),
         )
+        self.blobs = Blobs(self.nc, data_key(self.config))
         inference = InferenceClient(self.nc, self.replica_id)
         await inference.start()
         self.router.on_pods_lost = inference.pods_lost
@@ -264,17 +269,6 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
             raise ModelNotFound(model_id)
         return _json(_model(card, services.router.nodes))
 
-    # Volt's reference spells it fine-tuning; OpenAI's clients call fine_tuning.
-    @app.route("/v1/fine-tuning/jobs", methods=["GET", "POST"])
-    @app.route("/v1/fine_tuning/jobs", methods=["GET", "POST"])
-    @app.get("/v1/fine-tuning/jobs/<job_id>")
-    @app.get("/v1/fine_tuning/jobs/<job_id>")
-    async def fine_tuning(job_id: str | None = None) -> Response:
-        raise NotImplementedYet(
-            "Fine-tuning is not available yet: LoRA fine-tune jobs are coming in a later "
-            "release of Volt. Nothing was submitted."
-        )
-
     @app.get("/v1/usage")
     async def usage() -> Response:
         body = await usage_report(services.usage, ResourceStore(services.db), g.principal,
@@ -305,6 +299,8 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
     register_identity_routes(app, services.identity)
     register_forge_routes(app, services)
     register_vault_routes(app, services)
+    register_file_routes(app, services)
+    register_fine_tuning_routes(app, services)
     register_oauth_routes(app, services.identity)
     register_console(app, services.identity)
     return app

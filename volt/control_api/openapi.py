@@ -18,6 +18,16 @@ from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompleti
 from volt.protocol.common import ErrorResponse, Model, ModelList
 from volt.protocol.completions import Completion, CompletionRequest
 from volt.protocol.embeddings import EmbeddingList, EmbeddingRequest
+from volt.protocol.finetune import (
+    CreateFineTuningJobRequest,
+    FileDeleted,
+    FileList,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+)
 from volt.protocol.forge import (
     Availability,
     CreateLeaseRequest,
@@ -91,6 +101,8 @@ class Operation:
     session: bool = False
     """Authenticated by the console session cookie (after OIDC sign-in), not a bearer."""
     body_required: bool = True
+    multipart: tuple[tuple[str, str, bool, bool], ...] = ()
+    """(name, description, required, is a file) of a ``multipart/form-data`` body."""
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -134,14 +146,56 @@ OPERATIONS: tuple[Operation, ...] = (
             ("group_by", "Comma-separated: model, day, metro, tier, key"),
         ),
     ),
+    Operation("post", "/v1/files", "createFile",
+              "Upload a training file (JSONL, chat format), stored sealed in one metro",
+              response=FileObject, errors=(400, 401, 403, 413, 503),
+              multipart=(("file", "the JSONL file", True, True),
+                         ("purpose", "`fine-tune`", True, False),
+                         ("metro", "Volt: where to store it (default: the org's only "
+                                   "metro)", False, False))),
+    Operation("get", "/v1/files", "listFiles", "List the org's files (newest first)",
+              response=FileList, errors=(400, 401),
+              query=(("purpose", "only `fine-tune` files exist"),
+                     ("limit", "1 to 100, default 20"),
+                     ("after", "the last id of the previous page"), ("order", "`desc`"))),
+    Operation("get", "/v1/files/{file_id}", "retrieveFile", "Get a file",
+              response=FileObject, errors=(401, 404)),
+    Operation("get", "/v1/files/{file_id}/content", "downloadFile", "A file's content",
+              content_type="application/octet-stream", errors=(401, 403, 404)),
+    Operation("delete", "/v1/files/{file_id}", "deleteFile",
+              "Delete a file (its stored bytes are purged)", response=FileDeleted,
+              errors=(401, 404, 409)),
     *(
-        Operation(method, path, f"{verb}FineTuningJob{suffix}", f"{summary} (not available yet)",
-                  errors=(401, 501))
-        for base, suffix in (("/v1/fine-tuning/jobs", ""), ("/v1/fine_tuning/jobs", "OpenAI"))
-        for method, path, verb, summary in (
-            ("post", base, "create", "Submit a LoRA fine-tune job"),
-            ("get", base, "list", "List fine-tune jobs"),
-            ("get", base + "/{job_id}", "retrieve", "Get a fine-tune job"),
+        op
+        for base, suffix in (("/v1/fine_tuning/jobs", ""), ("/v1/fine-tuning/jobs", "Volt"))
+        for op in (
+            Operation("post", base, f"createFineTuningJob{suffix}",
+                      "Create a LoRA fine-tuning job", request=CreateFineTuningJobRequest,
+                      response=FineTuningJob, errors=(400, 401, 403, 404, 503),
+                      examples={"job": {"model": "volt-tiny", "training_file": "file-abc",
+                                        "hyperparameters": {"n_epochs": 3}}}),
+            Operation("get", base, f"listFineTuningJobs{suffix}",
+                      "List the org's fine-tuning jobs (newest first)",
+                      response=FineTuningJobList, errors=(400, 401),
+                      query=(("limit", "1 to 100, default 20"),
+                             ("after", "the last id of the previous page"),
+                             ("metadata", "not supported for filtering yet"))),
+            Operation("get", base + "/{job_id}", f"retrieveFineTuningJob{suffix}",
+                      "Get a fine-tuning job", response=FineTuningJob, errors=(401, 404)),
+            Operation("post", base + "/{job_id}/cancel", f"cancelFineTuningJob{suffix}",
+                      "Cancel a fine-tuning job (it stops within a training step)",
+                      response=FineTuningJob, errors=(401, 404, 409, 503)),
+            Operation("get", base + "/{job_id}/events", f"listFineTuningEvents{suffix}",
+                      "A job's events, newest first", response=FineTuningJobEventList,
+                      errors=(400, 401, 404),
+                      query=(("limit", "1 to 100, default 20"),
+                             ("after", "the last event id of the previous page"))),
+            Operation("get", base + "/{job_id}/checkpoints",
+                      f"listFineTuningJobCheckpoints{suffix}",
+                      "A job's kept checkpoints (its last epochs'), newest first",
+                      response=FineTuningJobCheckpointList, errors=(400, 401, 404),
+                      query=(("limit", "1 to 100, default 20"),
+                             ("after", "the last checkpoint id of the previous page"))),
         )
     ),
     Operation("get", "/v1/forge/availability", "getForgeAvailability",
@@ -357,6 +411,17 @@ def build_document(version: str) -> dict[str, Any]:
                 body["examples"] = {name: {"value": value} for name, value in op.examples.items()}
             operation["requestBody"] = {"required": op.body_required,
                                         "content": {"application/json": body}}
+        if op.multipart:
+            operation["requestBody"] = {"required": True, "content": {
+                "multipart/form-data": {"schema": {
+                    "type": "object",
+                    "properties": {name: ({"type": "string", "contentMediaType":
+                                           "application/octet-stream", "description": text}
+                                          if is_file else {"type": "string",
+                                                           "description": text})
+                                   for name, text, _, is_file in op.multipart},
+                    "required": [name for name, _, required, _ in op.multipart if required],
+                }}}}
         if op.form:
             operation["requestBody"] = {"required": True, "content": {
                 "application/x-www-form-urlencoded": {"schema": {

@@ -51,7 +51,10 @@ _FINE_TUNING = {
     (method, base + suffix): rule
     for base in ("/v1/fine-tuning/jobs", "/v1/fine_tuning/jobs")
     for method, suffix, rule in (("POST", "", _write()), ("GET", "", _read()),
-                                 ("GET", "/{job_id}", _read()))
+                                 ("GET", "/{job_id}", _read()),
+                                 ("POST", "/{job_id}/cancel", _write()),
+                                 ("GET", "/{job_id}/events", _read()),
+                                 ("GET", "/{job_id}/checkpoints", _read()))
 }
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -62,6 +65,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/models"): _read(),
     ("GET", "/v1/models/{model_id}"): _read(),
     **_FINE_TUNING,
+    # Training files are customer data: reading one back is a member's, like a write.
+    ("POST", "/v1/files"): _write(),
+    ("GET", "/v1/files"): _read(),
+    ("GET", "/v1/files/{file_id}"): _read(),
+    ("GET", "/v1/files/{file_id}/content"): _read(Role.MEMBER),
+    ("DELETE", "/v1/files/{file_id}"): _write(),
     # Forge: leases spend money and hand out cluster access, so they are
     # members' (writes) and recorded with a digest of the request.
     ("GET", "/v1/forge/availability"): _read(),
