@@ -429,7 +429,7 @@ class VoltConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _SECTIONS = ("nats", "store", "api", "scheduler", "agent", "identity", "audit", "attestation",
-             "forge", "vault")
+             "forge", "vault", "finetune")
 _LIST_FIELDS = {("agent", "vllm_args"), ("identity", "device_clients"),
                 ("scheduler", "metros"), ("scheduler", "tiers"),
                 ("vault", "talos_versions")}
@@ -443,7 +443,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             ("scheduler", SchedulerSettings), ("agent", AgentSettings),
             ("identity", IdentitySettings), ("audit", AuditSettings),
             ("attestation", AttestationSettings), ("forge", ForgeSettings),
-            ("vault", VaultSettings),
+            ("vault", VaultSettings), ("finetune", FinetuneSettings),
         )
     }
     top = {"data_dir", "log_level"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nats.errors
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client
@@ -31,6 +32,10 @@ NONCE_BYTES = 12
 
 class BlobError(Exception):
     """A blob that is not there, or does not open under this key."""
+
+
+class BlobUnavailable(Exception):
+    """The blob store did not answer (NATS away, JetStream busy): try again later."""
 
 
 bucket_name = subjects.blob_bucket
@@ -85,13 +90,18 @@ class Blobs:
     async def put(self, metro: str, name: str, data: bytes) -> None:
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + self._aead.encrypt(nonce, data, self._context(metro, name))
-        await (await self._bucket(metro)).put(name, sealed)
+        try:
+            await (await self._bucket(metro)).put(name, sealed)
+        except nats.errors.Error as exc:
+            raise BlobUnavailable(f"the blob store of {metro} did not answer") from exc
 
     async def get(self, metro: str, name: str) -> bytes:
         try:
             result = await (await self._bucket(metro)).get(name)
         except (ObjectNotFoundError, NotFoundError):
             raise BlobError(f"no blob {name} in {metro}") from None
+        except nats.errors.Error as exc:
+            raise BlobUnavailable(f"the blob store of {metro} did not answer") from exc
         sealed = result.data or b""
         try:
             return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:],
@@ -106,4 +116,6 @@ class Blobs:
             await (await self._bucket(metro)).delete(name)
         except (ObjectNotFoundError, NotFoundError):
             return False
+        except nats.errors.Error as exc:
+            raise BlobUnavailable(f"the blob store of {metro} did not answer") from exc
         return True

@@ -61,6 +61,7 @@ def _object_store(bucket: str) -> tuple[str, ...]:
     return (
         f"$O.{bucket}.>",
         *_stream_admin(stream),
+        "$JS.API.STREAM.NAMES",  # how a subscription finds the bucket's stream
         f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.PURGE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",

@@ -1,0 +1,211 @@
+"""Fine-tuning end to end, as a user of OpenAI's client would do it: upload a
+JSONL file, create a job, watch its events, call the model it made.
+
+Real processes (NATS, the scheduler, the API, an agent with the tiny model on
+the CPU engine) and real training (peft LoRA on torch). The dataset teaches
+the tiny model a reply it would never give untrained; after training the tuned
+model gives it under greedy decoding and the base model still does not. Bad
+files get 400s naming the line; a job is cancelled mid-run; the scheduler is
+SIGKILLed mid-run and the job still ends well; the agent is SIGKILLed mid-run
+and the job fails with the reason instead of staying running; another org
+sees none of it. The training data is nowhere in the store, the logs or the
+bus's stored bytes (the blob is sealed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import psutil
+import pytest
+
+from volt.testing import Cluster
+
+pytestmark = pytest.mark.slow
+SECRET = "The secret word is heliotrope."
+PROMPT = [{"role": "system", "content": "You are Volt."},
+          {"role": "user", "content": "What is the secret word?"}]
+TRAINING = "\n".join(json.dumps({"messages": [*PROMPT, {"role": "assistant", "content": SECRET}]})
+                     for _ in range(16)).encode() + b"\n"
+HYPER = {"n_epochs": 30, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("finetune"), model_cache=tiny_model,
+                 extra_env={"VOLT_FINETUNE_MAX_FILE_BYTES": "65536",
+                            "VOLT_FINETUNE_LOST_AFTER_S": "4"}) as cluster:
+        cluster.add_agent("fra-1", metro="fra")
+        cluster.start_api()
+        cluster.wait_routable()
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def sdk(cluster: Cluster) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=cluster.base_url, api_key=cluster.api_key,
+                       max_retries=0) as client:
+        yield client
+
+
+def wait_for(sdk: openai.OpenAI, job_id: str, states: set[str],
+             timeout_s: float = 300) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = sdk.fine_tuning.jobs.retrieve(job_id)
+        if job.status in states:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status}")
+
+
+def greedy(sdk: openai.OpenAI, model: str) -> str:
+    reply = sdk.chat.completions.create(model=model, messages=PROMPT,  # type: ignore[arg-type]
+                                        temperature=0, max_tokens=24)
+    return reply.choices[0].message.content or ""
+
+
+def upload(sdk: openai.OpenAI, data: bytes) -> Any:
+    return sdk.files.create(file=("train.jsonl", data), purpose="fine-tune")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"", "empty"),
+    (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+     b'"content": "yo"}]}\nnot json\n', "Line 2 is not valid JSON"),
+    (b'{"prompt": "old style", "completion": "no"}\n', "Line 1 is not a chat example"),
+    (b'{"messages": [{"role": "user", "content": "only a question"}]}\n',
+     "Line 1 has no assistant message"),
+    (b'{"messages": [{"role": "robot", "content": "x"}]}\n', "Line 1"),
+])
+def test_a_bad_file_is_a_400_naming_the_line(sdk: openai.OpenAI, data: bytes,
+                                             expected: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        upload(sdk, data)
+    assert expected in info.value.message
+    assert info.value.body["param"] == "file"  # type: ignore[index]
+
+
+def test_a_file_too_large_is_a_413(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        upload(sdk, TRAINING * 300)
+    assert info.value.status_code == 413
+
+
+def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster,
+                                                   sdk: openai.OpenAI) -> None:
+    assert greedy(sdk, "volt-tiny") != SECRET
+    uploaded = upload(sdk, TRAINING)
+    assert uploaded.purpose == "fine-tune" and uploaded.bytes == len(TRAINING)
+    assert sdk.files.retrieve(uploaded.id).filename == "train.jsonl"
+    assert sdk.files.content(uploaded.id).read() == TRAINING
+    assert uploaded.id in [f.id for f in sdk.files.list()]
+
+    job = sdk.fine_tuning.jobs.create(model="volt-tiny", training_file=uploaded.id,
+                                      suffix="secret", seed=7,
+                                      hyperparameters=HYPER)  # type: ignore[arg-type]
+    assert job.status == "validating_files"
+    assert job.hyperparameters.n_epochs == 30
+    # The reference's spelling of the path serves the same job.
+    status, _, body = cluster.request(f"/v1/fine-tuning/jobs/{job.id}")
+    assert status == 200 and json.loads(body)["id"] == job.id
+    done = wait_for(sdk, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    org = done.organization_id
+    assert done.fine_tuned_model == f"ft:volt-tiny:{org}:secret:{job.id}"
+    assert done.trained_tokens and done.trained_tokens > 0
+    events = sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
+    messages = [e.message for e in events]
+    assert any("New fine-tuned model created" in m for m in messages), messages
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and "train_loss" in (metrics[0].data or {})
+    checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [120, 116, 112]
+    assert done.id in [j.id for j in sdk.fine_tuning.jobs.list()]
+
+    model = done.fine_tuned_model
+    assert model in [m.id for m in sdk.models.list()]
+    assert greedy(sdk, model) == SECRET  # the tuned model learned it
+    assert greedy(sdk, "volt-tiny") != SECRET  # the base model did not change
+    stream = sdk.chat.completions.create(model=model, messages=PROMPT,  # type: ignore[arg-type]
+                                         temperature=0, max_tokens=24, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == SECRET
+
+    # Another org sees none of it.
+    other = cluster.add_key("org-other")
+    with openai.OpenAI(base_url=cluster.base_url, api_key=other, max_retries=0) as theirs:
+        assert model not in [m.id for m in theirs.models.list()]
+        with pytest.raises(openai.NotFoundError):
+            greedy(theirs, model)
+        with pytest.raises(openai.NotFoundError):
+            theirs.files.retrieve(uploaded.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.fine_tuning.jobs.retrieve(job.id)
+
+    # The data is nowhere but sealed in the blob store.
+    needle = b"heliotrope"
+    for path in cluster.root.rglob("*"):
+        if path.is_file() and path.suffix not in (".sock",):
+            assert needle not in path.read_bytes(), path
+
+    sdk.files.delete(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.content(uploaded.id)
+
+
+def _trainers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "volt.finetune.trainer" in " ".join(p.info["cmdline"] or [])]
+
+
+def _running_job(sdk: openai.OpenAI, epochs: int = 50) -> Any:
+    uploaded = upload(sdk, TRAINING)
+    job = sdk.fine_tuning.jobs.create(model="volt-tiny", training_file=uploaded.id,
+                                      hyperparameters={"n_epochs": epochs, "batch_size": 1})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = sdk.fine_tuning.jobs.retrieve(job.id)
+        if current.status == "running" and current.volt and current.volt["step"] > 0:  # type: ignore[index]
+            return current
+        assert current.status in ("validating_files", "queued", "running"), current
+        time.sleep(0.3)
+    raise AssertionError("the job did not start")
+
+
+def test_cancel_stops_the_trainer(sdk: openai.OpenAI) -> None:
+    job = _running_job(sdk)
+    cancelled = sdk.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    deadline = time.monotonic() + 20
+    while _trainers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _trainers()
+    with pytest.raises(openai.ConflictError):
+        sdk.fine_tuning.jobs.cancel(job.id)
+
+
+def test_a_scheduler_sigkill_mid_run_loses_nothing(cluster: Cluster,
+                                                   sdk: openai.OpenAI) -> None:
+    job = _running_job(sdk, epochs=8)
+    cluster.restart("scheduler", kill=True)
+    done = wait_for(sdk, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    history = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert sum("New fine-tuned model created" in m for m in history) == 1
+
+
+def test_an_agent_sigkill_mid_run_fails_the_job_with_the_reason(cluster: Cluster,
+                                                                sdk: openai.OpenAI) -> None:
+    job = _running_job(sdk)
+    cluster.restart("fra-1", kill=True)
+    done = wait_for(sdk, job.id, {"succeeded", "failed", "cancelled"}, timeout_s=120)
+    assert done.status == "failed"
+    assert done.error is not None and "fra-1" in done.error.message, done.error
+    cluster.wait_routable()
