@@ -18,10 +18,11 @@ from volt import wire
 from volt.wire import codec, messages
 
 FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
-    "node": (wire.NODE, (wire.NodeHello, wire.Heartbeat, wire.NodeGoodbye)),
+    "node": (wire.NODE, (wire.NodeHello, wire.Heartbeat, wire.NodeGoodbye,
+                         wire.TrainProgress)),
     "scheduler": (
         wire.SCHEDULER, (wire.PlacementView, wire.ViewQuery, wire.PlaceQuery, wire.PlaceAnswer,
-                         wire.NodeAssignment)
+                         wire.NodeAssignment, wire.TrainStart, wire.TrainCancel)
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
@@ -40,6 +41,9 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
                            wire.TalosConfigQuery, wire.TalosConfigAnswer,
                            wire.RedfishCredentialMint, wire.RedfishCredentialMinted,
                            wire.RedfishCredentialRevoke, wire.VaultRefused)),
+    "finetune": (wire.FINETUNE, (wire.FileRecord, wire.FileDelete, wire.FileChanged,
+                                 wire.JobCreate, wire.JobCancel, wire.JobChanged,
+                                 wire.FinetuneRefused)),
 }
 
 text = st.text(max_size=20)

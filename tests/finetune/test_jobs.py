@@ -1,0 +1,176 @@
+"""The scheduler's fine-tuning writer against a real store, with the nodes'
+heartbeats played by hand: placement in the file's metro, the fate read from
+heartbeats, a lost job failing with its reason, a restart losing nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from volt.config import FinetuneSettings
+from volt.finetune.jobs import FineTuning, FinetuneError
+from volt.finetune.states import JOBS, TERMINAL, JobEvent, JobState
+from volt.lifecycle import InvalidTransition
+from volt.scheduler.node_states import NodeState
+from volt.scheduler.node_table import NodeRecord
+from volt.store import Database
+from volt.store.resources import ResourceStore
+from volt.wire import FileRecord, JobCreate, TrainCancel, TrainProgress, TrainStart, TrainStatus
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node(node_id: str, metro: str, models: tuple[str, ...] = ("volt-tiny",)) -> NodeRecord:
+    return NodeRecord(node_id=node_id, metro=metro, tier="standard", models=list(models),
+                      state=NodeState.READY, last_seen=0, heartbeat_interval_s=1)
+
+
+class World:
+    def __init__(self, db: Database) -> None:
+        self.clock = Clock()
+        self.sent: list[tuple[str, object]] = []
+        self.nodes = [node("fra-1", "fra"), node("ams-1", "ams")]
+        self.db = db
+        self.writer = self.make()
+
+    def make(self) -> FineTuning:
+        async def send(node_id: str, message: object) -> None:
+            self.sent.append((node_id, message))
+
+        writer = FineTuning(ResourceStore(self.db), FinetuneSettings(lost_after_s=10),
+                            nodes=lambda: self.nodes, send=send, clock=self.clock)
+        return writer
+
+    async def file(self, file_id: str = "file-1", metro: str = "fra",
+                   org: str = "org_a") -> None:
+        await self.writer.record_file(FileRecord(
+            org_id=org, file_id=file_id, metro=metro, filename="t.jsonl", bytes=10,
+            purpose="fine-tune", examples=4, sha256="x"))
+
+    async def job(self, org: str = "org_a", file_id: str = "file-1") -> str:
+        record = await self.writer.create_job(JobCreate(
+            org_id=org, model="volt-tiny", training_file=file_id, seed=1, n_epochs=1,
+            batch_size=1, learning_rate_multiplier=1.0, lora_rank=8, lora_alpha=16,
+            suffix="s"))
+        return record.id
+
+    async def state(self, job_id: str) -> str:
+        record = await ResourceStore(self.db).get("fine_tuning_job", job_id)
+        assert record is not None
+        return record.state
+
+
+@pytest.fixture
+def world(db: Database) -> World:
+    return World(db)
+
+
+def test_the_table_ends_every_job_once() -> None:
+    state = JobState.VALIDATING_FILES
+    for event in (JobEvent.VALIDATED, JobEvent.STARTED, JobEvent.SUCCEEDED):
+        state = JOBS.next(state, event)
+    assert state is JobState.SUCCEEDED
+    for terminal in TERMINAL:
+        for event in JobEvent:
+            with pytest.raises(InvalidTransition):
+                JOBS.next(terminal, event)
+
+
+async def test_a_job_trains_in_its_files_metro_and_succeeds(world: World) -> None:
+    await world.file(metro="ams")
+    job_id = await world.job()
+    await world.writer.reconcile()  # files validated
+    await world.writer.reconcile()  # placed
+    assert await world.state(job_id) == "running"
+    [(node_id, start)] = world.sent
+    assert node_id == "ams-1" and isinstance(start, TrainStart)
+    assert start.learning_rate == FinetuneSettings().learning_rate
+    world.writer.node_report("ams-1", [TrainStatus(job_id=job_id, state="running")])
+    await world.writer.progress(TrainProgress(node_id="ams-1", job_id=job_id, event="step",
+                                              step=1, total_steps=4, train_loss=2.5))
+    # Progress from a node that does not run the job is ignored.
+    await world.writer.progress(TrainProgress(node_id="fra-1", job_id=job_id, event="step",
+                                              step=3, total_steps=4, train_loss=0.1))
+    world.writer.node_report("ams-1", [TrainStatus(job_id=job_id, state="succeeded",
+                                                   trained_tokens=99, step=4)])
+    await world.writer.reconcile()
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None and record.state == "succeeded"
+    assert record.status["fine_tuned_model"] == f"ft:volt-tiny:org_a:s:{job_id}"
+    assert record.status["trained_tokens"] == 99
+    assert [e["data"].get("train_loss") for e in record.status["events"]
+            if e["type"] == "metrics"] == [2.5]
+    assert record.status["fine_tuned_model"] in world.writer.cards
+
+
+async def test_no_node_in_the_metro_keeps_it_queued(world: World) -> None:
+    await world.file(metro="ams")
+    world.nodes = [node("fra-1", "fra")]
+    job_id = await world.job()
+    for _ in range(3):
+        await world.writer.reconcile()
+    assert await world.state(job_id) == "queued" and not world.sent
+
+
+async def test_a_job_its_agent_no_longer_names_fails_with_the_reason(world: World) -> None:
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    world.clock.now += 1
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])
+    await world.writer.reconcile()
+    world.clock.now += 30
+    world.writer.node_report("fra-1", [])  # the agent restarted: it forgot the job
+    await world.writer.reconcile()
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None and record.state == "failed"
+    assert "fra-1" in record.status["error"]["message"]
+
+
+async def test_a_restarted_writer_picks_the_job_up_from_the_next_heartbeat(world: World
+                                                                          ) -> None:
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    world.clock.now += 60  # down for a minute
+    world.writer = world.make()  # the scheduler restarted: nothing in memory
+    world.clock.now += 1
+    await world.writer.reconcile()  # no heartbeat yet since the restart: it waits
+    assert await world.state(job_id) == "running"
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="succeeded")])
+    await world.writer.reconcile()
+    assert await world.state(job_id) == "succeeded"
+
+
+async def test_cancel_tells_the_node_and_a_used_file_cannot_be_deleted(world: World) -> None:
+    await world.file()
+    job_id = await world.job()
+    with pytest.raises(FinetuneError) as in_use:
+        await world.writer.delete_file("org_a", "file-1")
+    assert in_use.value.status == 409
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    await world.writer.cancel_job("org_a", job_id)
+    assert isinstance(world.sent[-1][1], TrainCancel)
+    with pytest.raises(FinetuneError) as again:
+        await world.writer.cancel_job("org_a", job_id)
+    assert again.value.status == 409
+    await world.writer.delete_file("org_a", "file-1")
+
+
+async def test_another_orgs_file_or_job_is_not_found(world: World) -> None:
+    await world.file(org="org_b")
+    with pytest.raises(FinetuneError) as missing:
+        await world.job(org="org_a")
+    assert missing.value.status == 404 and missing.value.param == "training_file"
+    job_id = await world.job(org="org_b")
+    with pytest.raises(FinetuneError) as other:
+        await world.writer.cancel_job("org_a", job_id)
+    assert other.value.status == 404
