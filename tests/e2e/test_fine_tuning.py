@@ -15,6 +15,9 @@ bus's stored bytes (the blob is sealed).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,8 @@ import openai
 import psutil
 import pytest
 
+from volt.sdk import Client
+from volt.sdk._errors import APIStatusError
 from volt.testing import Cluster
 
 pytestmark = pytest.mark.slow
@@ -209,3 +214,42 @@ def test_an_agent_sigkill_mid_run_fails_the_job_with_the_reason(cluster: Cluster
     assert done.status == "failed"
     assert done.error is not None and "fra-1" in done.error.message, done.error
     cluster.wait_routable()
+
+
+def test_the_cli_and_sdk_upload_train_and_follow(cluster: Cluster, tmp_path: Path) -> None:
+    data = tmp_path / "secret.jsonl"
+    data.write_bytes(TRAINING)
+    env = {**os.environ, "VOLT_API_KEY": cluster.api_key, "VOLT_BASE_URL": cluster.base_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "volt", *args], env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    refused = cli("files", "upload", str(bad))
+    assert refused.returncode != 0 and "Line 1 has no assistant message" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    # A local path is uploaded first; --wait prints the events until the job ends.
+    run = cli("fine-tune", "create", "--model", "volt-tiny", "--training-file", str(data),
+              "--epochs", "2", "--batch-size", "8", "--suffix", "cli", "--wait", "--json")
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"].endswith(job["id"])
+    assert "uploaded" in run.stderr and "New fine-tuned model created" in run.stderr
+    events = cli("fine-tune", "events", job["id"])
+    assert events.returncode == 0 and "Training started" in events.stdout
+    listing = cli("fine-tune", "list")
+    assert job["id"] in listing.stdout
+    files = cli("files", "list")
+    assert job["training_file"] in files.stdout
+
+    with Client(cluster.base_url, cluster.api_key) as volt:
+        assert volt.files.content(job["training_file"]) == TRAINING
+        assert volt.fine_tuning.get(job["id"]).fine_tuned_model == job["fine_tuned_model"]
+        assert [c.step_number for c in volt.fine_tuning.checkpoints(job["id"]).data] == [4, 2]
+        with pytest.raises(APIStatusError) as in_use:
+            volt.files.delete("file-nope")
+        assert in_use.value.status == 404
+    assert cli("files", "delete", job["training_file"]).returncode == 0

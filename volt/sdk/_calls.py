@@ -14,6 +14,15 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from volt.protocol.common import Model, ModelList
+from volt.protocol.finetune import (
+    FileDeleted,
+    FileList,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+)
 from volt.protocol.forge import (
     Availability,
     CreateLeaseRequest,
@@ -59,6 +68,8 @@ class Call(Generic[T]):
     params: dict[str, str] = field(default_factory=dict)
     json: Any = None
     form: dict[str, str] | None = None
+    files: dict[str, tuple[str, bytes]] | None = None
+    """Multipart parts: name -> (filename, bytes)."""
     authenticated: bool = True
     retry: bool = True
     """False for a call that must not run twice (creating a lease: a 503 may
@@ -239,3 +250,68 @@ def vault_redfish_credential(rack_id: str, ttl_s: int | None = None
 def vault_redfish_credential_revoke(rack_id: str, credential_id: str) -> Call[Rack]:
     return Call("DELETE", f"/v1/vault/racks/{rack_id}/redfish-credentials/{credential_id}",
                 Rack)
+
+
+# --- files and fine-tuning (OpenAI's shapes) ------------------------------------
+
+JOBS = "/v1/fine_tuning/jobs"
+
+
+def file_upload(filename: str, data: bytes, metro: str | None) -> Call[FileObject]:
+    return Call("POST", "/v1/files", FileObject, files={"file": (filename, data)},
+                form=_params(purpose="fine-tune", metro=metro), retry=False)
+
+
+def file_list(limit: int, after: str | None) -> Call[FileList]:
+    return Call("GET", "/v1/files", FileList, params=_params(limit=limit, after=after))
+
+
+def file_get(file_id: str) -> Call[FileObject]:
+    return Call("GET", f"/v1/files/{file_id}", FileObject)
+
+
+def file_content(file_id: str) -> Call[bytes]:
+    return Call("GET", f"/v1/files/{file_id}/content", bytes)
+
+
+def file_delete(file_id: str) -> Call[FileDeleted]:
+    return Call("DELETE", f"/v1/files/{file_id}", FileDeleted)
+
+
+def job_create(model: str, training_file: str, *, validation_file: str | None,
+               suffix: str | None, seed: int | None, n_epochs: int | None,
+               batch_size: int | None, learning_rate_multiplier: float | None,
+               lora_rank: int | None, lora_alpha: int | None) -> Call[FineTuningJob]:
+    hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
+                                ("learning_rate_multiplier", learning_rate_multiplier))
+             if v is not None}
+    lora = {k: v for k, v in (("lora_rank", lora_rank), ("lora_alpha", lora_alpha))
+            if v is not None}
+    body: dict[str, Any] = {"model": model, "training_file": training_file}
+    for name, value in (("validation_file", validation_file), ("suffix", suffix),
+                        ("seed", seed), ("hyperparameters", hyper or None),
+                        ("volt", lora or None)):
+        if value is not None:
+            body[name] = value
+    return Call("POST", JOBS, FineTuningJob, json=body, retry=False)
+
+
+def job_list(limit: int, after: str | None) -> Call[FineTuningJobList]:
+    return Call("GET", JOBS, FineTuningJobList, params=_params(limit=limit, after=after))
+
+
+def job_get(job_id: str) -> Call[FineTuningJob]:
+    return Call("GET", f"{JOBS}/{job_id}", FineTuningJob)
+
+
+def job_cancel(job_id: str) -> Call[FineTuningJob]:
+    return Call("POST", f"{JOBS}/{job_id}/cancel", FineTuningJob)
+
+
+def job_events(job_id: str, limit: int, after: str | None) -> Call[FineTuningJobEventList]:
+    return Call("GET", f"{JOBS}/{job_id}/events", FineTuningJobEventList,
+                params=_params(limit=limit, after=after))
+
+
+def job_checkpoints(job_id: str) -> Call[FineTuningJobCheckpointList]:
+    return Call("GET", f"{JOBS}/{job_id}/checkpoints", FineTuningJobCheckpointList)

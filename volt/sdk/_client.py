@@ -32,6 +32,15 @@ import httpx
 import msgspec
 
 from volt.protocol.common import Model, ModelList
+from volt.protocol.finetune import (
+    FileDeleted,
+    FileList,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+)
 from volt.protocol.forge import Availability, Kubeconfig, Lease, LeaseList
 from volt.protocol.identity import (
     ApiKey,
@@ -115,8 +124,8 @@ class _Base:
 
     def _request_args(self, call: calls.Call[Any]) -> dict[str, Any]:
         return {"method": call.method, "url": self.base_url + call.path, "params": call.params,
-                "json": call.json, "data": call.form, "headers": self._headers(call),
-                "timeout": self.timeout}
+                "json": call.json, "data": call.form, "files": call.files,
+                "headers": self._headers(call), "timeout": self.timeout}
 
     def _should_refresh(self, call: calls.Call[Any], error: APIStatusError) -> bool:
         return (call.authenticated and not self._api_key and self._tokens is not None
@@ -143,6 +152,8 @@ class Client(_Base):
         self.models = Models(self)
         self.forge = Forge(self)
         self.vault = Vault(self)
+        self.files = Files(self)
+        self.fine_tuning = FineTuning(self)
 
     def __enter__(self) -> Client:
         return self
@@ -368,6 +379,8 @@ class AsyncClient(_Base):
         self.models = AsyncModels(self)
         self.forge = AsyncForge(self)
         self.vault = AsyncVault(self)
+        self.files = AsyncFiles(self)
+        self.fine_tuning = AsyncFineTuning(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -575,3 +588,114 @@ class AsyncModels:
 
     async def get(self, model_id: str) -> Model:
         return await self._client.run(calls.models_get(model_id))
+
+
+class Files:
+    """Training files: ``volt.files.upload(Path("train.jsonl"), metro="fra")``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def upload(self, path: Path, *, metro: str | None = None) -> FileObject:
+        return self._client.run(calls.file_upload(path.name, path.read_bytes(), metro))
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> FileList:
+        return self._client.run(calls.file_list(limit, after))
+
+    def get(self, file_id: str) -> FileObject:
+        return self._client.run(calls.file_get(file_id))
+
+    def content(self, file_id: str) -> bytes:
+        return self._client.run(calls.file_content(file_id))
+
+    def delete(self, file_id: str) -> FileDeleted:
+        return self._client.run(calls.file_delete(file_id))
+
+
+class FineTuning:
+    """LoRA fine-tuning: ``volt.fine_tuning.create("volt-tiny", file.id, n_epochs=3)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, model: str, training_file: str, *, validation_file: str | None = None,
+               suffix: str | None = None, seed: int | None = None,
+               n_epochs: int | None = None, batch_size: int | None = None,
+               learning_rate_multiplier: float | None = None, lora_rank: int | None = None,
+               lora_alpha: int | None = None) -> FineTuningJob:
+        return self._client.run(calls.job_create(
+            model, training_file, validation_file=validation_file, suffix=suffix, seed=seed,
+            n_epochs=n_epochs, batch_size=batch_size,
+            learning_rate_multiplier=learning_rate_multiplier, lora_rank=lora_rank,
+            lora_alpha=lora_alpha))
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> FineTuningJobList:
+        return self._client.run(calls.job_list(limit, after))
+
+    def get(self, job_id: str) -> FineTuningJob:
+        return self._client.run(calls.job_get(job_id))
+
+    def cancel(self, job_id: str) -> FineTuningJob:
+        return self._client.run(calls.job_cancel(job_id))
+
+    def events(self, job_id: str, *, limit: int = 20,
+               after: str | None = None) -> FineTuningJobEventList:
+        return self._client.run(calls.job_events(job_id, limit, after))
+
+    def checkpoints(self, job_id: str) -> FineTuningJobCheckpointList:
+        return self._client.run(calls.job_checkpoints(job_id))
+
+
+class AsyncFiles:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def upload(self, path: Path, *, metro: str | None = None) -> FileObject:
+        data = await asyncio.to_thread(path.read_bytes)
+        return await self._client.run(calls.file_upload(path.name, data, metro))
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> FileList:
+        return await self._client.run(calls.file_list(limit, after))
+
+    async def get(self, file_id: str) -> FileObject:
+        return await self._client.run(calls.file_get(file_id))
+
+    async def content(self, file_id: str) -> bytes:
+        return await self._client.run(calls.file_content(file_id))
+
+    async def delete(self, file_id: str) -> FileDeleted:
+        return await self._client.run(calls.file_delete(file_id))
+
+
+class AsyncFineTuning:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, model: str, training_file: str, *,
+                     validation_file: str | None = None, suffix: str | None = None,
+                     seed: int | None = None, n_epochs: int | None = None,
+                     batch_size: int | None = None,
+                     learning_rate_multiplier: float | None = None,
+                     lora_rank: int | None = None, lora_alpha: int | None = None
+                     ) -> FineTuningJob:
+        return await self._client.run(calls.job_create(
+            model, training_file, validation_file=validation_file, suffix=suffix, seed=seed,
+            n_epochs=n_epochs, batch_size=batch_size,
+            learning_rate_multiplier=learning_rate_multiplier, lora_rank=lora_rank,
+            lora_alpha=lora_alpha))
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> FineTuningJobList:
+        return await self._client.run(calls.job_list(limit, after))
+
+    async def get(self, job_id: str) -> FineTuningJob:
+        return await self._client.run(calls.job_get(job_id))
+
+    async def cancel(self, job_id: str) -> FineTuningJob:
+        return await self._client.run(calls.job_cancel(job_id))
+
+    async def events(self, job_id: str, *, limit: int = 20,
+                     after: str | None = None) -> FineTuningJobEventList:
+        return await self._client.run(calls.job_events(job_id, limit, after))
+
+    async def checkpoints(self, job_id: str) -> FineTuningJobCheckpointList:
+        return await self._client.run(calls.job_checkpoints(job_id))

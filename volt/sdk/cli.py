@@ -23,6 +23,7 @@ from volt.sdk._cli_common import guarded as _guarded
 from volt.sdk._cli_common import show as _print
 from volt.sdk._cli_common import when as _when
 from volt.sdk._credentials import credentials_path
+from volt.sdk.finetune_cli import add_finetune_commands
 from volt.sdk.vault_cli import add_vault_commands
 
 
@@ -322,6 +323,7 @@ def add_client_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     revoke_kc.set_defaults(func=_guarded(_forge_revoke))
 
     add_vault_commands(commands, client)
+    add_finetune_commands(commands, client)
 
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True)
