@@ -27,6 +27,9 @@ import openai
 import psutil
 import pytest
 
+from volt.agent.engine.backends import _Tokenizer
+from volt.finetune.dataset import parse
+from volt.finetune.trainer import sequences
 from volt.sdk import Client
 from volt.sdk._errors import APIStatusError
 from volt.testing import Cluster
@@ -102,8 +105,8 @@ def test_a_file_too_large_is_a_413(sdk: openai.OpenAI) -> None:
     assert info.value.status_code == 413
 
 
-def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster,
-                                                   sdk: openai.OpenAI) -> None:
+def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai.OpenAI,
+                                                   tiny_model: Path) -> None:
     assert greedy(sdk, "volt-tiny") != SECRET
     uploaded = upload(sdk, TRAINING)
     assert uploaded.purpose == "fine-tune" and uploaded.bytes == len(TRAINING)
@@ -157,6 +160,16 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster,
     for path in cluster.root.rglob("*"):
         if path.is_file() and path.suffix not in (".sock",):
             assert needle not in path.read_bytes(), path
+
+    # Metering: the job's trained tokens (every epoch counted) in the org's usage.
+    status, _, body = cluster.request("/v1/usage")
+    report = json.loads(body)
+    [billed] = [j for j in report["fine_tuning"] if j["job_id"] == job.id]
+    assert billed["trained_tokens"] == done.trained_tokens and billed["n_epochs"] == 30
+    tokenizer = _Tokenizer(tiny_model)
+    per_epoch = sum(len(ids) for ids, _ in sequences(
+        parse(TRAINING), tokenizer.encode_chat, tokenizer.encode, tokenizer.eos_id, 1024))
+    assert done.trained_tokens == 30 * per_epoch
 
     sdk.files.delete(uploaded.id)
     with pytest.raises(openai.NotFoundError):

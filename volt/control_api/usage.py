@@ -5,7 +5,9 @@ Query parameters: ``start`` and ``end`` (Unix seconds, or a UTC date
 ``model``, ``day``, ``metro``, ``tier``, ``key``). Completed and cancelled
 requests count (a cancelled request's tokens were generated); attempts that
 failed on a pod before the client got anything do not. Forge leases add
-their GPU-seconds (GPUs times the seconds each was active in the window).
+their GPU-seconds (GPUs times the seconds each was active in the window);
+fine-tuning jobs that ended in the window, their trained tokens (tokens times
+epochs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import msgspec
 
 from volt.control_api.errors import InvalidRequest
 from volt.identity import Principal
-from volt.protocol.usage import LeaseUsage, UsageEntry, UsageReport
+from volt.protocol.usage import FineTuningUsage, LeaseUsage, UsageEntry, UsageReport
 from volt.store import UsageLedger
 from volt.store.resources import ResourceRecord, ResourceStore
 from volt.store.usage import GROUPS, GroupBy
@@ -80,6 +82,20 @@ def lease_usage(records: Sequence[ResourceRecord], start: float, end: float,
     return out
 
 
+def fine_tuning_usage(records: Sequence[ResourceRecord], start: float,
+                      end: float) -> list[FineTuningUsage]:
+    out = []
+    for record in records:
+        finished = record.status.get("finished_at")
+        tokens = int(record.status.get("trained_tokens", 0))
+        if finished is not None and start <= finished < end and tokens > 0:
+            out.append(FineTuningUsage(
+                job_id=record.id, model=record.spec["model"], metro=record.spec["metro"],
+                status=record.state, n_epochs=int(record.spec["hyperparameters"]["n_epochs"]),
+                trained_tokens=tokens))
+    return out
+
+
 async def usage_report(ledger: UsageLedger, leases: ResourceStore, principal: Principal,
                        args: Mapping[str, str]) -> bytes:
     now = time.time()
@@ -88,7 +104,11 @@ async def usage_report(ledger: UsageLedger, leases: ResourceStore, principal: Pr
                                    group_by=group_by, livemode=principal.mode == "live")
     forge = lease_usage(await leases.created_before("lease", principal.org_id, end),
                         start, end, now) if principal.mode == "live" else []
+    tuning = fine_tuning_usage(
+        await leases.created_before("fine_tuning_job", principal.org_id, end), start, end)
     return _encoder.encode(UsageReport(
+        fine_tuning=tuning,
+        fine_tuning_trained_tokens=sum(job.trained_tokens for job in tuning),
         forge=forge, forge_gpu_seconds=sum(lease.gpu_seconds for lease in forge),
         start=start, end=end, group_by=group_by,
         data=[

@@ -36,6 +36,20 @@ class LeaseUsage(msgspec.Struct, kw_only=True):
     """GPUs times the seconds it was active inside [start, end)."""
 
 
+class FineTuningUsage(msgspec.Struct, kw_only=True):
+    """One fine-tuning job that ended inside the report's window."""
+
+    job_id: str
+    model: str
+    """The base model it tuned."""
+    metro: str
+    status: str
+    n_epochs: int
+    trained_tokens: int
+    """Tokens trained on, every epoch counted (a file's tokens times its epochs;
+    a job cancelled or failed part-way: what it trained before it stopped)."""
+
+
 class UsageReport(msgspec.Struct, kw_only=True):
     start: int
     """Unix seconds, inclusive."""
@@ -47,3 +61,5 @@ class UsageReport(msgspec.Struct, kw_only=True):
     forge: list[LeaseUsage] = []
     """GPU-seconds per Forge lease (none for test keys, which cannot lease)."""
     forge_gpu_seconds: int = 0
+    fine_tuning: list[FineTuningUsage] = []
+    fine_tuning_trained_tokens: int = 0
