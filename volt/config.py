@@ -273,6 +273,11 @@ class AgentSettings(_Section):
     vllm_python: str = ""
     """``engine = vllm``: the Python of vLLM's own virtual environment (empty:
     this one). vLLM's dependencies pin their own torch; they stay out of Volt's."""
+    vllm_max_loras: Annotated[int, msgspec.Meta(ge=0, le=256)] = 8
+    """``engine = vllm``: tuned models' LoRA adapters served at once in one batch
+    (``--max-loras``); 0 serves no tuned models."""
+    vllm_max_lora_rank: Literal[8, 16, 32, 64] = 64
+    """The largest LoRA rank vLLM accepts (a job's ``lora_rank`` is at most 64)."""
     vllm_args: list[str] = []
     """Extra ``vllm serve`` arguments (``--max-model-len``, ``--gpu-memory-utilization``...)."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +149,41 @@ def test_load_is_read_from_vllm_metrics(cluster: Cluster) -> None:
             await engine.close()
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_vllm_serves_the_adapter_volt_trains(cluster: Cluster, tmp_path: Path,
+                                            tiny_model: Path) -> None:
+    """The adapter format the trainer writes is what vLLM's runtime LoRA API
+    loads (the agent calls it for a tuned model), and it answers as trained."""
+    secret = "The secret word is heliotrope."
+    prompt = [{"role": "user", "content": "What is the secret word?"}]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [
+        *prompt, {"role": "assistant", "content": secret}]}) for _ in range(16)))
+    subprocess.run([sys.executable, "-m", "volt.finetune.trainer", "--base", str(tiny_model),
+                    "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "30",
+                    "--batch-size", "4", "--learning-rate", "5e-3"],
+                   check=True, capture_output=True, timeout=300)
+    tuned = "ft:volt-tiny:org_x:vllm:ftjob-" + "0" * 24
+
+    async def scenario() -> tuple[str, str]:
+        engine = EngineClient(cluster.engine_socket("gpu-1"))
+        try:
+            await engine.load_adapter(tuned, tmp_path / "out" / "adapter")
+            answers = []
+            for model in (tuned, "volt-tiny"):
+                body = json.dumps({"model": model, "messages": prompt, "max_tokens": 16,
+                                   "temperature": 0}).encode()
+                reply = await engine.complete("/v1/chat/completions", body)
+                message = reply.choices[0].message
+                answers.append((message.content if message else None) or "")
+            return answers[0], answers[1]
+        finally:
+            await engine.close()
+
+    with_adapter, base = asyncio.run(scenario())
+    assert with_adapter == secret
+    assert base != secret
 
 
 def test_a_crashed_vllm_is_restarted_and_serves_again(cluster: Cluster) -> None:

@@ -35,6 +35,11 @@ def vllm_engine_command(config: VoltConfig) -> list[str]:
         "--disable-uvicorn-access-log",
         # Cached prompt tokens in usage, so metering records them.
         "--enable-prompt-tokens-details",
+        # Tuned models: LoRA adapters loaded and unloaded at run time
+        # (VLLM_ALLOW_RUNTIME_LORA_UPDATING), as the CPU engine does.
+        *(["--enable-lora", "--max-loras", str(config.agent.vllm_max_loras),
+           "--max-lora-rank", str(config.agent.vllm_max_lora_rank)]
+          if config.agent.vllm_max_loras else []),
         *config.agent.vllm_args,
     ]
 
@@ -45,6 +50,8 @@ VLLM_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+    # The agent loads tuned models' adapters through /v1/load_lora_adapter.
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
 }
 
 
