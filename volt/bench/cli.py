@@ -150,6 +150,18 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     vault.add_argument("--json", type=Path, help="also write the figures here")
     vault.set_defaults(func=run)
 
+    finetune = bench.add_parser(
+        "finetune", help="LoRA training throughput, succeeded-to-served time, and the cost of "
+                         "serving N adapters on one engine")
+    finetune.add_argument("--examples", type=int, default=256)
+    finetune.add_argument("--epochs", type=int, default=2)
+    finetune.add_argument("--batch-size", type=int, default=8)
+    finetune.add_argument("--adapters", default="1,8,32", help="comma-separated counts")
+    finetune.add_argument("--requests", type=int, default=96, help="per adapter count")
+    finetune.add_argument("--concurrency", type=int, default=8)
+    finetune.add_argument("--max-tokens", type=int, default=32)
+    finetune.add_argument("--json", type=Path, help="also write the figures here")
+    finetune.set_defaults(func=run)
     prefix = bench.add_parser(
         "prefix", help="prefix-aware routing vs least-load and round-robin: cache hits, TTFT, "
                        "throughput, on several pods")
@@ -213,6 +225,14 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_placement(nodes=args.nodes, decisions=args.decisions,
                       concurrency=args.concurrency, json_path=args.json)
+    elif args.bench == "finetune":
+        from volt.bench.finetune import run_finetune_bench
+
+        run_finetune_bench(examples=args.examples, epochs=args.epochs,
+                           batch_size=args.batch_size,
+                           counts=[int(n) for n in args.adapters.split(",")],
+                           requests=args.requests, concurrency=args.concurrency,
+                           max_tokens=args.max_tokens, json_path=args.json)
     elif args.bench == "vault":
         from volt.bench.vault import run_vault_bench
 
