@@ -172,7 +172,7 @@ def test_vllm_serves_the_adapter_volt_trains(cluster: Cluster, tmp_path: Path,
             await engine.load_adapter(tuned, tmp_path / "out" / "adapter")
             answers = []
             for model in (tuned, "volt-tiny"):
-                body = json.dumps({"model": model, "messages": prompt, "max_tokens": 16,
+                body = json.dumps({"model": model, "messages": prompt, "max_tokens": 32,
                                    "temperature": 0}).encode()
                 reply = await engine.complete("/v1/chat/completions", body)
                 message = reply.choices[0].message

@@ -27,6 +27,8 @@ from typing import Any
 from volt.agent.engine.sampling import SamplingParams, TokenLogprob, _RequestSampler
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 32
+"""Requests stepped together in one round (more wait for the next round)."""
 
 
 class AdapterError(Exception):
@@ -52,7 +54,6 @@ class _Active:
     max_new_tokens: int
     deliver: Callable[[Step], None]
     generated: list[int] = field(default_factory=list)
-    cache: Any = None
     cancelled: bool = False
 
 
@@ -158,44 +159,56 @@ class LoraAdapters:
                     self._wake.wait()
                 if self._closed:
                     return
-                batch = list(self._active)
+                batch = [a for a in self._active if not a.cancelled][:MAX_BATCH]
+                for active in [a for a in self._active if a.cancelled]:
+                    self._active.remove(active)
+            if not batch:
+                continue
             with self._lock, torch.no_grad():
-                for active in batch:
-                    if active.cancelled:
-                        self._drop(active)
-                        continue
-                    try:
-                        step = self._step(active)
-                    except Exception as exc:  # a failing request must not stop the others
-                        log.exception("adapter generation failed")
-                        step = Step([], True, error=type(exc).__name__)
-                    active.deliver(step)
-                    if step.finished:
-                        self._drop(active)
+                try:
+                    steps = self._step(batch)
+                except Exception as exc:  # a failing round must not stop the thread
+                    log.exception("adapter generation failed")
+                    steps = [Step([], True, error=type(exc).__name__) for _ in batch]
+            for active, step in zip(batch, steps, strict=True):
+                active.deliver(step)
+                if step.finished:
+                    self._drop(active)
 
     def _drop(self, active: _Active) -> None:
         with self._wake:
             if active in self._active:
                 self._active.remove(active)
 
-    def _step(self, active: _Active) -> Step:
+    def _step(self, batch: list[_Active]) -> list[Step]:
+        """One token for every request of the round, in one forward pass: the
+        sequences left-padded, each row through its own adapter (peft's mixed
+        adapter batches). No KV cache is kept — every round recomputes the
+        short sequences this engine serves, which costs less here than a
+        forward pass per request would."""
         import torch
 
-        self._model.set_adapter(active.adapter)
-        if active.cache is None:
-            inputs = torch.tensor([active.prompt])
-        else:
-            inputs = torch.tensor([[active.generated[-1]]])
-        output = self._model(input_ids=inputs, past_key_values=active.cache, use_cache=True)
-        active.cache = output.past_key_values
-        logits = output.logits[0, -1].float()
-        token = active.sampler.choose(logits, active.generated)
-        active.generated.append(token)
-        logprobs = []
-        if active.sampler.params.top_logprobs is not None and active.sampler.logprobs:
-            logprobs = [active.sampler.logprobs.popleft()]
-        finished = token == self.eos_id or len(active.generated) >= active.max_new_tokens
-        return Step([token], finished, logprobs)
+        sequences = [a.prompt + a.generated for a in batch]
+        width = max(len(s) for s in sequences)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            ids[row, width - len(sequence):] = torch.tensor(sequence)
+            mask[row, width - len(sequence):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             adapter_names=[a.adapter for a in batch], use_cache=False)
+        steps = []
+        for row, active in enumerate(batch):
+            logits = output.logits[row, -1].float()
+            token = active.sampler.choose(logits, active.generated)
+            active.generated.append(token)
+            logprobs = []
+            if active.sampler.params.top_logprobs is not None and active.sampler.logprobs:
+                logprobs = [active.sampler.logprobs.popleft()]
+            finished = token == self.eos_id or len(active.generated) >= active.max_new_tokens
+            steps.append(Step([token], finished, logprobs))
+        return steps
 
 
 def deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Step]
