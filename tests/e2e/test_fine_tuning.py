@@ -109,7 +109,8 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
                                                    tiny_model: Path) -> None:
     assert greedy(sdk, "volt-tiny") != SECRET
     uploaded = upload(sdk, TRAINING)
-    assert uploaded.purpose == "fine-tune" and uploaded.bytes == len(TRAINING)
+    assert uploaded.purpose == "fine-tune"
+    assert uploaded.bytes == len(TRAINING)
     assert sdk.files.retrieve(uploaded.id).filename == "train.jsonl"
     assert sdk.files.content(uploaded.id).read() == TRAINING
     assert uploaded.id in [f.id for f in sdk.files.list()]
@@ -121,17 +122,20 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
     assert job.hyperparameters.n_epochs == 30
     # The reference's spelling of the path serves the same job.
     status, _, body = cluster.request(f"/v1/fine-tuning/jobs/{job.id}")
-    assert status == 200 and json.loads(body)["id"] == job.id
+    assert status == 200
+    assert json.loads(body)["id"] == job.id
     done = wait_for(sdk, job.id, {"succeeded", "failed", "cancelled"})
     assert done.status == "succeeded", done.error
     org = done.organization_id
     assert done.fine_tuned_model == f"ft:volt-tiny:{org}:secret:{job.id}"
-    assert done.trained_tokens and done.trained_tokens > 0
+    assert done.trained_tokens
+    assert done.trained_tokens > 0
     events = sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
     messages = [e.message for e in events]
     assert any("New fine-tuned model created" in m for m in messages), messages
     metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and "train_loss" in (metrics[0].data or {})
+    assert metrics
+    assert "train_loss" in (metrics[0].data or {})
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [120, 116, 112]
     assert done.id in [j.id for j in sdk.fine_tuning.jobs.list()]
@@ -165,7 +169,8 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
     status, _, body = cluster.request("/v1/usage")
     report = json.loads(body)
     [billed] = [j for j in report["fine_tuning"] if j["job_id"] == job.id]
-    assert billed["trained_tokens"] == done.trained_tokens and billed["n_epochs"] == 30
+    assert billed["trained_tokens"] == done.trained_tokens
+    assert billed["n_epochs"] == 30
     tokenizer = _Tokenizer(tiny_model)
     per_epoch = sum(len(ids) for ids, _ in sequences(
         parse(TRAINING), tokenizer.encode_chat, tokenizer.encode, tokenizer.eos_id, 1024))
@@ -225,7 +230,8 @@ def test_an_agent_sigkill_mid_run_fails_the_job_with_the_reason(cluster: Cluster
     cluster.restart("fra-1", kill=True)
     done = wait_for(sdk, job.id, {"succeeded", "failed", "cancelled"}, timeout_s=120)
     assert done.status == "failed"
-    assert done.error is not None and "fra-1" in done.error.message, done.error
+    assert done.error is not None
+    assert "fra-1" in done.error.message, done.error
     cluster.wait_routable()
 
 
@@ -241,7 +247,8 @@ def test_the_cli_and_sdk_upload_train_and_follow(cluster: Cluster, tmp_path: Pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
     refused = cli("files", "upload", str(bad))
-    assert refused.returncode != 0 and "Line 1 has no assistant message" in refused.stderr
+    assert refused.returncode != 0
+    assert "Line 1 has no assistant message" in refused.stderr
     assert "Traceback" not in refused.stderr
 
     # A local path is uploaded first; --wait prints the events until the job ends.
@@ -249,10 +256,13 @@ def test_the_cli_and_sdk_upload_train_and_follow(cluster: Cluster, tmp_path: Pat
               "--epochs", "2", "--batch-size", "8", "--suffix", "cli", "--wait", "--json")
     assert run.returncode == 0, run.stderr
     job = json.loads(run.stdout)
-    assert job["status"] == "succeeded" and job["fine_tuned_model"].endswith(job["id"])
-    assert "uploaded" in run.stderr and "New fine-tuned model created" in run.stderr
+    assert job["status"] == "succeeded"
+    assert job["fine_tuned_model"].endswith(job["id"])
+    assert "uploaded" in run.stderr
+    assert "New fine-tuned model created" in run.stderr
     events = cli("fine-tune", "events", job["id"])
-    assert events.returncode == 0 and "Training started" in events.stdout
+    assert events.returncode == 0
+    assert "Training started" in events.stdout
     listing = cli("fine-tune", "list")
     assert job["id"] in listing.stdout
     files = cli("files", "list")

@@ -146,6 +146,10 @@ def run_readme_examples(reader: Reader) -> None:
             assert "'timing':" in output, output
         elif example.first_line.startswith("vectors = client.embeddings"):
             assert reader.python(example, prelude=client_setup).strip() == "384"
+        elif example.first_line == "import json, time":  # fine-tuning, for real
+            lines = reader.python(example).strip().splitlines()
+            assert lines[0].startswith("succeeded ft:volt-tiny:"), lines
+            assert lines[-1] == "Heliotrope.", lines
         elif example.first_line == "from volt.sdk import Client":
             output = reader.python(example)
             assert output.startswith("spiffe://"), output
@@ -154,7 +158,7 @@ def run_readme_examples(reader: Reader) -> None:
             raise AssertionError(f"README line {example.line}: an example no test runs "
                                  f"({example.first_line!r}); run it here or say in NOT_RUN why not")
         ran.append(example)
-    assert len(ran) == 5, [e.first_line for e in ran]
+    assert len(ran) == 6, [e.first_line for e in ran]
 
 
 def test_a_bad_setting_stops_volt_up_naming_the_field(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from volt.config import FinetuneSettings
-from volt.finetune.jobs import FineTuning, FinetuneError
+from volt.finetune.jobs import FinetuneError, FineTuning
 from volt.finetune.states import JOBS, TERMINAL, JobEvent, JobState
 from volt.lifecycle import InvalidTransition
 from volt.scheduler.node_states import NodeState
@@ -42,9 +42,8 @@ class World:
         async def send(node_id: str, message: object) -> None:
             self.sent.append((node_id, message))
 
-        writer = FineTuning(ResourceStore(self.db), FinetuneSettings(lost_after_s=10),
+        return FineTuning(ResourceStore(self.db), FinetuneSettings(lost_after_s=10),
                             nodes=lambda: self.nodes, send=send, clock=self.clock)
-        return writer
 
     async def file(self, file_id: str = "file-1", metro: str = "fra",
                    org: str = "org_a") -> None:
@@ -88,7 +87,8 @@ async def test_a_job_trains_in_its_files_metro_and_succeeds(world: World) -> Non
     await world.writer.reconcile()  # placed
     assert await world.state(job_id) == "running"
     [(node_id, start)] = world.sent
-    assert node_id == "ams-1" and isinstance(start, TrainStart)
+    assert node_id == "ams-1"
+    assert isinstance(start, TrainStart)
     assert start.learning_rate == FinetuneSettings().learning_rate
     world.writer.node_report("ams-1", [TrainStatus(job_id=job_id, state="running")])
     await world.writer.progress(TrainProgress(node_id="ams-1", job_id=job_id, event="step",
@@ -100,7 +100,8 @@ async def test_a_job_trains_in_its_files_metro_and_succeeds(world: World) -> Non
                                                    trained_tokens=99, step=4)])
     await world.writer.reconcile()
     record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
-    assert record is not None and record.state == "succeeded"
+    assert record is not None
+    assert record.state == "succeeded"
     assert record.status["fine_tuned_model"] == f"ft:volt-tiny:org_a:s:{job_id}"
     assert record.status["trained_tokens"] == 99
     assert [e["data"].get("train_loss") for e in record.status["events"]
@@ -114,7 +115,8 @@ async def test_no_node_in_the_metro_keeps_it_queued(world: World) -> None:
     job_id = await world.job()
     for _ in range(3):
         await world.writer.reconcile()
-    assert await world.state(job_id) == "queued" and not world.sent
+    assert await world.state(job_id) == "queued"
+    assert not world.sent
 
 
 async def test_a_job_its_agent_no_longer_names_fails_with_the_reason(world: World) -> None:
@@ -129,7 +131,8 @@ async def test_a_job_its_agent_no_longer_names_fails_with_the_reason(world: Worl
     world.writer.node_report("fra-1", [])  # the agent restarted: it forgot the job
     await world.writer.reconcile()
     record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
-    assert record is not None and record.state == "failed"
+    assert record is not None
+    assert record.state == "failed"
     assert "fra-1" in record.status["error"]["message"]
 
 
@@ -169,7 +172,8 @@ async def test_another_orgs_file_or_job_is_not_found(world: World) -> None:
     await world.file(org="org_b")
     with pytest.raises(FinetuneError) as missing:
         await world.job(org="org_a")
-    assert missing.value.status == 404 and missing.value.param == "training_file"
+    assert missing.value.status == 404
+    assert missing.value.param == "training_file"
     job_id = await world.job(org="org_b")
     with pytest.raises(FinetuneError) as other:
         await world.writer.cancel_job("org_a", job_id)
