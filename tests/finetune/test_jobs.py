@@ -27,7 +27,8 @@ class Clock:
 
 def node(node_id: str, metro: str, models: tuple[str, ...] = ("volt-tiny",)) -> NodeRecord:
     return NodeRecord(node_id=node_id, metro=metro, tier="standard", models=list(models),
-                      state=NodeState.READY, last_seen=0, heartbeat_interval_s=1)
+                      state=NodeState.READY, last_seen=0, heartbeat_interval_s=1,
+                      trains=list(models))
 
 
 class World:
@@ -109,9 +110,11 @@ async def test_a_job_trains_in_its_files_metro_and_succeeds(world: World) -> Non
     assert record.status["fine_tuned_model"] in world.writer.cards
 
 
-async def test_no_node_in_the_metro_keeps_it_queued(world: World) -> None:
+async def test_no_node_in_the_metro_that_can_train_keeps_it_queued(world: World) -> None:
     await world.file(metro="ams")
-    world.nodes = [node("fra-1", "fra")]
+    serving_only = node("ams-2", "ams")
+    serving_only.trains = []  # a vLLM host: serves tuned models, trains none
+    world.nodes = [node("fra-1", "fra"), serving_only]
     job_id = await world.job()
     for _ in range(3):
         await world.writer.reconcile()

@@ -248,6 +248,7 @@ class Agent:
             rack=self.rack, nvlink_domain=self.nvlink_domain, lease_id=self.lease_id,
             training=self.training.statuses() if self.training is not None else [],
             adapters=self.adapters.names() if self.adapters is not None else [],
+            trains=self.training.models() if self.training is not None else [],
         )
 
     # -- fine-tuning --------------------------------------------------------------

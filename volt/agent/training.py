@@ -86,6 +86,10 @@ class Training:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
 
+    def models(self) -> list[str]:
+        """The base models this node can fine-tune: those whose weights it has."""
+        return sorted(self.model_dirs)
+
     def statuses(self) -> list[TrainStatus]:
         return list(self._jobs.values())
 

@@ -5,7 +5,7 @@ Commands (record a file, delete one, create a job, cancel one) are applied one
 at a time under one lock, every write a compare-and-set on the row
 (``ResourceStore``). The reconcile loop moves jobs on: it checks a job's files
 (VALIDATING_FILES), places a QUEUED job on a live node of the training file's
-metro whose engine serves the base model and that trains nothing else, sends
+metro that can train the base model (it has its weights) and trains nothing else, sends
 it ``TrainStart`` (no data: the agent reads the file from the metro's blob
 store), and from then on reads the job's fate from that node's heartbeats —
 level-triggered, so a scheduler restarted (SIGKILL included) picks each job up
@@ -309,7 +309,7 @@ class FineTuning:
         metro, model = record.spec["metro"], record.spec["model"]
         busy = self._busy_nodes()
         candidates = [n for n in self.nodes()
-                      if n.metro == metro and model in n.models and n.state in NODE_LIVE
+                      if n.metro == metro and model in n.trains and n.state in NODE_LIVE
                       and not n.lease_id and not n.problems and n.node_id not in busy]
         if not candidates:
             return None

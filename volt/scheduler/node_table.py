@@ -51,6 +51,8 @@ class NodeRecord:
     """The Forge lease the node says its GPUs are handed to (its heartbeat)."""
     adapters: list[str] = field(default_factory=list)
     """Tuned models its engines have loaded (its heartbeat)."""
+    trains: list[str] = field(default_factory=list)
+    """Base models it can fine-tune (its heartbeat)."""
 
     def view(self) -> NodeView:
         return NodeView(
@@ -124,6 +126,7 @@ class NodeTable:
                 rack=message.rack, nvlink_domain=message.nvlink_domain,
                 lease_id=message.lease_id if isinstance(message, Heartbeat) else "",
                 adapters=list(message.adapters) if isinstance(message, Heartbeat) else [],
+                trains=list(message.trains) if isinstance(message, Heartbeat) else [],
             )
             return True
         if isinstance(message, NodeHello) and record.state in LIVE and not problems:
@@ -148,6 +151,7 @@ class NodeTable:
             record.inflight_by_replica = dict(message.inflight_by_replica)
             record.lease_id = message.lease_id
             record.adapters = list(message.adapters)
+            record.trains = list(message.trains)
         else:
             record.engine = message.engine
         return before != (record.state, record.metro, record.tier, record.models,

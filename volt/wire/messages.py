@@ -132,6 +132,8 @@ class Heartbeat(WireMessage, frozen=True, kw_only=True, tag="node.heartbeat"):
     """The fine-tune jobs this agent ran since it started (the recent ones)."""
     adapters: list[str] = []
     """The tuned models (LoRA adapters) its engines have loaded now."""
+    trains: list[str] = []
+    """The base models this agent can fine-tune (it has their weights)."""
 
 
 class TrainProgress(WireMessage, frozen=True, kw_only=True, tag="node.training"):
