@@ -273,6 +273,9 @@ class AgentSettings(_Section):
     vllm_python: str = ""
     """``engine = vllm``: the Python of vLLM's own virtual environment (empty:
     this one). vLLM's dependencies pin their own torch; they stay out of Volt's."""
+    max_adapters: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    """Tuned models' adapters an engine keeps loaded; one more unloads the least
+    recently used idle one."""
     vllm_max_loras: Annotated[int, msgspec.Meta(ge=0, le=256)] = 8
     """``engine = vllm``: tuned models' LoRA adapters served at once in one batch
     (``--max-loras``); 0 serves no tuned models."""

@@ -152,7 +152,8 @@ async def run_agent(config: VoltConfig) -> None:
             interval_s=config.agent.attestation_interval_s,
             renew=renew if earned else None) if config.agent.tpm else None,
         training=training,
-        adapters=Adapters(metro=config.agent.metro, folder=work / "adapters", blobs=blob_store),
+        adapters=Adapters(metro=config.agent.metro, folder=work / "adapters", blobs=blob_store,
+                          max_loaded=config.agent.max_adapters),
     )
     nc = await bus.connect(config.nats.url, name=f"volt-agent-{node_id}", tls=tls,
                            inbox_prefix=permissions.inbox_for("node", node_id))

@@ -400,6 +400,8 @@ class Agent:
         path = _ENDPOINT_PATHS[request.endpoint]
         progress = _Progress()
         status = "failed"
+        tuned: model_ids.TunedModel | None = None
+        using = False
         try:
             remaining = request.deadline_unix - time.time()
             if remaining <= 0:
@@ -410,6 +412,7 @@ class Agent:
             async with asyncio.timeout(remaining):
                 if tuned is not None and self.adapters is not None:
                     await self.adapters.ensure(engine, tuned)
+                    using = True
                 if request.endpoint == "embeddings":
                     await self._embed(engine, request, reply, received, progress)
                 else:
@@ -445,6 +448,8 @@ class Agent:
                 message="the inference engine failed", retryable=not progress.tokens_sent,
             ))
         finally:
+            if using and tuned is not None and self.adapters is not None:
+                self.adapters.release(tuned)
             self.usage.record(UsageRecord(
                 request_id=request.request_id, tenant_id=request.tenant_id,
                 key_id=request.key_id, model=request.model, endpoint=request.endpoint,

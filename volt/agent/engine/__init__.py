@@ -38,7 +38,9 @@ def vllm_engine_command(config: VoltConfig) -> list[str]:
         # Tuned models: LoRA adapters loaded and unloaded at run time
         # (VLLM_ALLOW_RUNTIME_LORA_UPDATING), as the CPU engine does.
         *(["--enable-lora", "--max-loras", str(config.agent.vllm_max_loras),
-           "--max-lora-rank", str(config.agent.vllm_max_lora_rank)]
+           "--max-lora-rank", str(config.agent.vllm_max_lora_rank),
+           "--max-cpu-loras", str(max(config.agent.max_adapters,
+                                      config.agent.vllm_max_loras))]
           if config.agent.vllm_max_loras else []),
         *config.agent.vllm_args,
     ]

@@ -267,6 +267,9 @@ class EngineClient:
         await self._post("/v1/load_lora_adapter", msgspec.json.encode(
             {"lora_name": name, "lora_path": str(path)}))
 
+    async def unload_adapter(self, name: str) -> None:
+        await self._post("/v1/unload_lora_adapter", msgspec.json.encode({"lora_name": name}))
+
     async def embed(self, body: bytes) -> Embedded:
         """``/v1/embeddings``, asked for base64 (``body`` says so): the vectors'
         float32 bytes, in input order."""
