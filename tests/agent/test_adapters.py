@@ -56,6 +56,7 @@ async def test_the_least_recently_used_idle_adapter_makes_room(adapter: Path, so
     try:
         async def listed() -> set[str]:
             status, body = await engine._get("/v1/models", 5)
+            assert status == 200
             return {m["id"] for m in json.loads(body)["data"]} - {"volt-tiny"}
 
         await adapters.ensure(engine, tuned(0))

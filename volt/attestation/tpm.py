@@ -54,6 +54,10 @@ AK_ATTRIBUTES = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT
 EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 
+class TpmError(Exception):
+    """The TPM did not give what attestation needs (retried at the next attempt)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Quote:
     attest: bytes
@@ -78,9 +82,13 @@ class Tpm:
         """(the EK's ``TPM2B_PUBLIC``, its certificate in DER)."""
         if self._ek is None:
             certificate, template = create_ek_template("EK-RSA2048", NVReadEK(self.esapi))
+            if not certificate:
+                # Seen once in CI on a just-manufactured swtpm: the NV read came
+                # back empty. Not cached, so the next enrolment reads it again.
+                raise TpmError("the TPM returned no EK certificate (NV index 0x01c00002)")
             handle, public, *_ = self.esapi.create_primary(
                 TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
-            self._ek = (handle, bytes(public.marshal()), bytes(certificate or b""))
+            self._ek = (handle, bytes(public.marshal()), bytes(certificate))
         return self._ek[1], self._ek[2]
 
     def attestation_key(self) -> bytes:
