@@ -277,7 +277,10 @@ def test_a_stream_whose_pod_dies_ends_with_an_error_and_done(
         async def scenario() -> bytes:
             http = Http1Client(port=cluster.api_port,
                                headers={"Authorization": f"Bearer {cluster.api_key}"})
-            body = json.dumps({**BODY, "max_tokens": 4000, "stream": True}).encode()
+            # Greedy: the tiny model then never ends its turn early (sampled, it
+            # may stop by itself before the kill lands, and the stream ends well).
+            body = json.dumps({**BODY, "max_tokens": 4000, "stream": True,
+                               "temperature": 0}).encode()
             try:
                 response = await http.request("POST", "/v1/chat/completions", body)
                 assert response.status == 200
@@ -295,6 +298,7 @@ def test_a_stream_whose_pod_dies_ends_with_an_error_and_done(
         events = [e for e in received.split(b"\n\n") if e.startswith(b"data: ")]
         assert events[-1] == b"data: [DONE]"
         error = json.loads(events[-2][len(b"data: "):])
+        assert "error" in error, events[-3:]
         assert error["error"]["type"] == "service_unavailable"
         assert b'"content"' in b"".join(events[:-2])  # real tokens came first
         assert time.monotonic() - started < 30  # ended by failover, not by the deadline
