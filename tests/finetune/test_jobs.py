@@ -181,3 +181,17 @@ async def test_another_orgs_file_or_job_is_not_found(world: World) -> None:
     with pytest.raises(FinetuneError) as other:
         await world.writer.cancel_job("org_a", job_id)
     assert other.value.status == 404
+
+
+async def test_a_node_trains_one_job_at_a_time_even_right_after_a_restart(world: World
+                                                                         ) -> None:
+    await world.file()
+    first, second = await world.job(), await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    states = sorted([await world.state(first), await world.state(second)])
+    assert states == ["queued", "running"]  # one node in fra: one job on it
+    world.writer = world.make()  # restarted: no heartbeat has said fra-1 is busy
+    await world.writer.reconcile()
+    assert sorted([await world.state(first), await world.state(second)]) == states
+    assert len([m for _, m in world.sent if isinstance(m, TrainStart)]) == 1

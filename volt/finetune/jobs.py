@@ -97,6 +97,7 @@ class FineTuning:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._reports: dict[str, _Report] = {}
+        self._running_on: set[str] = set()
         self._started_at = clock()
         self.cards: dict[str, ModelCard] = {}
         """Every tuned model (a succeeded job's), for the placement view's catalog."""
@@ -235,8 +236,9 @@ class FineTuning:
             else:
                 data.update(train_loss=message.train_loss, epoch=message.epoch,
                             trained_tokens=message.trained_tokens)
-                new = event(f"Step {message.step}/{message.total_steps}: training loss="
-                            f"{message.train_loss:.4f}", at=now, kind="metrics", data=data)
+                loss = f"{message.train_loss:.4f}" if message.train_loss is not None else "-"
+                new = event(f"Step {message.step}/{message.total_steps}: training loss={loss}",
+                            at=now, kind="metrics", data=data)
             status = {**record.status, "step": message.step,
                       "total_steps": message.total_steps,
                       "trained_tokens": max(message.trained_tokens,
@@ -259,7 +261,12 @@ class FineTuning:
                                 "fine-tuning")
 
     async def reconcile(self) -> None:
-        for record in await self.store.in_states(JOB_KIND, [s.value for s in LIVE]):
+        live = await self.store.in_states(JOB_KIND, [s.value for s in LIVE])
+        # A node running a job is busy even before its first heartbeat since a
+        # restart says so.
+        self._running_on = {r.status.get("node_id", "") for r in live
+                            if r.state == JobState.RUNNING}
+        for record in live:
             async with self._lock:
                 fresh = await self.store.get(JOB_KIND, record.id)
                 if fresh is None or fresh.state not in LIVE:
@@ -294,12 +301,13 @@ class FineTuning:
                 record, JobEvent.STARTED, f"placed on node {node.node_id}",
                 extra={"node_id": node.node_id, "started_at": now, "dispatched_at": now},
                 events=[event(f"Fine-tuning job started on a node in {spec['metro']}", at=now)])
+            self._running_on.add(node.node_id)
             await self._send_start(record, node.node_id)
         elif state is JobState.RUNNING:
             await self._follow(record, now)
 
     def _busy_nodes(self) -> set[str]:
-        busy = set()
+        busy = set(self._running_on)
         for node_id, report in self._reports.items():
             if any(job.state == "running" for job in report.jobs.values()):
                 busy.add(node_id)
