@@ -267,6 +267,10 @@ def test_the_cli_and_sdk_upload_train_and_follow(cluster: Cluster, tmp_path: Pat
     assert job["id"] in listing.stdout
     files = cli("files", "list")
     assert job["training_file"] in files.stdout
+    assert cli("files", "content", job["training_file"]).stdout.encode() == TRAINING
+    steps = cli("fine-tune", "checkpoints", job["id"])
+    assert steps.returncode == 0, steps.stderr
+    assert ":ckpt-step-4" in steps.stdout, steps.stdout
 
     with Client(cluster.base_url, cluster.api_key) as volt:
         assert volt.files.content(job["training_file"]) == TRAINING

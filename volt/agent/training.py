@@ -35,12 +35,11 @@ import msgspec
 from volt.agent.seal import seal_child
 from volt.config import FinetuneSettings
 from volt.finetune.blobs import BlobError, Blobs, adapter_blob, file_blob
+from volt.finetune.trainer import KEEP_CHECKPOINTS
 from volt.processes import _die_with_parent, spawn, terminate
 from volt.wire import TrainCancel, TrainProgress, TrainStart, TrainStatus
 
 log = logging.getLogger(__name__)
-KEEP_CHECKPOINTS = 3
-"""As OpenAI: the checkpoints of the last epochs are kept."""
 REMEMBERED_JOBS = 64
 
 

@@ -23,6 +23,7 @@ from volt.control_api.scheduler_commands import json_response, known_query
 from volt.control_api.serving import decode_request
 from volt.finetune.jobs import JOB_KIND
 from volt.finetune.model_ids import TunedModel, org_token
+from volt.finetune.trainer import KEEP_CHECKPOINTS
 from volt.identity import Principal
 from volt.protocol.finetune import (
     CheckpointMetrics,
@@ -43,7 +44,6 @@ from volt.store.resources import ResourceRecord, ResourceStore
 from volt.wire import JobCancel, JobCreate
 
 BASES = ("/v1/fine_tuning/jobs", "/v1/fine-tuning/jobs")
-KEEP_CHECKPOINTS = 3
 _create = msgspec.json.Decoder(CreateFineTuningJobRequest)
 
 

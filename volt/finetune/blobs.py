@@ -38,7 +38,6 @@ class BlobUnavailable(Exception):
     """The blob store did not answer (NATS away, JetStream busy): try again later."""
 
 
-bucket_name = subjects.blob_bucket
 
 
 def file_blob(file_id: str) -> str:
@@ -72,7 +71,7 @@ class Blobs:
         self._buckets: dict[str, ObjectStore] = {}
 
     async def _bucket(self, metro: str) -> ObjectStore:
-        name = bucket_name(metro)
+        name = subjects.blob_bucket(metro)
         bucket = self._buckets.get(name)
         if bucket is None:
             try:
@@ -85,7 +84,7 @@ class Blobs:
         return bucket
 
     def _context(self, metro: str, name: str) -> bytes:
-        return f"volt.blob/{bucket_name(metro)}/{name}".encode()
+        return f"volt.blob/{subjects.blob_bucket(metro)}/{name}".encode()
 
     async def put(self, metro: str, name: str, data: bytes) -> None:
         nonce = os.urandom(NONCE_BYTES)

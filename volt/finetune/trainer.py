@@ -31,6 +31,9 @@ from volt.finetune.dataset import InvalidFile, parse
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """LoRA on every projection of a Llama-architecture block (vLLM serves these)."""
 IGNORE = -100
+KEEP_CHECKPOINTS = 3
+"""As OpenAI: the checkpoints of the last epochs are kept (the agent deletes older
+ones; the API lists these)."""
 
 
 def _emit(event: str, **fields: Any) -> None:

@@ -56,6 +56,23 @@ def _file_get(args: argparse.Namespace) -> None:
         show(volt.files.get(args.file_id), args, lambda f: _file_table([f]))
 
 
+def _file_content(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        data = volt.files.content(args.file_id)
+    if args.output:
+        Path(args.output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+def _checkpoints(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        page = volt.fine_tuning.checkpoints(args.job_id)
+    show(page, args, lambda p: "\n".join(
+        f"{c.step_number:>8} {c.metrics.train_loss if c.metrics.train_loss is not None else '-'}"
+        f"  {c.fine_tuned_model_checkpoint}" for c in p.data))
+
+
 def _file_delete(args: argparse.Namespace) -> None:
     with client_for(args) as volt:
         show(volt.files.delete(args.file_id), args, lambda d: f"{d.id} deleted")
@@ -136,6 +153,11 @@ def add_finetune_commands(commands: Any, client: argparse.ArgumentParser) -> Non
         sub.add_argument("file_id")
         sub.set_defaults(func=guarded(run))
 
+    content = files.add_parser("content", parents=[client], help="download a file's content")
+    content.add_argument("file_id")
+    content.add_argument("--output", "-o", help="write it here (default: standard output)")
+    content.set_defaults(func=guarded(_file_content))
+
     tune = commands.add_parser("fine-tune", help="LoRA fine-tuning jobs").add_subparsers(
         dest="fine_tune", required=True)
     create = tune.add_parser("create", parents=[client], help="start a fine-tune")
@@ -164,6 +186,10 @@ def add_finetune_commands(commands: Any, client: argparse.ArgumentParser) -> Non
     cancel = tune.add_parser("cancel", parents=[client], help="cancel a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(func=guarded(_cancel))
+    checkpoints = tune.add_parser("checkpoints", parents=[client],
+                                  help="a job's kept checkpoints (step, training loss)")
+    checkpoints.add_argument("job_id")
+    checkpoints.set_defaults(func=guarded(_checkpoints))
     events = tune.add_parser("events", parents=[client], help="a job's events, oldest first")
     events.add_argument("job_id")
     events.add_argument("--limit", type=int, default=50)
