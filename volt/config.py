@@ -253,6 +253,11 @@ class AgentSettings(_Section):
     ``paced`` the same tokens at a GPU's cadence (``paced_ttft_ms``, ``paced_itl_ms``)."""
     paced_ttft_ms: PositiveFloat = 100.0
     paced_itl_ms: PositiveFloat = 20.0
+    paced_schedule: Literal["batch", "stream"] = "batch"
+    """``batch``: one decoding step for every running stream each ``paced_itl_ms``,
+    as a GPU engine's continuous batching produces them (all streams' tokens at
+    once); ``stream``: each stream on its own clock from its start (the worst
+    case for a relay: tokens spread evenly over time)."""
     model: SubjectToken = "volt-tiny"
     engine_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
     engine_socket: str = ""

@@ -285,6 +285,22 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
+def test_the_paced_engine_steps_every_stream_together_as_a_gpu_batch_does(
+        tiny_model: Path) -> None:
+    """``batch`` (the default): requests that arrive a few ms apart get their
+    first tokens from the same decoding step, and every later token too (the
+    steps are one grid for all streams); ``stream`` keeps each on its own clock."""
+    from volt.agent.engine.backends import PacedBackend
+    from volt.agent.engine.tiny_model import MODEL_ID
+
+    batch = PacedBackend(tiny_model, MODEL_ID, ttft_s=0.1, itl_s=0.02)
+    stream = PacedBackend(tiny_model, MODEL_ID, ttft_s=0.1, itl_s=0.02, schedule="stream")
+    assert batch.first_token_at(10.003) == batch.first_token_at(10.011) == pytest.approx(10.12)
+    assert batch.first_token_at(10.003) >= 10.003 + 0.1  # never sooner than its TTFT
+    assert stream.first_token_at(10.003) == pytest.approx(10.103)
+    assert stream.first_token_at(10.011) == pytest.approx(10.111)
+
+
 async def test_the_paced_engine_sends_each_token_on_its_own_schedule(tiny_model: Path,
                                                                      tmp_path: Path) -> None:
     """``paced``: the first token no sooner than TTFT after the request, then one

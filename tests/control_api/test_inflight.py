@@ -22,7 +22,7 @@ from volt.control_api.admission import Admission
 from volt.control_api.errors import PayloadTooLarge, ServiceUnavailable
 from volt.control_api.inference import InferenceClient
 from volt.control_api.routing import Router
-from volt.control_api.serving import Dispatcher, Job
+from volt.control_api.serving import Dispatcher, Job, StreamReply
 from volt.identity.principal import AuthMethod, Principal, Role, Scope
 from volt.placement import PlacementQuery
 from volt.up.nats_server import NatsServer
@@ -35,6 +35,7 @@ from volt.wire import (
     ModelCard,
     NodeView,
     PlacementView,
+    StreamChunk,
     encode,
     subjects,
 )
@@ -217,3 +218,59 @@ async def test_no_pod_at_all_takes_nothing(api: Api) -> None:
         await api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL)
     api.assert_idle()
 
+
+
+async def test_a_stream_past_its_deadline_ends_with_504_and_gives_everything_back(
+        nats_server: NatsServer, pod: Pod) -> None:
+    """The deadline is one timer per request (not one per token): it still ends
+    a stream whose pod went quiet mid-way, and every counter comes back."""
+    from volt.control_api.chat import ChatCompletions
+
+    nc = await nats.connect(nats_server.url)
+    api = await api_component(nc, "api-3", 0.5)
+    pod.hold = True
+    chat = ChatCompletions(api.dispatcher)
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+    starting = asyncio.create_task(chat.create(body, time.perf_counter(), PRINCIPAL))
+    while not pod.held:
+        await asyncio.sleep(0.01)
+    request_id, reply_subject = pod.held.pop()
+    await pod.nc.publish(reply_subject, encode(StreamChunk(
+        request_id=request_id, seq=0, choices=[ChoiceDelta(content="hel")])))
+    reply = await starting
+    assert isinstance(reply, StreamReply)
+    events = [event async for event, _ in reply.events]  # then the pod says nothing more
+    assert b'"content":"hel"' in events[0]
+    assert b"deadline" in events[-1]
+    assert events[-1].endswith(b"data: [DONE]\n\n")
+    await reply.close()
+    api.assert_idle()
+    await nc.close()
+
+
+async def test_a_reply_channel_has_one_deadline_timer_which_forget_cancels(
+        api: Api, pod: Pod) -> None:
+    pod.hold = True  # the pod never answers: only the deadline ends a wait
+    loop = asyncio.get_running_loop()
+    channel = await api.inference.send(NODE, InferenceRequest(
+        request_id="r1", endpoint="chat.completions", model="m", stream=True, body=b"{}",
+        deadline_unix=time.time() + 60, tenant_id="org-1"))
+    deadline = loop.time() + 0.2
+    channel.put(Final(request_id="r1", pod="n1", metro="fra", tier="standard"))
+    assert isinstance(await channel.get(deadline), Final)  # there already: no timer needed
+    assert channel._timer is None
+    with pytest.raises(TimeoutError):
+        await channel.get(deadline)
+    with pytest.raises(TimeoutError):  # still past it: at once, with no new timer
+        await channel.get(deadline)
+    assert channel._timer is None
+    waiting = asyncio.create_task(channel.get(loop.time() + 60))
+    await asyncio.sleep(0.01)
+    timer = channel._timer
+    assert timer is not None
+    assert not timer.cancelled()
+    waiting.cancel()
+    api.inference.forget("r1")
+    assert timer.cancelled()
+    assert channel._timer is None
+    api.assert_idle()

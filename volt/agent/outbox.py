@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from volt.wire import (
     EmbeddingChunk,
@@ -24,7 +25,6 @@ from volt.wire import (
     ReplyBatch,
     StreamChunk,
     encode,
-    subjects,
 )
 
 log = logging.getLogger(__name__)
@@ -33,49 +33,58 @@ Reply = StreamChunk | EmbeddingChunk | Final | InferenceError
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
+class Route(NamedTuple):
+    """Where one request's replies go, worked out once when it arrives (not per token)."""
+
+    subject: str
+    """The request's own reply subject."""
+    batch: str | None
+    """Its API replica's batch subject (``subjects.batch_reply``); None: never batched."""
+
+
 class ReplyOutbox:
     def __init__(self, publish: Publish, interval_s: float) -> None:
         """``interval_s``: how long a reply may wait for others (0: never)."""
         self._publish = publish
         self.interval_s = interval_s
-        self._pending: dict[tuple[str, str], list[tuple[str, Reply]]] = {}
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # Both keyed by the replica's batch subject.
+        self._pending: dict[str, list[tuple[str, Reply]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         self.messages = 0
         """Bus messages sent (for the relay benchmark's accounting)."""
 
-    async def send(self, reply_subject: str, reply: Reply) -> None:
-        target = subjects.parse_reply(reply_subject)
-        if self.interval_s <= 0 or target is None:
-            await self._send_one(reply_subject, reply)
+    async def send(self, route: Route, reply: Reply) -> None:
+        key = route.batch
+        if self.interval_s <= 0 or key is None:
+            await self._send_one(route.subject, reply)
             return
-        key = (target.metro, target.replica_id)
         urgent = not isinstance(reply, StreamChunk) or reply.seq == 0
         pending = self._pending.get(key)
         if pending is None and urgent:
-            await self._send_one(reply_subject, reply)
+            await self._send_one(route.subject, reply)
             return
         if pending is None:
             pending = self._pending[key] = []
-        pending.append((reply_subject, reply))
+        pending.append((route.subject, reply))
         if urgent:
             await self._flush(key)
         elif key not in self._timers:
             self._timers[key] = asyncio.get_running_loop().call_later(
                 self.interval_s, self._flush_later, key)
 
-    def _flush_later(self, key: tuple[str, str]) -> None:
+    def _flush_later(self, key: str) -> None:
         task = asyncio.ensure_future(self._flush_logged(key))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush_logged(self, key: tuple[str, str]) -> None:
+    async def _flush_logged(self, key: str) -> None:
         try:
             await self._flush(key)
         except Exception as exc:  # NATS away: these replies are lost, as unbatched ones would be
             log.warning("reply batch not sent: %s", type(exc).__name__)
 
-    async def _flush(self, key: tuple[str, str]) -> None:
+    async def _flush(self, key: str) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -85,10 +94,8 @@ class ReplyOutbox:
         if len(pending) == 1:
             await self._send_one(*pending[0])
             return
-        metro, replica_id = key
         self.messages += 1
-        await self._publish(subjects.batch_reply(metro, replica_id),
-                            encode(ReplyBatch(replies=[reply for _, reply in pending])))
+        await self._publish(key, encode(ReplyBatch(replies=[reply for _, reply in pending])))
 
     async def _send_one(self, subject: str, reply: Reply) -> None:
         self.messages += 1

@@ -30,7 +30,7 @@ from volt.agent.engine.client import (
     EngineRejected,
     EngineUnavailable,
 )
-from volt.agent.outbox import ReplyOutbox
+from volt.agent.outbox import ReplyOutbox, Route
 from volt.agent.seal import Seal, SealCheck
 from volt.agent.telemetry import GpuCollector, GpuTelemetry
 from volt.agent.training import Training
@@ -359,18 +359,19 @@ class Agent:
             log.warning("request with a foreign reply subject dropped",
                         extra={"request_id": request.request_id})
             return
+        route = Route(msg.reply, subjects.batch_reply(target.metro, target.replica_id))
         handle, _ = self._engine_for(request.model)
         ready = handle is not None and handle.ready.is_set()
         if len(self._inflight) >= self.max_inflight or not ready:
             reason = "overloaded" if ready else "engine_unavailable"
-            await self._reply(msg.reply, InferenceError(
+            await self._reply(route, InferenceError(
                 request_id=request.request_id, code=reason, status=503, retryable=True,
                 message="the pod cannot take this request now",
             ))
             return
         replica = target.replica_id  # whose request this is
         self._by_replica[replica] = self._by_replica.get(replica, 0) + 1
-        task = asyncio.create_task(self._serve(request, msg.reply))
+        task = asyncio.create_task(self._serve(request, route))
         self._inflight[request.request_id] = task
 
         def done(_: object) -> None:
@@ -389,12 +390,12 @@ class Agent:
             task.cancel()
 
     async def _reply(
-        self, subject: str, message: StreamChunk | EmbeddingChunk | Final | InferenceError
+        self, route: Route, message: StreamChunk | EmbeddingChunk | Final | InferenceError
     ) -> None:
         assert self.outbox is not None
-        await self.outbox.send(subject, message)
+        await self.outbox.send(route, message)
 
-    async def _serve(self, request: InferenceRequest, reply: str) -> None:
+    async def _serve(self, request: InferenceRequest, reply: Route) -> None:
         received = time.perf_counter()
         started_unix = time.time()
         path = _ENDPOINT_PATHS[request.endpoint]
@@ -462,7 +463,7 @@ class Agent:
             ))
 
     async def _embed(
-        self, engine: EngineClient, request: InferenceRequest, reply: str, received: float,
+        self, engine: EngineClient, request: InferenceRequest, reply: Route, received: float,
         progress: _Progress,
     ) -> None:
         """One call, one answer: vectors in parts small enough for NATS, then the end."""
@@ -486,7 +487,7 @@ class Agent:
         ))
 
     async def _relay(
-        self, engine: EngineClient, request: InferenceRequest, reply: str, path: str,
+        self, engine: EngineClient, request: InferenceRequest, reply: Route, path: str,
         received: float, progress: _Progress,
     ) -> None:
         """Stream from the engine; relay chunks (or gather them into one reply).
@@ -500,6 +501,8 @@ class Agent:
         seq = 0
         last: list[ChoiceDelta] = []
         gathered: list[EngineChunk] = []
+        assert self.outbox is not None
+        send = self.outbox.send  # once per token: no wrapper on this path
         async for batch in engine.stream(path, request.body):
             for chunk in batch.chunks:
                 if chunk.usage is not None:
@@ -520,9 +523,7 @@ class Agent:
                 # Final message instead of a message of their own.
                 last = deltas
                 continue
-            await self._reply(reply, StreamChunk(
-                request_id=request.request_id, seq=seq, choices=deltas
-            ))
+            await send(reply, StreamChunk(request_id=request.request_id, seq=seq, choices=deltas))
             seq += 1
             progress.tokens_sent = True
         done = time.perf_counter()
@@ -545,6 +546,15 @@ class Agent:
 
 def _merge(chunks: list[EngineChunk]) -> list[ChoiceDelta]:
     """Coalesce the deltas of chunks that arrived together, per choice."""
+    if len(chunks) == 1 and len(choices := chunks[0].choices) == 1:
+        # A real engine's usual event: one token of one choice (nothing to coalesce).
+        choice = choices[0]
+        if choice.logprobs is None:
+            piece = choice.new_text()
+            if not piece and choice.finish_reason is None:
+                return []
+            return [ChoiceDelta(index=choice.index, content=piece or "",
+                                finish_reason=choice.finish_reason)]
     text: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
     logprobs: dict[int, list[bytes]] = {}

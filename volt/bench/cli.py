@@ -104,6 +104,9 @@ def add_bench_parser(commands: Any, run: Callable[[argparse.Namespace], None]) -
     relay.add_argument("--itl-ms", type=float, default=20.0)
     relay.add_argument("--stream-interval-ms", type=float, default=3.0,
                        help="the agent's agent.stream_interval_ms (0: one message per chunk)")
+    relay.add_argument("--schedule", choices=["batch", "stream"], default="batch",
+                       help="the paced engine's agent.paced_schedule: one decoding step for "
+                            "all streams, as a GPU (default), or a clock per stream")
     relay.add_argument("--json", type=Path, help="also write the figures here")
     relay.set_defaults(func=run)
 
@@ -210,7 +213,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
         run_relay(tokens=args.tokens, concurrencies=args.concurrency, duration_s=args.duration,
                   ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, json_path=args.json,
-                  stream_interval_ms=args.stream_interval_ms)
+                  stream_interval_ms=args.stream_interval_ms, schedule=args.schedule)
     elif args.bench == "identity":
         from volt.bench.identity import run_identity_bench
 

@@ -9,6 +9,9 @@ TTFT and ITL as the client sees them, Volt's additions to both, and the CPU
 Volt's own processes (API, agent, nats-server) spent per relayed token, read
 from the kernel's accounting of those processes (the engine, which stands in
 for the GPU, and the scheduler, which no token passes through, are left out).
+Beside it, the floor at each concurrency: what one token-sized socket write
+costs the kernel alone (``write_floor``), which the API pays once per token
+per client whatever else it does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import uvloop
 from volt.agent.engine.tiny_model import MODEL_ID
 from volt.bench.loadgen import Run, Target, chat_body, closed_loop, percentile
 from volt.bench.report import header, write
+from volt.bench.write_floor import floor_us_per_token
 
 GOALS = {"cpu_us_per_token": 25.0, "added_itl_p99_ms": 5.0, "added_ttft_p50_ms": 2.0}
 
@@ -85,7 +89,7 @@ async def measure(engine: Target, volt: Target, volt_pids: list[int], *, tokens:
     return rows
 
 
-def added(rows: list[Row]) -> list[dict[str, Any]]:
+def added(rows: list[Row], floors: dict[int, float]) -> list[dict[str, Any]]:
     by = {(r.path, r.concurrency): r for r in rows}
     out = []
     for concurrency in sorted({r.concurrency for r in rows}):
@@ -97,6 +101,7 @@ def added(rows: list[Row]) -> list[dict[str, Any]]:
             "added_itl_p50_ms": round(volt.itl_p50_ms - engine.itl_p50_ms, 2),
             "added_itl_p99_ms": round(volt.itl_p99_ms - engine.itl_p99_ms, 2),
             "cpu_us_per_token": volt.cpu_us_per_token,
+            "floor_us_per_token": floors.get(concurrency),
             "failures": volt.failures,
         })
     return out
@@ -111,21 +116,25 @@ def render(rows: list[Row], deltas: list[dict[str, Any]]) -> str:
                      f"{r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | {r.itl_p50_ms:.1f} | "
                      f"{r.itl_p99_ms:.1f} | {cpu} |")
     lines += ["", "Added by Volt (ms; goals: CPU ≤ 25 µs/token, ITL p99 +≤ 5, TTFT p50 +≤ 2):",
-              "", "| conc | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | CPU µs/token |",
-              "|---:|---:|---:|---:|---:|---:|"]
+              "", "| conc | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | CPU µs/token | "
+              "floor: one write µs |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for d in deltas:
         lines.append(f"| {d['concurrency']} | {d['added_ttft_p50_ms']:+.1f} | "
                      f"{d['added_ttft_p99_ms']:+.1f} | {d['added_itl_p50_ms']:+.1f} | "
-                     f"{d['added_itl_p99_ms']:+.1f} | {d['cpu_us_per_token']} |")
+                     f"{d['added_itl_p99_ms']:+.1f} | {d['cpu_us_per_token']} | "
+                     f"{d['floor_us_per_token']} |")
     return "\n".join(lines)
 
 
 def run_relay(*, tokens: int, concurrencies: list[int], duration_s: float, ttft_ms: float,
-              itl_ms: float, json_path: Path | None,
-              stream_interval_ms: float = 3.0) -> dict[str, Any]:
+              itl_ms: float, json_path: Path | None, stream_interval_ms: float = 3.0,
+              schedule: str = "batch") -> dict[str, Any]:
     from volt.testing import Cluster
 
+    print("measuring the floor (one token-sized socket write)…", file=sys.stderr, flush=True)
+    floors = {c: floor_us_per_token(c, itl_ms / 1000) for c in concurrencies}
     pacing = {"VOLT_AGENT_PACED_TTFT_MS": str(ttft_ms), "VOLT_AGENT_PACED_ITL_MS": str(itl_ms),
+              "VOLT_AGENT_PACED_SCHEDULE": schedule,
               "VOLT_AGENT_STREAM_INTERVAL_MS": str(stream_interval_ms),
               "VOLT_AGENT_MAX_INFLIGHT": "100000", "VOLT_API_MAX_INFLIGHT_PER_POD": "100000"}
     with tempfile.TemporaryDirectory(prefix="volt-bench-") as tmp, \
@@ -143,10 +152,11 @@ def run_relay(*, tokens: int, concurrencies: list[int], duration_s: float, ttft_
         volt = Target("volt", cluster.base_url, api_key=cluster.api_key)
         rows = uvloop.run(measure(engine, volt, volt_pids, tokens=tokens,
                                   concurrencies=concurrencies, duration_s=duration_s))
-    deltas = added(rows)
+    deltas = added(rows, floors)
     report = header("relay", {"tokens": tokens, "concurrencies": concurrencies,
                               "duration_s": duration_s, "ttft_ms": ttft_ms, "itl_ms": itl_ms,
-                              "engine": "paced", "stream_interval_ms": stream_interval_ms})
+                              "engine": "paced", "schedule": schedule,
+                              "stream_interval_ms": stream_interval_ms})
     report.update({"goals": GOALS, "results": [asdict(r) for r in rows], "added": deltas})
     print(render(rows, deltas))
     write(report, json_path)

@@ -118,7 +118,7 @@ class HotPath:
                 await _send_error(send_tagged, error)
                 return
             await self._serve(endpoint_of(self.services, path), body, arrived, principal,
-                              receive, send_tagged)
+                              receive, send_tagged, send)
         finally:
             client = scope.get("client")
             identity.record(request_id=request_id, principal=principal, method="POST",
@@ -126,7 +126,10 @@ class HotPath:
                             client=client[0] if client else "", body=body, level=rule.audit)
 
     async def _serve(self, endpoint: Endpoint, body: bytes, arrived: float,
-                     principal: Principal, receive: Receive, send: Send) -> None:
+                     principal: Principal, receive: Receive, send: Send,
+                     send_body: Send) -> None:
+        """``send`` starts the response (tagging it); a stream's events, once
+        per token, go straight to the server's ``send_body``."""
         async with CancelOnDisconnect(receive) as guard:
             reply: JsonReply | StreamReply | None = None
             try:
@@ -140,8 +143,8 @@ class HotPath:
                 async for event, last in reply.events:
                     if last:
                         guard.finish()
-                    await send({"type": "http.response.body", "body": event,
-                                "more_body": not last})
+                    await send_body({"type": "http.response.body", "body": event,
+                                     "more_body": not last})
             except ApiError as error:
                 guard.finish()
                 await _send_error(send, error)

@@ -60,16 +60,20 @@ Reply = ReplyMessage | PodGone
 class ReplyChannel:
     """The replies of one request, in order.
 
-    Lighter than ``asyncio.Queue`` plus ``wait_for`` (which wraps every wait in
-    a new Task): a deque and at most one waiting future, with the deadline
-    enforced by ``asyncio.timeout_at`` on the caller's own task.
+    Lighter than ``asyncio.Queue`` plus a timeout per wait, which is paid once
+    per token: a deque, at most one waiting future, and one timer for the
+    request's deadline, armed at the first wait and cancelled by ``close``.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_deadline", "_expired", "_items", "_loop", "_timer", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._items: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = -1.0
+        self._expired = False
 
     def put(self, reply: Reply) -> None:
         self._items.append(reply)
@@ -87,13 +91,31 @@ class ReplyChannel:
     async def get(self, deadline: float) -> Reply:
         """The next reply; ``TimeoutError`` at ``deadline`` (event-loop time)."""
         if not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            if deadline != self._deadline:  # the first wait (or a new deadline)
+                self.close()
+                self._deadline, self._expired = deadline, False
+                self._timer = self._loop.call_at(deadline, self._expire)
+            if self._expired:
+                raise TimeoutError
+            waiter = self._waiter = self._loop.create_future()
             try:
-                async with asyncio.timeout_at(deadline):
-                    await self._waiter
+                await waiter
             finally:
                 self._waiter = None
         return self._items.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    def close(self) -> None:
+        """No more waits: drop the deadline's timer (``InferenceClient.forget``)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class InferenceClient:
@@ -132,7 +154,7 @@ class InferenceClient:
 
     async def send(self, node: NodeView, request: InferenceRequest) -> ReplyChannel:
         """Publish ``request`` to ``node``; its replies arrive on the returned channel."""
-        channel = ReplyChannel()
+        channel = ReplyChannel(asyncio.get_running_loop())
         self._channels[request.request_id] = channel
         self._node_of[request.request_id] = node.node_id
         self._by_node.setdefault(node.node_id, set()).add(request.request_id)
@@ -152,7 +174,9 @@ class InferenceClient:
         return channel
 
     def forget(self, request_id: str) -> None:
-        self._channels.pop(request_id, None)
+        channel = self._channels.pop(request_id, None)
+        if channel is not None:
+            channel.close()
         node_id = self._node_of.pop(request_id, None)
         if node_id is not None:
             on_node = self._by_node.get(node_id)

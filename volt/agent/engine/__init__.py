@@ -19,6 +19,7 @@ def cpu_engine_command(config: VoltConfig) -> list[str]:
         "--threads", str(config.agent.engine_threads),
         "--ttft-ms", str(config.agent.paced_ttft_ms),
         "--itl-ms", str(config.agent.paced_itl_ms),
+        "--schedule", config.agent.paced_schedule,
     )
 
 

@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from volt.agent.engine.lora import AdapterError, LoraAdapters, Step, deliver_to
 from volt.agent.engine.sampling import SamplingParams, TokenLogprob, install
@@ -508,26 +509,40 @@ class PacedBackend(_TokenizedBackend):
     """A GPU's token cadence without a GPU: the first token ``ttft_s`` after the
     request, then one every ``itl_s``, each its own event, as a decoding step
     produces it. No model: a 2-core machine can pace hundreds of streams, so
-    what Volt spends relaying each token can be measured at a GPU's rate."""
+    what Volt spends relaying each token can be measured at a GPU's rate.
 
-    def __init__(self, model_dir: Path, model_id: str, *, ttft_s: float, itl_s: float) -> None:
+    ``schedule="batch"`` is how a GPU engine with continuous batching paces
+    them: one decoding step every ``itl_s`` for all running streams, so every
+    stream's token comes out of the same step and a new request's first token
+    comes with the first step after its ``ttft_s``. ``"stream"`` gives each
+    stream its own clock from its start, spreading tokens evenly over time:
+    the worst case for a relay, which then meets them one at a time."""
+
+    def __init__(self, model_dir: Path, model_id: str, *, ttft_s: float, itl_s: float,
+                 schedule: Literal["batch", "stream"] = "batch") -> None:
         self.model_id = model_id
         self.max_context = 1 << 20
         self.tokenizer = _Tokenizer(model_dir)
-        self.ttft_s, self.itl_s = ttft_s, itl_s
+        self.ttft_s, self.itl_s, self.schedule = ttft_s, itl_s, schedule
         ids = self.tokenizer.encode(INSTANT_TEXT)
         self._pieces = [self.tokenizer.decode([i]) for i in ids]
+
+    def first_token_at(self, started: float) -> float:
+        """When a request that arrived at ``started`` (loop time) gets its first token."""
+        ready = started + self.ttft_s
+        if self.schedule == "stream":
+            return ready
+        return math.ceil(ready / self.itl_s) * self.itl_s  # the next step of the batch
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams,
         adapter: str | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
         loop = asyncio.get_running_loop()
-        started, n, pieces = loop.time(), params.max_new_tokens, self._pieces
+        first, n, pieces = self.first_token_at(loop.time()), params.max_new_tokens, self._pieces
         for i in range(n):
-            # On a schedule from the start, so a late wake-up does not push
-            # every later token back.
-            delay = started + self.ttft_s + i * self.itl_s - loop.time()
+            # On a schedule, so a late wake-up does not push every later token back.
+            delay = first + i * self.itl_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             yield TokenEvent([pieces[i % len(pieces)]], "length" if i == n - 1 else None,

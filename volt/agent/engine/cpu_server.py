@@ -493,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=["model", "instant", "paced"], default="model")
     parser.add_argument("--ttft-ms", type=float, default=100.0, help="paced: first token after")
     parser.add_argument("--itl-ms", type=float, default=20.0, help="paced: then one token every")
+    parser.add_argument("--schedule", choices=["batch", "stream"], default="batch",
+                        help="paced: one step for all streams, or a clock per stream")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--default-max-tokens", type=int, default=256)
     args = parser.parse_args(argv)
@@ -505,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         backend = InstantBackend(args.model_dir, args.model_id)
     elif args.mode == "paced":
         backend = PacedBackend(args.model_dir, args.model_id, ttft_s=args.ttft_ms / 1000,
-                               itl_s=args.itl_ms / 1000)
+                               itl_s=args.itl_ms / 1000, schedule=args.schedule)
     else:
         backend = TransformersBackend(args.model_dir, args.model_id, threads=args.threads)
     server = EngineServer(backend, default_max_tokens=args.default_max_tokens)
