@@ -105,8 +105,10 @@ async def test_a_job_trains_in_its_files_metro_and_succeeds(world: World) -> Non
     assert record.state == "succeeded"
     assert record.status["fine_tuned_model"] == f"ft:volt-tiny:org_a:s:{job_id}"
     assert record.status["trained_tokens"] == 99
-    assert [e["data"].get("train_loss") for e in record.status["events"]
-            if e["type"] == "metrics"] == [2.5]
+    events = (await ResourceStore(world.db).log(job_id, limit=100)).entries
+    assert [e["data"].get("train_loss") for e in events if e["type"] == "metrics"] == [2.5]
+    assert events[0]["message"] == "The job has successfully completed"  # newest first
+    assert "events" not in record.status  # the log has rows of its own
     assert record.status["fine_tuned_model"] in world.writer.cards
 
 

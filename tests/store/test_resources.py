@@ -3,6 +3,8 @@ compare-and-set transitions with history, pages, and what a writer resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from volt.store import Database
@@ -61,3 +63,28 @@ async def test_pages_are_newest_first_and_states_filter(store: ResourceStore) ->
         await store.page("lease", "org_a", limit=10, after="lease-b")
     live = await store.in_states("lease", ["active"])
     assert {r.id for r in live} == {"lease-1", "lease-3", "lease-b"}
+
+
+def entry(n: int) -> dict[str, object]:
+    return {"id": f"ev-{n}", "message": f"event {n}"}
+
+
+async def test_a_resources_log_is_appended_with_its_change_and_read_newest_first(
+        store: ResourceStore) -> None:
+    record = await store.create(kind="fine_tuning_job", id="job-1", org_id="org_a",
+                                state="queued", spec={}, status={}, now=1.0,
+                                log=[entry(1), entry(2)])
+    record = await store.update_status(record, {"step": 1}, 2.0, log=[entry(3)])
+    with pytest.raises(StaleResource):  # a lost compare-and-set appends nothing either
+        await store.update_status(dataclasses.replace(record, version=1), {"step": 9}, 2.5,
+                                  log=[entry(99)])
+    await store.transition(record, event="start", to="running", now=3.0, log=[entry(4)])
+    page = await store.log("job-1", limit=3)
+    assert [e["id"] for e in page.entries] == ["ev-4", "ev-3", "ev-2"]
+    assert page.has_more
+    rest = await store.log("job-1", limit=3, after="ev-2")
+    assert ([e["id"] for e in rest.entries], rest.has_more) == (["ev-1"], False)
+    assert rest.entries[0] == entry(1)  # as it was written
+    with pytest.raises(KeyError):
+        await store.log("job-1", limit=3, after="ev-99")
+    assert (await store.log("job-2", limit=3)).entries == []

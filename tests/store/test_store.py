@@ -76,3 +76,40 @@ async def test_an_older_store_upgrades_keeping_its_orgs_and_usage(tmp_path: Path
         assert keys == 0
     finally:
         await database.close()
+
+
+async def test_a_jobs_events_move_from_its_status_to_its_log_on_upgrade(tmp_path: Path) -> None:
+    """Revision 0006: a fine-tuning job made before it kept its events in its
+    status; they become its log, in order, and leave the status."""
+    import json
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from volt.store.database import _alembic_config
+    from volt.store.resources import ResourceStore
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    events = [{"id": f"ftevent-{n}", "created_at": n, "level": "info", "message": f"m{n}",
+               "type": "message", "data": {}} for n in range(3)]
+    try:
+        def to_0005(connection: object) -> None:
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0005")
+
+        async with database.engine.begin() as connection:
+            await connection.run_sync(to_0005)
+            await connection.execute(text(
+                "insert into resources (id, kind, org_id, state, spec, status, reason, "
+                "created_at, updated_at, version) values ('ftjob-1', 'fine_tuning_job', 'o', "
+                "'running', '{}', :status, '', 1, 1, 1)"),
+                {"status": json.dumps({"step": 2, "events": events})})
+        await database.upgrade()
+        store = ResourceStore(database)
+        record = await store.get("fine_tuning_job", "ftjob-1")
+        assert record is not None
+        assert record.status == {"step": 2}
+        assert (await store.log("ftjob-1", limit=10)).entries == events[::-1]
+    finally:
+        await database.close()

@@ -54,7 +54,7 @@ from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
 from volt.control_api.vault import register_vault_routes
-from volt.finetune.blobs import Blobs, data_key
+from volt.finetune.blobs import Blobs, BlobUnavailable, data_key
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
@@ -219,6 +219,7 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
 
     @app.errorhandler(IdentityError)
     @app.errorhandler(AuditUnavailable)
+    @app.errorhandler(BlobUnavailable)
     async def translated_error(error: Exception) -> Response:
         translated = translate(error)
         assert translated is not None

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from volt.finetune.blobs import BlobUnavailable
 from volt.identity.audit import AuditUnavailable
 from volt.identity.errors import IdentityError
 from volt.identity.limits import LimitExceeded, LimitState, limit_headers
@@ -214,6 +215,9 @@ def translate(exc: Exception) -> ApiError | None:
                                          "request it cannot audit; retry shortly.")
         unavailable.code = "audit_unavailable"
         return unavailable
+    if isinstance(exc, BlobUnavailable):  # training data's metro-local store
+        return ServiceUnavailable(f"{exc}; nothing was changed. Try again shortly.",
+                                  retry_after_s=5)
     return None
 
 

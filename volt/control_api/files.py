@@ -23,12 +23,10 @@ from volt.control_api.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
-    ServiceUnavailable,
-    error_json,
 )
 from volt.control_api.identity_routes import page_limit
 from volt.control_api.scheduler_commands import SchedulerCommands, json_response, known_query
-from volt.finetune.blobs import BlobError, Blobs, BlobUnavailable, file_blob
+from volt.finetune.blobs import BlobError, Blobs, file_blob
 from volt.finetune.dataset import InvalidFile, parse
 from volt.finetune.jobs import FILE_KIND, FILE_PROCESSED
 from volt.identity import Principal
@@ -83,13 +81,6 @@ def choose_metro(services: Any, principal: Principal, asked: str | None) -> str:
 
 
 def register_file_routes(app: Quart, services: Any) -> None:
-    @app.errorhandler(BlobUnavailable)
-    async def blob_store_down(error: BlobUnavailable) -> Response:
-        unavailable = ServiceUnavailable(f"{error}; nothing was changed. Try again shortly.",
-                                         retry_after_s=5)
-        return Response(error_json(unavailable), status=unavailable.status,
-                        headers=unavailable.headers(), content_type="application/json")
-
     def blobs() -> Blobs:
         blob_store: Blobs | None = services.blobs
         assert blob_store is not None

@@ -157,11 +157,13 @@ def register_fine_tuning_routes(app: Quart, services: Any) -> None:
     async def job_events(job_id: str) -> Response:
         known_query(request.args, ("limit", "after"))
         record = await own_job(g.principal, job_id)
-        limit = page_limit(request.args)
-        newest_first = list(reversed(record.status.get("events", [])))
-        rest = _after(newest_first, request.args.get("after"), "an event")
+        try:
+            page = await ResourceStore(services.db).log(
+                record.id, limit=page_limit(request.args), after=request.args.get("after"))
+        except KeyError:
+            raise InvalidRequest("`after` is not an event of this job.", param="after") from None
         return json_response(FineTuningJobEventList(
-            data=[FineTuningJobEvent(**e) for e in rest[:limit]], has_more=len(rest) > limit))
+            data=[FineTuningJobEvent(**e) for e in page.entries], has_more=page.has_more))
 
     async def job_checkpoints(job_id: str) -> Response:
         known_query(request.args, ("limit", "after"))

@@ -48,8 +48,6 @@ FILE_KIND = "file"
 JOB_KIND = "fine_tuning_job"
 FILE_PROCESSED = "processed"
 FILE_DELETED = "deleted"
-MAX_EVENTS = 1000
-"""A job keeps its latest events (OpenAI's list is paginated the same way)."""
 
 
 class FinetuneError(Refusal):
@@ -179,12 +177,11 @@ class FineTuning:
                         "n_epochs": command.n_epochs, "batch_size": command.batch_size,
                         "learning_rate_multiplier": command.learning_rate_multiplier,
                         "lora_rank": command.lora_rank, "lora_alpha": command.lora_alpha}}
-            status = {"events": [event(f"Created fine-tuning job: {job_id}", at=now),
-                                 event("Validating training file: "
-                                       f"{command.training_file}", at=now)]}
-            record = await self.store.create(kind=JOB_KIND, id=job_id, org_id=command.org_id,
-                                             state=JobState.VALIDATING_FILES.value, spec=spec,
-                                             status=status, now=now)
+            record = await self.store.create(
+                kind=JOB_KIND, id=job_id, org_id=command.org_id,
+                state=JobState.VALIDATING_FILES.value, spec=spec, status={}, now=now,
+                log=[event(f"Created fine-tuning job: {job_id}", at=now),
+                     event(f"Validating training file: {command.training_file}", at=now)])
         log.info("fine-tuning job created", extra={"job_id": job_id, "org_id": command.org_id})
         self._wake.set()
         return record
@@ -242,15 +239,14 @@ class FineTuning:
             status = {**record.status, "step": message.step,
                       "total_steps": message.total_steps,
                       "trained_tokens": max(message.trained_tokens,
-                                            int(record.status.get("trained_tokens", 0))),
-                      "events": [*record.status.get("events", []), new][-MAX_EVENTS:]}
+                                            int(record.status.get("trained_tokens", 0)))}
             if message.event == "checkpoint":
                 status["checkpoints"] = [*record.status.get("checkpoints", []), {
                     "id": "ftckpt-" + secrets.token_hex(12), "created_at": int(now),
                     "step_number": message.step, "epoch": message.epoch,
                     "train_loss": message.train_loss, "valid_loss": message.valid_loss}]
             try:
-                await self.store.update_status(record, status, now)
+                await self.store.update_status(record, status, now, log=[new])
             except StaleResource:
                 pass  # the reconcile loop moved it meanwhile; a lost metric is harmless
 
@@ -385,6 +381,5 @@ class FineTuning:
                                     level="error"))
         if to in (JobState.FAILED, JobState.CANCELLED, JobState.SUCCEEDED):
             status.setdefault("finished_at", now)
-        status["events"] = [*record.status.get("events", []), *new_events][-MAX_EVENTS:]
         return await self.store.transition(record, event=job_event.value, to=to.value,
-                                           now=now, reason=reason, status=status)
+                                           now=now, reason=reason, status=status, log=new_events)

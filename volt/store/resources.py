@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from volt.store.database import Database, StoreError
-from volt.store.schema import Resource, ResourceEvent
+from volt.store.schema import Resource, ResourceEvent, ResourceLogEntry
 
 
 class StaleResource(StoreError):
@@ -54,6 +54,29 @@ class Page:
     has_more: bool = False
 
 
+@dataclass
+class LogPage:
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    """Newest first."""
+    has_more: bool = False
+
+
+LogEntries = Sequence[dict[str, Any]]
+"""Entries for a resource's log: JSON objects, each with its own ``id``."""
+
+
+async def _append_log(session: Any, resource_id: str, entries: LogEntries | None,
+                      now: float) -> None:
+    if not entries:
+        return
+    last = await session.scalar(
+        select(func.coalesce(func.max(ResourceLogEntry.seq), 0))
+        .where(ResourceLogEntry.resource_id == resource_id))
+    for seq, entry in enumerate(entries, start=(last or 0) + 1):
+        session.add(ResourceLogEntry(resource_id=resource_id, seq=seq, entry_id=entry["id"],
+                                     at=now, entry=json.dumps(entry)))
+
+
 def _record(row: Resource) -> ResourceRecord:
     return ResourceRecord(
         id=row.id, kind=row.kind, org_id=row.org_id, state=row.state,
@@ -67,23 +90,26 @@ class ResourceStore:
 
     async def create(self, *, kind: str, id: str, org_id: str, state: str,
                      spec: dict[str, Any], status: dict[str, Any], now: float,
-                     reason: str = "") -> ResourceRecord:
+                     reason: str = "", log: LogEntries | None = None) -> ResourceRecord:
         async with self.db.session() as session, session.begin():
             session.add(Resource(id=id, kind=kind, org_id=org_id, state=state,
                                  spec=json.dumps(spec), status=json.dumps(status),
                                  reason=reason, created_at=now, updated_at=now, version=1))
             session.add(ResourceEvent(resource_id=id, seq=1, at=now, event="create",
                                       from_state="", to_state=state, reason=reason))
+            await _append_log(session, id, log, now)
         return ResourceRecord(id=id, kind=kind, org_id=org_id, state=state, spec=spec,
                               status=status, reason=reason, created_at=now, updated_at=now,
                               version=1)
 
     async def transition(self, record: ResourceRecord, *, event: str, to: str, now: float,
                          reason: str = "", status: dict[str, Any] | None = None,
-                         org_id: str | None = None) -> ResourceRecord:
+                         org_id: str | None = None,
+                         log: LogEntries | None = None) -> ResourceRecord:
         """Move ``record`` to ``to`` (the lifecycle already said it may), with
         its new status (and with ``org_id``, a new holder: a rack changes hands
-        between tenants); ``StaleResource`` if the row is not as read."""
+        between tenants) and ``log`` appended to its log; ``StaleResource`` if
+        the row is not as read."""
         new_status = record.status if status is None else status
         new_org = record.org_id if org_id is None else org_id
         async with self.db.session() as session, session.begin():
@@ -100,13 +126,14 @@ class ResourceStore:
             session.add(ResourceEvent(resource_id=record.id, seq=(seq or 0) + 1, at=now,
                                       event=event, from_state=record.state, to_state=to,
                                       reason=reason))
+            await _append_log(session, record.id, log, now)
         return ResourceRecord(
             id=record.id, kind=record.kind, org_id=new_org, state=to, spec=record.spec,
             status=new_status, reason=reason, created_at=record.created_at, updated_at=now,
             version=record.version + 1)
 
     async def update_status(self, record: ResourceRecord, status: dict[str, Any],
-                            now: float) -> ResourceRecord:
+                            now: float, log: LogEntries | None = None) -> ResourceRecord:
         async with self.db.session() as session, session.begin():
             result = await session.execute(
                 update(Resource)
@@ -115,6 +142,7 @@ class ResourceStore:
                         version=record.version + 1))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise StaleResource(f"{record.kind} {record.id} changed since it was read")
+            await _append_log(session, record.id, log, now)
         return ResourceRecord(
             id=record.id, kind=record.kind, org_id=record.org_id, state=record.state,
             spec=record.spec, status=status, reason=record.reason,
@@ -174,3 +202,20 @@ class ResourceStore:
                 .order_by(ResourceEvent.seq))).all()
         return [HistoryEntry(seq=r.seq, at=r.at, event=r.event, from_state=r.from_state,
                              to_state=r.to_state, reason=r.reason) for r in rows]
+
+    async def log(self, id: str, *, limit: int, after: str | None = None) -> LogPage:
+        """A resource's log, newest first; ``after``: the last entry id of the
+        previous page (``KeyError`` if it is not one of this resource's)."""
+        query = select(ResourceLogEntry).where(ResourceLogEntry.resource_id == id)
+        async with self.db.session() as session:
+            if after is not None:
+                cursor = await session.scalar(
+                    select(ResourceLogEntry.seq).where(ResourceLogEntry.resource_id == id,
+                                                       ResourceLogEntry.entry_id == after))
+                if cursor is None:
+                    raise KeyError(after)
+                query = query.where(ResourceLogEntry.seq < cursor)
+            rows = (await session.scalars(
+                query.order_by(ResourceLogEntry.seq.desc()).limit(limit + 1))).all()
+        return LogPage(entries=[json.loads(row.entry) for row in rows[:limit]],
+                       has_more=len(rows) > limit)

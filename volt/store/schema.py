@@ -126,3 +126,18 @@ class ResourceEvent(Base):
     from_state: Mapped[str] = mapped_column(String(32))
     to_state: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ResourceLogEntry(Base):
+    """A resource's own log, as its owner reads it (a fine-tuning job's events):
+    appended in the transaction of the change it tells of, never rewritten."""
+
+    __tablename__ = "resource_log"
+
+    resource_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(40))
+    at: Mapped[float] = mapped_column(Float)
+    entry: Mapped[str] = mapped_column(Text)
+    """The entry as its reader gets it (JSON)."""
+    __table_args__ = (Index("ix_resource_log_entry", "resource_id", "entry_id", unique=True),)
