@@ -22,7 +22,7 @@ from volt.control_api.admission import Admission
 from volt.control_api.errors import PayloadTooLarge, ServiceUnavailable
 from volt.control_api.inference import InferenceClient
 from volt.control_api.routing import Router
-from volt.control_api.serving import Dispatcher, Job, StreamReply
+from volt.control_api.serving import Dispatcher, Job, JsonReply, StreamReply
 from volt.identity.principal import AuthMethod, Principal, Role, Scope
 from volt.placement import PlacementQuery
 from volt.up.nats_server import NatsServer
@@ -132,6 +132,21 @@ def job(body: bytes = b"{}") -> Job:
                query=PlacementQuery(model="m"))
 
 
+STREAM_BODY = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+
+
+async def held_stream(api: Api, pod: Pod) -> asyncio.Task[JsonReply | StreamReply]:
+    """A streaming chat request the pod has received and holds unanswered."""
+    from volt.control_api.chat import ChatCompletions
+
+    pod.hold = True
+    starting = asyncio.create_task(ChatCompletions(api.dispatcher).create(
+        STREAM_BODY, time.perf_counter(), PRINCIPAL))
+    while not pod.held:
+        await asyncio.sleep(0.01)
+    return starting
+
+
 async def test_a_whole_request_gives_everything_back(api: Api, pod: Pod) -> None:
     call = await api.dispatcher.start(job(), time.perf_counter(), PRINCIPAL)
     final = await api.dispatcher.finish(call)
@@ -196,14 +211,7 @@ async def test_a_cancelled_waiter_and_a_cancelled_request_give_everything_back(
 async def test_a_stream_nobody_read_is_closed_by_its_reply(api: Api, pod: Pod) -> None:
     """A stream whose client left before its first event: the reply's close
     gives everything back and stops the pod (its generator never ran)."""
-    from volt.control_api.chat import ChatCompletions
-
-    pod.hold = True
-    chat = ChatCompletions(api.dispatcher)
-    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
-    starting = asyncio.create_task(chat.create(body, time.perf_counter(), PRINCIPAL))
-    while not pod.held:
-        await asyncio.sleep(0.01)
+    starting = await held_stream(api, pod)
     await pod.release_all()  # the pod answers its first (and last) message
     reply = await starting
     assert api.router.inflight == {"n1": 1}
@@ -219,21 +227,13 @@ async def test_no_pod_at_all_takes_nothing(api: Api) -> None:
     api.assert_idle()
 
 
-
 async def test_a_stream_past_its_deadline_ends_with_504_and_gives_everything_back(
         nats_server: NatsServer, pod: Pod) -> None:
     """The deadline is one timer per request (not one per token): it still ends
     a stream whose pod went quiet mid-way, and every counter comes back."""
-    from volt.control_api.chat import ChatCompletions
-
     nc = await nats.connect(nats_server.url)
     api = await api_component(nc, "api-3", 0.5)
-    pod.hold = True
-    chat = ChatCompletions(api.dispatcher)
-    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}'
-    starting = asyncio.create_task(chat.create(body, time.perf_counter(), PRINCIPAL))
-    while not pod.held:
-        await asyncio.sleep(0.01)
+    starting = await held_stream(api, pod)
     request_id, reply_subject = pod.held.pop()
     await pod.nc.publish(reply_subject, encode(StreamChunk(
         request_id=request_id, seq=0, choices=[ChoiceDelta(content="hel")])))

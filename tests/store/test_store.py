@@ -39,20 +39,12 @@ async def test_catalog_and_inventory(db: Database) -> None:
 async def test_an_older_store_upgrades_keeping_its_orgs_and_usage(tmp_path: Path) -> None:
     """A store at the spine's schema (tenants, digest keys) upgrades in place:
     tenants become orgs with their catalogs, usage is kept, old-format keys go."""
-    from alembic import command
     from sqlalchemy import text
-
-    from volt.store.database import _alembic_config
 
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
     try:
-        def to_0003(connection: object) -> None:
-            config = _alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0003")
-
+        await database.upgrade("0003")
         async with database.engine.begin() as connection:
-            await connection.run_sync(to_0003)
             await connection.execute(text(
                 "insert into tenants (id, name, spiffe_id, catalog) values "
                 "('ten_1', 'acme', 'spiffe://volt.local/tenant/ten_1', '{\"metros\": [\"fra\"]}')"))
@@ -83,23 +75,16 @@ async def test_a_jobs_events_move_from_its_status_to_its_log_on_upgrade(tmp_path
     status; they become its log, in order, and leave the status."""
     import json
 
-    from alembic import command
     from sqlalchemy import text
 
-    from volt.store.database import _alembic_config
     from volt.store.resources import ResourceStore
 
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
     events = [{"id": f"ftevent-{n}", "created_at": n, "level": "info", "message": f"m{n}",
                "type": "message", "data": {}} for n in range(3)]
     try:
-        def to_0005(connection: object) -> None:
-            config = _alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0005")
-
+        await database.upgrade("0005")
         async with database.engine.begin() as connection:
-            await connection.run_sync(to_0005)
             await connection.execute(text(
                 "insert into resources (id, kind, org_id, state, spec, status, reason, "
                 "created_at, updated_at, version) values ('ftjob-1', 'fine_tuning_job', 'o', "

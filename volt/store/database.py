@@ -69,13 +69,14 @@ class Database:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def upgrade(self) -> None:
-        """Bring the schema to the newest migration."""
+    async def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration (or to ``revision``: tests
+        build an older store this way)."""
 
         def run(connection: Connection) -> None:
             config = _alembic_config()
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
         async with self.engine.begin() as connection:
             await connection.run_sync(run)
