@@ -376,7 +376,12 @@ class FinetuneSettings(_Section):
     reconcile_interval_s: PositiveFloat = 1.0
     lost_after_s: PositiveFloat = 10.0
     """A running job that its node's heartbeats stop naming for this long (the
-    agent restarted, the node went away) fails with that reason."""
+    agent restarted, the node went away) is lost there: it is queued again or,
+    past ``max_attempts``, fails with that reason."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    """How many times in all a job may be started (the first run included): a
+    job lost with its node goes on from its last checkpoint on another run, and
+    one lost this many times fails (a node that dies whenever it trains it)."""
 
 
 def _default_data_dir() -> str:

@@ -1,6 +1,7 @@
 """The scheduler's fine-tuning writer against a real store, with the nodes'
 heartbeats played by hand: placement in the file's metro, the fate read from
-heartbeats, a lost job failing with its reason, a restart losing nothing."""
+heartbeats, a lost job going on from its last checkpoint (and failing with its
+reason past its attempts), a restart losing nothing."""
 
 from __future__ import annotations
 
@@ -65,6 +66,12 @@ class World:
         return record.state
 
 
+async def messages(world: World, job_id: str) -> list[str]:
+    """The job's event messages, newest first."""
+    page = await ResourceStore(world.db).log(job_id, limit=100)
+    return [entry["message"] for entry in page.entries]
+
+
 @pytest.fixture
 def world(db: Database) -> World:
     return World(db)
@@ -124,21 +131,67 @@ async def test_no_node_in_the_metro_that_can_train_keeps_it_queued(world: World)
     assert not world.sent
 
 
-async def test_a_job_its_agent_no_longer_names_fails_with_the_reason(world: World) -> None:
+async def test_a_lost_job_goes_on_from_its_last_checkpoint_then_fails_past_max_attempts(
+        world: World) -> None:
     await world.file()
     job_id = await world.job()
     await world.writer.reconcile()
     await world.writer.reconcile()
-    world.clock.now += 1
-    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])
+    assert world.sent[-1][0] == "fra-1"
+    assert world.sent[-1][1].checkpoints == []  # type: ignore[attr-defined]
+
+    async def lose_it(step: int) -> None:
+        world.clock.now += 1
+        world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])
+        for checkpoint in (step - 1, step):
+            await world.writer.progress(TrainProgress(
+                node_id="fra-1", job_id=job_id, event="checkpoint", step=checkpoint,
+                total_steps=40, epoch=checkpoint))
+        world.clock.now += 30
+        world.writer.node_report("fra-1", [])  # the agent restarted: it forgot the job
+        await world.writer.reconcile()
+
+    await lose_it(2)
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None
+    assert record.state == "queued"
+    assert record.status["attempts"] == 2
+    assert record.status["node_id"] is None
+    world.sent.clear()
+    await world.writer.reconcile()  # placed again: on the node that came back
+    assert await world.state(job_id) == "running"
+    (node_id, start), = world.sent
+    assert node_id == "fra-1"
+    assert isinstance(start, TrainStart)
+    assert start.checkpoints == [1, 2]
+
+    await lose_it(5)  # the second run's checkpoints; three are kept
     await world.writer.reconcile()
-    world.clock.now += 30
-    world.writer.node_report("fra-1", [])  # the agent restarted: it forgot the job
-    await world.writer.reconcile()
+    assert world.sent[-1][1].checkpoints == [2, 4, 5]  # type: ignore[attr-defined]
+
+    await lose_it(8)  # the third run, the last allowed
     record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
     assert record is not None
     assert record.state == "failed"
-    assert "fra-1" in record.status["error"]["message"]
+    message = record.status["error"]["message"]
+    assert "fra-1" in message
+    assert "started 3 times" in message
+    events = await messages(world, job_id)
+    assert sum("goes on from its checkpoint at step" in m for m in events) == 2
+    assert any("resumed on a node in fra from its checkpoint at step 5" in m for m in events)
+
+
+async def test_a_job_lost_before_its_first_checkpoint_starts_again(world: World) -> None:
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    world.clock.now += 60  # no heartbeat names it
+    world.writer.node_report("fra-1", [])
+    await world.writer.reconcile()
+    assert await world.state(job_id) == "queued"
+    events = await messages(world, job_id)
+    assert "starts again from the beginning" in events[0]
 
 
 async def test_a_restarted_writer_picks_the_job_up_from_the_next_heartbeat(world: World

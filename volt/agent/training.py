@@ -8,10 +8,15 @@ network namespace of its own (as the engines run: it can reach nothing), at
 low CPU priority so serving keeps its share. The trainer's JSON lines become
 ``TrainProgress`` events (at most one step per ``progress_interval_s``; start,
 checkpoints and the last step always), and the job's state rides in every
-heartbeat. On success the adapter goes to the blob store, sealed, for any node
-of the metro to serve. ``TrainCancel`` stops the trainer within a step
-(SIGTERM). If the agent dies, the trainer dies with it (PDEATHSIG) and the job
-is no longer named: the scheduler fails it with that reason.
+heartbeat. Each checkpoint goes to the blob store, sealed, before it is
+reported, so that the job can go on from it on any node of the metro; on
+success the adapter goes there too, for any node of the metro to serve.
+``TrainCancel`` stops the trainer within a step (SIGTERM). If the agent dies,
+the trainer dies with it (PDEATHSIG) and the job is no longer named: the
+scheduler starts it again (from its last checkpoint, ``TrainStart.checkpoints``) or
+fails it with that reason. A SIGKILLed agent runs no ``finally``, so the next
+one deletes what an earlier run left in its work folder (the plaintext of a
+training file among it) before it takes any job.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ import msgspec
 
 from volt.agent.seal import seal_child
 from volt.config import FinetuneSettings
-from volt.finetune.blobs import BlobError, Blobs, adapter_blob, file_blob
+from volt.finetune.blobs import (
+    BlobError,
+    Blobs,
+    BlobUnavailable,
+    adapter_blob,
+    checkpoint_blob,
+    file_blob,
+)
 from volt.finetune.trainer import KEEP_CHECKPOINTS
 from volt.processes import _die_with_parent, spawn, terminate
 from volt.wire import TrainCancel, TrainProgress, TrainStart, TrainStatus
@@ -84,6 +96,17 @@ class Training:
         self._jobs: dict[str, TrainStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """What an agent killed mid-job left: its jobs are not ours to finish (the
+        scheduler starts them again), and a training file's plaintext must not
+        outlive its training."""
+        if self.work_dir.is_dir():
+            for leftover in self.work_dir.iterdir():
+                log.info("removing a job folder an earlier run left",
+                         extra={"job_id": leftover.name})
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def models(self) -> list[str]:
         """The base models this node can fine-tune: those whose weights it has."""
@@ -103,7 +126,8 @@ class Training:
             return
         if message.job_id in self._jobs:
             return  # repeated until our heartbeat names it: already under way
-        self._remember(TrainStatus(job_id=message.job_id, state="running"))
+        self._remember(TrainStatus(job_id=message.job_id, state="running",
+                                   checkpoints=list(message.checkpoints)))
         task = asyncio.create_task(self._train(message))
         self._tasks[message.job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(message.job_id, None))
@@ -139,7 +163,16 @@ class Training:
             if message.validation_file:
                 await self._fetch(blobs, message.validation_file, folder / "valid.jsonl")
                 args += ["--validation", str(folder / "valid.jsonl")]
-            outcome = await self._run_trainer(message, base, folder, args)
+            if message.checkpoints:
+                step = message.checkpoints[-1]
+                resume = folder / "resume"
+                try:
+                    unpack(await blobs.get(self.metro, checkpoint_blob(job_id, step)), resume)
+                except BlobError as exc:
+                    raise TrainingFailed(f"the checkpoint at step {step} could not be read: "
+                                         f"{exc}") from None
+                args += ["--resume", str(resume)]
+            outcome = await self._run_trainer(message, base, folder, args, blobs)
             if outcome is None:
                 self._update(job_id, state="cancelled", error="cancelled")
                 return
@@ -158,10 +191,9 @@ class Training:
             log.exception("fine-tuning job failed", extra={"job_id": job_id})
             self._update(job_id, state="failed", error=f"the node failed ({type(exc).__name__})")
         finally:
-            # The plaintext of the customer's data lives only while training.
-            for name in ("train.jsonl", "valid.jsonl"):
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / name).unlink()
+            # The plaintext of the customer's data lives only while training, and
+            # what the job made is in the blob store by now (or lost with it).
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _fetch(self, blobs: Blobs, file_id: str, path: Path) -> None:
         try:
@@ -173,7 +205,7 @@ class Training:
             handle.write(data)
 
     async def _run_trainer(self, message: TrainStart, base: Path, folder: Path,
-                           args: list[str]) -> dict[str, Any] | None:
+                           args: list[str], blobs: Blobs) -> dict[str, Any] | None:
         """The trainer's ``done`` line; None if it was cancelled."""
         command = [sys.executable, "-m", "volt.finetune.trainer", "--base", str(base),
                    "--out", str(folder / "out"), "--epochs", str(message.n_epochs),
@@ -210,12 +242,8 @@ class Training:
                     self._update(message.job_id, total_steps=line["total_steps"])
                     await self._progress(message.job_id, "start", line)
                 elif kind == "checkpoint":
-                    kept = [*self._jobs[message.job_id].checkpoints, line["step"]]
-                    for old in kept[:-KEEP_CHECKPOINTS]:
-                        shutil.rmtree(folder / "out" / "checkpoints" / f"step-{old}",
-                                      ignore_errors=True)
-                    self._update(message.job_id, checkpoints=kept[-KEEP_CHECKPOINTS:])
-                    await self._progress(message.job_id, "checkpoint", line)
+                    if await self._keep_checkpoint(message.job_id, folder, line, blobs):
+                        await self._progress(message.job_id, "checkpoint", line)
                 elif kind == "done":
                     done = line
                 elif kind == "cancelled":
@@ -229,6 +257,27 @@ class Training:
         if done is not None:
             return done
         raise TrainingFailed(failure or f"the trainer exited with status {code}")
+
+    async def _keep_checkpoint(self, job_id: str, folder: Path, line: dict[str, Any],
+                               blobs: Blobs) -> bool:
+        """Store a checkpoint where any node of the metro can go on from it, and
+        drop the one it pushes out. A blob store that does not answer costs this
+        checkpoint (it is not reported, so nothing resumes from it), not the job."""
+        step = int(line["step"])
+        try:
+            await blobs.put(self.metro, checkpoint_blob(job_id, step), pack(Path(line["path"])))
+        except BlobUnavailable:
+            log.warning("a checkpoint could not be stored", extra={"job_id": job_id})
+            return False
+        kept = [*self._jobs[job_id].checkpoints, step]
+        self._update(job_id, checkpoints=kept[-KEEP_CHECKPOINTS:])
+        for old in kept[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(folder / "out" / "checkpoints" / f"step-{old}", ignore_errors=True)
+            try:
+                await blobs.delete(self.metro, checkpoint_blob(job_id, old))
+            except BlobUnavailable:
+                log.warning("an old checkpoint could not be deleted", extra={"job_id": job_id})
+        return True
 
     async def _progress(self, job_id: str, kind: str, line: dict[str, Any]) -> None:
         status = self._jobs[job_id]

@@ -48,6 +48,12 @@ def adapter_blob(job_id: str) -> str:
     return f"adapter/{job_id}"
 
 
+def checkpoint_blob(job_id: str, step: int) -> str:
+    """A checkpoint of a running job: its adapter and trainer state, so that
+    any node of the metro can go on from it."""
+    return f"checkpoint/{job_id}/step-{step}"
+
+
 def data_key(config: VoltConfig) -> bytes:
     path = config.finetune.data_key_file
     if not path:

@@ -10,7 +10,9 @@ it ``TrainStart`` (no data: the agent reads the file from the metro's blob
 store), and from then on reads the job's fate from that node's heartbeats —
 level-triggered, so a scheduler restarted (SIGKILL included) picks each job up
 from the next heartbeat, and a job its agent no longer names (the agent died
-or restarted) fails with that reason instead of staying RUNNING forever.
+or restarted) is queued again to go on from its last checkpoint — or, once
+it has been started ``max_attempts`` times, fails with that reason instead of
+staying RUNNING forever.
 Progress events (step, loss) arrive on the node's ``training`` subject and
 become the job's events. Time is an injected clock (wall seconds).
 """
@@ -28,6 +30,7 @@ from typing import Any
 from volt.config import FinetuneSettings
 from volt.finetune.model_ids import TunedModel, org_token
 from volt.finetune.states import JOBS, LIVE, JobEvent, JobState
+from volt.finetune.trainer import KEEP_CHECKPOINTS
 from volt.lifecycle import Refusal, reconcile_forever
 from volt.scheduler.node_states import LIVE as NODE_LIVE
 from volt.scheduler.node_table import NodeRecord
@@ -61,6 +64,12 @@ def job_not_found(job_id: str) -> FinetuneError:
 
 def file_not_found(file_id: str, param: str = "file_id") -> FinetuneError:
     return FinetuneError(f"No file {file_id}.", code="file_not_found", status=404, param=param)
+
+
+def _kept_steps(record: ResourceRecord) -> list[int]:
+    """The steps of the job's checkpoints that its blobs still hold, oldest first."""
+    steps = [int(c["step_number"]) for c in record.status.get("checkpoints", [])]
+    return steps[-KEEP_CHECKPOINTS:]
 
 
 @dataclass(slots=True)
@@ -292,11 +301,15 @@ class FineTuning:
             node = self._choose_node(record)
             if node is None:
                 return
-            spec = record.spec
+            metro, kept = record.spec["metro"], _kept_steps(record)
+            started = (f"Fine-tuning job resumed on a node in {metro} from its checkpoint at "
+                       f"step {kept[-1]}" if kept else
+                       f"Fine-tuning job started on a node in {metro}")
             record = await self._advance(
                 record, JobEvent.STARTED, f"placed on node {node.node_id}",
-                extra={"node_id": node.node_id, "started_at": now, "dispatched_at": now},
-                events=[event(f"Fine-tuning job started on a node in {spec['metro']}", at=now)])
+                extra={"node_id": node.node_id, "dispatched_at": now,
+                       "started_at": record.status.get("started_at", now)},
+                events=[event(started, at=now)])
             self._running_on.add(node.node_id)
             await self._send_start(record, node.node_id)
         elif state is JobState.RUNNING:
@@ -328,7 +341,8 @@ class FineTuning:
             training_file=spec["training_file"], validation_file=spec.get("validation_file"),
             n_epochs=hyper["n_epochs"], batch_size=hyper["batch_size"],
             learning_rate=self.settings.learning_rate * hyper["learning_rate_multiplier"],
-            lora_rank=hyper["lora_rank"], lora_alpha=hyper["lora_alpha"], seed=spec["seed"]))
+            lora_rank=hyper["lora_rank"], lora_alpha=hyper["lora_alpha"], seed=spec["seed"],
+            checkpoints=_kept_steps(record)))
 
     async def _follow(self, record: ResourceRecord, now: float) -> None:
         node_id = record.status.get("node_id", "")
@@ -363,8 +377,21 @@ class FineTuning:
             reason = f"the node running it ({node_id}) stopped sending heartbeats"
         else:
             reason = (f"the agent on node {node_id} no longer runs it (it restarted or "
-                      "stopped); its progress was lost")
-        await self._advance(record, JobEvent.FAIL, reason, error=("node_lost", reason))
+                      "stopped)")
+        attempts = int(record.status.get("attempts", 1))
+        if attempts >= self.settings.max_attempts:
+            reason += f"; it was started {attempts} times, the most allowed"
+            await self._advance(record, JobEvent.FAIL, reason, error=("node_lost", reason))
+            return
+        kept = _kept_steps(record)
+        going_on = (f"it goes on from its checkpoint at step {kept[-1]}" if kept
+                    else "it starts again from the beginning (no checkpoint yet)")
+        await self._advance(record, JobEvent.REQUEUE, reason, extra={
+            "attempts": attempts + 1, "node_id": None},
+            events=[event(f"Fine-tuning job interrupted: {reason}; {going_on}, on the next "
+                          f"free node (attempt {attempts + 1} of "
+                          f"{self.settings.max_attempts})", at=now, level="warn")])
+        self._wake.set()
 
     async def _advance(self, record: ResourceRecord, job_event: JobEvent, reason: str, *,
                        extra: dict[str, Any] | None = None,

@@ -2,6 +2,8 @@
 
 ::
 
+                                        ┌────────requeue─────────┐
+                                        ▼                        │
     VALIDATING_FILES ──validated──► QUEUED ──started──► RUNNING ──succeeded──► SUCCEEDED
           │                           │                    │
           └──fail──► FAILED ◄──fail───┴────────fail────────┘
@@ -9,9 +11,11 @@
 
 The scheduler is the only writer. A job is RUNNING from the moment an agent
 is chosen for it (``status.node_id``) — the agent's heartbeats then say how it
-goes, so a restarted scheduler reads the job's fate from them, and a job whose
-agent lost it (SIGKILL, reboot) fails with that reason rather than staying
-RUNNING forever.
+goes, so a restarted scheduler reads the job's fate from them. A job whose
+agent lost it (SIGKILL, reboot, a node gone) is queued again, to go on from
+its last checkpoint on whichever node of its metro is free, a bounded number
+of times (``finetune.max_attempts``); after that it fails with the reason
+rather than staying RUNNING forever.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class JobState(StrEnum):
 class JobEvent(StrEnum):
     VALIDATED = "validated"
     STARTED = "started"
+    REQUEUE = "requeue"
     SUCCEEDED = "succeeded"
     FAIL = "fail"
     CANCEL = "cancel"
@@ -47,6 +52,7 @@ TRANSITIONS: dict[tuple[JobState, JobEvent], JobState] = {
     (S.QUEUED, E.FAIL): S.FAILED,
     (S.QUEUED, E.CANCEL): S.CANCELLED,
     (S.RUNNING, E.SUCCEEDED): S.SUCCEEDED,
+    (S.RUNNING, E.REQUEUE): S.QUEUED,
     (S.RUNNING, E.FAIL): S.FAILED,
     (S.RUNNING, E.CANCEL): S.CANCELLED,
 }

@@ -13,6 +13,13 @@ epoch, train loss, tokens so far), ``checkpoint`` (after each epoch, a saved
 adapter), ``done`` (the final adapter) or ``cancelled``. SIGTERM stops it
 within a step. It never prints or logs a line of the data. On a host with
 CUDA the same code trains on the GPU.
+
+A checkpoint holds what it takes to go on from it, not only the adapter: the
+optimizer's state and the step, epoch and token counts (``trainer_state.pt``).
+``--resume CHECKPOINT`` starts from one — the adapter's weights, the optimizer's
+moments, the same shuffled order for the epochs left (the order is drawn from
+the seed, epoch by epoch, so the epochs done are drawn again and skipped) — and
+ends with the adapter the run would have made had it not stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 """LoRA on every projection of a Llama-architecture block (vLLM serves these)."""
 IGNORE = -100
 KEEP_CHECKPOINTS = 3
+STATE_FILE = "trainer_state.pt"
 """As OpenAI: the checkpoints of the last epochs are kept (the agent deletes older
 ones; the API lists these)."""
 
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seq-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", type=Path,
+                        help="a checkpoint folder of this job to go on from")
     args = parser.parse_args(argv)
 
     stop = False
@@ -91,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -115,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad),
                                   lr=args.learning_rate)
+    done_epochs, step, trained_tokens = 0, 0, 0
+    if args.resume is not None:
+        try:
+            state = torch.load(args.resume / STATE_FILE, map_location=device, weights_only=True)
+            weights = load_file(args.resume / "adapter_model.safetensors", device=device)
+        except Exception as exc:  # torch and safetensors each raise their own kinds
+            _emit("failed", error=f"the checkpoint cannot be read ({type(exc).__name__})")
+            return 1
+        set_peft_model_state_dict(model, weights)
+        optimizer.load_state_dict(state["optimizer"])
+        done_epochs, step = int(state["epoch"]), int(state["step"])
+        trained_tokens = int(state["trained_tokens"])
 
     def batch_tensors(batch: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any]:
         width = max(len(ids) for ids, _ in batch)
@@ -140,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     per_epoch = -(-len(train) // args.batch_size)
     tokens_per_epoch = sum(len(ids) for ids, _ in train)
     _emit("start", total_steps=per_epoch * args.epochs, examples=len(examples),
-          sequences=len(train), tokens_per_epoch=tokens_per_epoch, device=device)
-    step = 0
-    trained_tokens = 0
+          sequences=len(train), tokens_per_epoch=tokens_per_epoch, device=device,
+          step=step, resumed=args.resume is not None)
     started = time.perf_counter()
     model.train()
     for epoch in range(1, args.epochs + 1):
         order = list(train)
         rng.shuffle(order)
+        if epoch <= done_epochs:
+            continue  # trained before the checkpoint: only its draw of the order is needed
         for start in range(0, len(order), args.batch_size):
             if stop:
                 _emit("cancelled", step=step)
@@ -164,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                   tokens=trained_tokens, elapsed_s=round(time.perf_counter() - started, 3))
         checkpoint = args.out / "checkpoints" / f"step-{step}"
         model.save_pretrained(checkpoint)
+        torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                    "trained_tokens": trained_tokens}, checkpoint / STATE_FILE)
         _emit("checkpoint", step=step, epoch=epoch, path=str(checkpoint),
               valid_loss=validation_loss())
     final = args.out / "adapter"

@@ -252,6 +252,10 @@ class TrainStart(WireMessage, frozen=True, kw_only=True, tag="sched.train.start"
     lora_rank: int
     lora_alpha: int
     seed: int
+    checkpoints: list[int] = []
+    """A job started again after its node was lost: the steps of its kept
+    checkpoints (blobs), oldest first. It goes on from the last one, and these
+    count among the checkpoints it keeps."""
 
 
 class TrainCancel(WireMessage, frozen=True, kw_only=True, tag="sched.train.cancel"):
