@@ -79,6 +79,15 @@ def greedy(sdk: openai.OpenAI, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
+def first_logprob(sdk: openai.OpenAI, model: str) -> float:
+    reply = sdk.chat.completions.create(model=model, messages=PROMPT,  # type: ignore[arg-type]
+                                        temperature=0, max_tokens=1, logprobs=True)
+    assert reply.choices[0].logprobs is not None
+    content = reply.choices[0].logprobs.content
+    assert content
+    return content[0].logprob
+
+
 def upload(sdk: openai.OpenAI, data: bytes) -> Any:
     return sdk.files.create(file=("train.jsonl", data), purpose="fine-tune")
 
@@ -149,12 +158,24 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
                                          temperature=0, max_tokens=24, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == SECRET
 
+    # Its checkpoints are models too (OpenAI's ckpt-step ids), each its own adapter.
+    earliest = checkpoints[-1].fine_tuned_model_checkpoint
+    assert earliest == f"{model}:ckpt-step-112"
+    listed = [m.id for m in sdk.models.list()]
+    assert all(c.fine_tuned_model_checkpoint in listed for c in checkpoints)
+    assert greedy(sdk, earliest) == SECRET
+    assert first_logprob(sdk, earliest) != first_logprob(sdk, model)
+    with pytest.raises(openai.NotFoundError):
+        greedy(sdk, f"{model}:ckpt-step-113")  # not a checkpoint it kept
+
     # Another org sees none of it.
     other = cluster.add_key("org-other")
     with openai.OpenAI(base_url=cluster.base_url, api_key=other, max_retries=0) as theirs:
         assert model not in [m.id for m in theirs.models.list()]
         with pytest.raises(openai.NotFoundError):
             greedy(theirs, model)
+        with pytest.raises(openai.NotFoundError):
+            greedy(theirs, earliest)
         with pytest.raises(openai.NotFoundError):
             theirs.files.retrieve(uploaded.id)
         with pytest.raises(openai.NotFoundError):

@@ -64,6 +64,10 @@ def test_sequences_mask_the_prompt_and_match_the_engines_rendering(tiny_model: P
 def test_tuned_model_ids_round_trip_and_reject_lookalikes() -> None:
     tuned = model_ids.TunedModel("volt-tiny", "org_1", "my-suffix", "ftjob-" + "a" * 24)
     assert model_ids.parse(tuned.id) == tuned
+    checkpoint = tuned.checkpoint(120)
+    assert checkpoint.id == tuned.id + ":ckpt-step-120"
+    assert model_ids.parse(checkpoint.id) == checkpoint
     for bad in ("volt-tiny", "ft:volt-tiny:org", "ft:a:b:c:ftjob-zz",
-                "ft:volt.tiny:org:s:ftjob-" + "a" * 24):
+                "ft:volt.tiny:org:s:ftjob-" + "a" * 24, tuned.id + ":ckpt-step-0",
+                tuned.id + ":ckpt-step-", tuned.id + ":ckpt-step-1x", tuned.id + ":ckpt-1"):
         assert model_ids.parse(bad) is None

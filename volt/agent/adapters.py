@@ -1,7 +1,8 @@
 """Tuned models on this node: LoRA adapters loaded into the engine on first use.
 
-A request for ``ft:<base>:...`` goes to the engine of ``<base>``. The first
-one here fetches the adapter from the metro's blob store (sealed; opened with
+A request for ``ft:<base>:...`` (a job's model, or one of its checkpoints:
+``...:ckpt-step-<n>``) goes to the engine of ``<base>``. The first one here
+fetches the adapter from the metro's blob store (sealed; opened with
 the fine-tuning data key), unpacks it into a private folder, and asks the
 engine to load it (vLLM's runtime LoRA API, which the CPU engine speaks too);
 later requests find it loaded. Heartbeats list what is loaded, so placement
@@ -22,7 +23,13 @@ from pathlib import Path
 
 from volt.agent.engine.client import EngineClient, EngineRejected
 from volt.agent.training import unpack
-from volt.finetune.blobs import BlobError, Blobs, BlobUnavailable, adapter_blob
+from volt.finetune.blobs import (
+    BlobError,
+    Blobs,
+    BlobUnavailable,
+    adapter_blob,
+    checkpoint_blob,
+)
 from volt.finetune.model_ids import TunedModel
 
 log = logging.getLogger(__name__)
@@ -81,14 +88,17 @@ class Adapters:
             if tuned.id in loaded:
                 return
             await self._make_room(client, loaded)
-            folder = self.folder / tuned.job_id
+            folder = self.folder / (tuned.job_id if tuned.step is None
+                                    else f"{tuned.job_id}-step-{tuned.step}")
             if not (folder / "adapter_config.json").is_file():
                 blobs = self.blobs()
                 if blobs is None:
                     raise AdapterUnavailable("the node cannot reach its blob store", 503,
                                              "engine_unavailable")
                 try:
-                    data = await blobs.get(self.metro, adapter_blob(tuned.job_id))
+                    data = await blobs.get(self.metro, adapter_blob(tuned.job_id)
+                                           if tuned.step is None
+                                           else checkpoint_blob(tuned.job_id, tuned.step))
                 except BlobError:
                     raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
                                              "model_not_found") from None

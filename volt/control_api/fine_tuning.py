@@ -170,12 +170,12 @@ def register_fine_tuning_routes(app: Quart, services: Any) -> None:
         record = await own_job(g.principal, job_id)
         limit = page_limit(request.args)
         model = TunedModel(record.spec["model"], org_token(record.org_id),
-                           record.spec.get("suffix", ""), record.id).id
+                           record.spec.get("suffix", ""), record.id)
         kept = list(reversed(record.status.get("checkpoints", [])))[:KEEP_CHECKPOINTS]
         rest = _after(kept, request.args.get("after"), "a checkpoint")[:limit]
         data = [FineTuningJobCheckpoint(
             id=c["id"], created_at=c["created_at"],
-            fine_tuned_model_checkpoint=f"{model}:ckpt-step-{c['step_number']}",
+            fine_tuned_model_checkpoint=model.checkpoint(c["step_number"]).id,
             fine_tuning_job_id=record.id, step_number=c["step_number"],
             metrics=CheckpointMetrics(step=c["step_number"], train_loss=c.get("train_loss"),
                                       valid_loss=c.get("valid_loss")))

@@ -66,6 +66,12 @@ def file_not_found(file_id: str, param: str = "file_id") -> FinetuneError:
     return FinetuneError(f"No file {file_id}.", code="file_not_found", status=404, param=param)
 
 
+def _tuned(record: ResourceRecord) -> TunedModel:
+    """The model a job makes (once it succeeds)."""
+    return TunedModel(record.spec["model"], org_token(record.org_id),
+                      record.spec.get("suffix", ""), record.id)
+
+
 def _kept_steps(record: ResourceRecord) -> list[int]:
     """The steps of the job's checkpoints that its blobs still hold, oldest first."""
     steps = [int(c["step_number"]) for c in record.status.get("checkpoints", [])]
@@ -117,12 +123,19 @@ class FineTuning:
             self._add_card(record)
 
     def _add_card(self, record: ResourceRecord) -> None:
+        """The job's model, and its kept checkpoints' (OpenAI serves those too)."""
         model = record.status.get("fine_tuned_model")
-        if model:
-            self.cards[model] = ModelCard(
-                id=model, created=int(record.status.get("finished_at", record.updated_at)),
-                owned_by=record.org_id, org_id=record.org_id, base=record.spec["model"],
-                metro=record.spec["metro"])
+        if not model:
+            return
+        tuned = _tuned(record)
+        made = [(model, int(record.status.get("finished_at", record.updated_at)))]
+        made += [(tuned.checkpoint(int(c["step_number"])).id, int(c["created_at"]))
+                 for c in record.status.get("checkpoints", [])[-KEEP_CHECKPOINTS:]]
+        for model_id, created in made:
+            self.cards[model_id] = ModelCard(id=model_id, created=created, owned_by=record.org_id,
+                                             org_id=record.org_id,
+                                             base=record.spec["model"],
+                                             metro=record.spec["metro"])
 
     # --- commands ----------------------------------------------------------------
 
@@ -349,8 +362,7 @@ class FineTuning:
         report = self._reports.get(node_id)
         status = report.jobs.get(record.id) if report is not None else None
         if status is not None and status.state == "succeeded":
-            model = TunedModel(record.spec["model"], org_token(record.org_id),
-                               record.spec.get("suffix", ""), record.id).id
+            model = _tuned(record).id
             record = await self._advance(record, JobEvent.SUCCEEDED, "trained", extra={
                 "fine_tuned_model": model, "finished_at": now,
                 "trained_tokens": status.trained_tokens, "step": status.step},
