@@ -79,6 +79,21 @@ def greedy(sdk: openai.OpenAI, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
+def tokens_per_epoch(tiny_model: Path) -> int:
+    """The tokens one epoch over TRAINING trains on (what a job is billed per epoch)."""
+    tokenizer = _Tokenizer(tiny_model)
+    return sum(len(ids) for ids, _ in sequences(
+        parse(TRAINING), tokenizer.encode_chat, tokenizer.encode, tokenizer.eos_id, 1024))
+
+
+def assert_no_plaintext(cluster: Cluster) -> None:
+    """No file of the cluster's (store, logs, the bus's stored bytes, agents' work
+    folders) holds the training data in the clear."""
+    for path in cluster.root.rglob("*"):
+        if path.is_file() and path.suffix not in (".sock",):
+            assert b"heliotrope" not in path.read_bytes(), path
+
+
 def first_logprob(sdk: openai.OpenAI, model: str) -> float:
     reply = sdk.chat.completions.create(model=model, messages=PROMPT,  # type: ignore[arg-type]
                                         temperature=0, max_tokens=1, logprobs=True)
@@ -182,10 +197,7 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
             theirs.fine_tuning.jobs.retrieve(job.id)
 
     # The data is nowhere but sealed in the blob store.
-    needle = b"heliotrope"
-    for path in cluster.root.rglob("*"):
-        if path.is_file() and path.suffix not in (".sock",):
-            assert needle not in path.read_bytes(), path
+    assert_no_plaintext(cluster)
 
     # Metering: the job's trained tokens (every epoch counted) in the org's usage.
     status, _, body = cluster.request("/v1/usage")
@@ -193,10 +205,7 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
     [billed] = [j for j in report["fine_tuning"] if j["job_id"] == job.id]
     assert billed["trained_tokens"] == done.trained_tokens
     assert billed["n_epochs"] == 30
-    tokenizer = _Tokenizer(tiny_model)
-    per_epoch = sum(len(ids) for ids, _ in sequences(
-        parse(TRAINING), tokenizer.encode_chat, tokenizer.encode, tokenizer.eos_id, 1024))
-    assert done.trained_tokens == 30 * per_epoch
+    assert done.trained_tokens == 30 * tokens_per_epoch(tiny_model)
 
     sdk.files.delete(uploaded.id)
     with pytest.raises(openai.NotFoundError):
@@ -263,14 +272,9 @@ def test_an_agent_sigkill_mid_run_resumes_the_job_from_its_checkpoint(
     assert any("resumed on a node in fra from its checkpoint" in m for m in history), history
     # It learned what an uninterrupted job learns, and is billed for each token once.
     assert greedy(sdk, done.fine_tuned_model or "") == SECRET
-    tokenizer = _Tokenizer(tiny_model)
-    per_epoch = sum(len(ids) for ids, _ in sequences(
-        parse(TRAINING), tokenizer.encode_chat, tokenizer.encode, tokenizer.eos_id, 1024))
-    assert done.trained_tokens == 40 * per_epoch
+    assert done.trained_tokens == 40 * tokens_per_epoch(tiny_model)
     # The killed agent's copy of the training data did not outlive it.
-    for path in cluster.root.rglob("*"):
-        if path.is_file() and path.suffix not in (".sock",):
-            assert b"heliotrope" not in path.read_bytes(), path
+    assert_no_plaintext(cluster)
     cluster.wait_routable()
 
 

@@ -167,10 +167,11 @@ class Training:
                 step = message.checkpoints[-1]
                 resume = folder / "resume"
                 try:
-                    unpack(await blobs.get(self.metro, checkpoint_blob(job_id, step)), resume)
+                    packed = await blobs.get(self.metro, checkpoint_blob(job_id, step))
                 except BlobError as exc:
                     raise TrainingFailed(f"the checkpoint at step {step} could not be read: "
                                          f"{exc}") from None
+                await asyncio.to_thread(unpack, packed, resume)
                 args += ["--resume", str(resume)]
             outcome = await self._run_trainer(message, base, folder, args, blobs)
             if outcome is None:

@@ -21,9 +21,7 @@ from volt.control_api.files import finetune_commands, own_file
 from volt.control_api.identity_routes import page_limit
 from volt.control_api.scheduler_commands import json_response, known_query
 from volt.control_api.serving import decode_request
-from volt.finetune.jobs import JOB_KIND
-from volt.finetune.model_ids import TunedModel, org_token
-from volt.finetune.trainer import KEEP_CHECKPOINTS
+from volt.finetune.jobs import JOB_KIND, kept_checkpoints, tuned_model
 from volt.identity import Principal
 from volt.protocol.finetune import (
     CheckpointMetrics,
@@ -169,9 +167,8 @@ def register_fine_tuning_routes(app: Quart, services: Any) -> None:
         known_query(request.args, ("limit", "after"))
         record = await own_job(g.principal, job_id)
         limit = page_limit(request.args)
-        model = TunedModel(record.spec["model"], org_token(record.org_id),
-                           record.spec.get("suffix", ""), record.id)
-        kept = list(reversed(record.status.get("checkpoints", [])))[:KEEP_CHECKPOINTS]
+        model = tuned_model(record)
+        kept = list(reversed(kept_checkpoints(record)))
         rest = _after(kept, request.args.get("after"), "a checkpoint")[:limit]
         data = [FineTuningJobCheckpoint(
             id=c["id"], created_at=c["created_at"],

@@ -66,16 +66,19 @@ def file_not_found(file_id: str, param: str = "file_id") -> FinetuneError:
     return FinetuneError(f"No file {file_id}.", code="file_not_found", status=404, param=param)
 
 
-def _tuned(record: ResourceRecord) -> TunedModel:
-    """The model a job makes (once it succeeds)."""
+def tuned_model(record: ResourceRecord) -> TunedModel:
+    """The model a job makes (once it succeeds); its checkpoints' are ``.checkpoint(step)``."""
     return TunedModel(record.spec["model"], org_token(record.org_id),
                       record.spec.get("suffix", ""), record.id)
 
 
+def kept_checkpoints(record: ResourceRecord) -> list[dict[str, Any]]:
+    """The job's checkpoints that its blobs still hold (the last ones), oldest first."""
+    return list(record.status.get("checkpoints", [])[-KEEP_CHECKPOINTS:])
+
+
 def _kept_steps(record: ResourceRecord) -> list[int]:
-    """The steps of the job's checkpoints that its blobs still hold, oldest first."""
-    steps = [int(c["step_number"]) for c in record.status.get("checkpoints", [])]
-    return steps[-KEEP_CHECKPOINTS:]
+    return [int(c["step_number"]) for c in kept_checkpoints(record)]
 
 
 @dataclass(slots=True)
@@ -127,10 +130,10 @@ class FineTuning:
         model = record.status.get("fine_tuned_model")
         if not model:
             return
-        tuned = _tuned(record)
+        tuned = tuned_model(record)
         made = [(model, int(record.status.get("finished_at", record.updated_at)))]
         made += [(tuned.checkpoint(int(c["step_number"])).id, int(c["created_at"]))
-                 for c in record.status.get("checkpoints", [])[-KEEP_CHECKPOINTS:]]
+                 for c in kept_checkpoints(record)]
         for model_id, created in made:
             self.cards[model_id] = ModelCard(id=model_id, created=created, owned_by=record.org_id,
                                              org_id=record.org_id,
@@ -362,7 +365,7 @@ class FineTuning:
         report = self._reports.get(node_id)
         status = report.jobs.get(record.id) if report is not None else None
         if status is not None and status.state == "succeeded":
-            model = _tuned(record).id
+            model = tuned_model(record).id
             record = await self._advance(record, JobEvent.SUCCEEDED, "trained", extra={
                 "fine_tuned_model": model, "finished_at": now,
                 "trained_tokens": status.trained_tokens, "step": status.step},
