@@ -382,6 +382,12 @@ class FinetuneSettings(_Section):
     """How many times in all a job may be started (the first run included): a
     job lost with its node goes on from its last checkpoint on another run, and
     one lost this many times fails (a node that dies whenever it trains it)."""
+    blob_sweep_interval_s: PositiveFloat = 600.0
+    """How often the scheduler deletes blobs nobody owns any more (a deleted
+    file's or model's, a failed or cancelled job's checkpoints)."""
+    blob_grace_s: PositiveFloat = 3600.0
+    """A blob whose owner has no record yet is deleted only once it is this old:
+    an upload and a checkpoint are written before the record that names them."""
 
 
 def _default_data_dir() -> str:

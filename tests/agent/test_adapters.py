@@ -1,9 +1,11 @@
 """Tuned models on a real CPU engine: adapters the trainer made, loaded on
 first use, listed, the least recently used idle one unloaded when the engine
-is full — and never one a request is still using."""
+is full — and never one a request is still using; a deleted one dropped
+(files at once, weights once idle) and never loaded again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -49,9 +51,9 @@ def tuned(number: int) -> TunedModel:
 async def test_the_least_recently_used_idle_adapter_makes_room(adapter: Path, socket: Path,
                                                                tmp_path: Path) -> None:
     folder = tmp_path / "adapters"
+    adapters = Adapters(metro="fra", folder=folder, blobs=lambda: None, max_loaded=2)
     for number in range(4):  # as if fetched from the blob store already
         shutil.copytree(adapter, folder / tuned(number).job_id)
-    adapters = Adapters(metro="fra", folder=folder, blobs=lambda: None, max_loaded=2)
     engine = EngineClient(socket)
     try:
         async def listed() -> set[str]:
@@ -73,5 +75,42 @@ async def test_the_least_recently_used_idle_adapter_makes_room(adapter: Path, so
         with pytest.raises(AdapterUnavailable) as missing:
             await adapters.ensure(engine, tuned(9))
         assert missing.value.status == 503
+    finally:
+        await engine.close()
+
+
+async def test_a_deleted_model_is_dropped_and_never_loaded_again(adapter: Path, socket: Path,
+                                                                 tmp_path: Path) -> None:
+    folder = tmp_path / "adapters"
+    (folder / "ftjob-left-by-an-earlier-run").mkdir(parents=True)
+    adapters = Adapters(metro="fra", folder=folder, blobs=lambda: None)
+    assert list(folder.iterdir()) == []  # a cache: it starts empty
+    idle, busy = tuned(0), tuned(1).checkpoint(10)
+    for model in (idle, busy):
+        shutil.copytree(adapter, adapters._folder(model))
+    engine = EngineClient(socket)
+    try:
+        async def listed() -> set[str]:
+            status, body = await engine._get("/v1/models", 5)
+            assert status == 200
+            return {m["id"] for m in json.loads(body)["data"]} - {"volt-tiny"}
+
+        await adapters.ensure(engine, idle)
+        adapters.release(idle)
+        await adapters.ensure(engine, busy)  # a request still runs on it
+        await adapters.drop([idle.id, busy.id], lambda base: engine)
+        assert list(folder.iterdir()) == []  # the files go at once
+        assert adapters.names() == []
+        assert await listed() == {busy.id}  # the weights once nobody uses them
+        adapters.release(busy)
+        for _ in range(100):
+            if not await listed():
+                break
+            await asyncio.sleep(0.05)
+        assert await listed() == set()
+        # A late request (the API's view not updated yet) is told it is gone.
+        with pytest.raises(AdapterUnavailable) as gone:
+            await adapters.ensure(engine, idle)
+        assert gone.value.status == 404
     finally:
         await engine.close()

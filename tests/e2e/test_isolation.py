@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from volt.finetune.model_ids import org_token
 from volt.identity.orgs import Orgs
 from volt.identity.policy import RULES
 from volt.identity.principal import Role
@@ -49,6 +50,8 @@ class World:
     """A training file of org B (its record, written straight to the store)."""
     their_job: str = ""
     """A fine-tuning job of org B, on that file."""
+    their_model: str = ""
+    """A tuned model of org B (a succeeded job's, with a checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,11 @@ ISOLATION: dict[tuple[str, str], list[Probe] | NoId] = {
     ("POST", "/v1/completions"): NoId("as chat"),
     ("POST", "/v1/embeddings"): NoId("as chat"),
     ("GET", "/v1/models"): NoId("lists the caller's catalog only (test_catalog)"),
-    ("GET", "/v1/models/{model_id}"): [Probe(lambda w: "/v1/models/volt-tiny")],
+    ("GET", "/v1/models/{model_id}"): [Probe(lambda w: "/v1/models/volt-tiny"),
+                                       Probe(lambda w: f"/v1/models/{w.their_model}")],
+    ("DELETE", "/v1/models/{model_id}"): [
+        Probe(lambda w: f"/v1/models/{w.their_model}"),
+        Probe(lambda w: f"/v1/models/{w.their_model}:ckpt-step-7")],
     **{key: row for base in ("/v1/fine-tuning/jobs", "/v1/fine_tuning/jobs")
        for key, row in _jobs(base).items()},
     ("POST", "/v1/files"): NoId("stores in the caller's org"),
@@ -208,6 +215,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
                 await db.close()
 
         org_b = cluster.org_id("org-b")
+        their_model = f"ft:volt-tiny:{org_token(org_b)}::ftjob-{'b' * 24}"
 
         async def their_lease() -> str:
             db = Database(cluster.store_url)
@@ -254,6 +262,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
                                            "n_epochs": 1, "batch_size": 1,
                                            "learning_rate_multiplier": 1.0,
                                            "lora_rank": 8, "lora_alpha": 16}})
+                succeeded = "ftjob-" + "b" * 24
+                await store.create(kind="fine_tuning_job", id=succeeded, org_id=org_b,
+                                   state="succeeded", now=time.time(), status={
+                                       "fine_tuned_model": their_model,
+                                       "checkpoints": [{"id": "ftckpt-b", "created_at": 1,
+                                                        "step_number": 7}]},
+                                   spec={"model": "volt-tiny", "training_file": "file-b",
+                                         "validation_file": None, "suffix": "", "seed": 1,
+                                         "metro": "fra", "hyperparameters": {}})
                 return "file-b", "ftjob-b"
             finally:
                 await db.close()
@@ -263,7 +280,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         their_file, their_job = asyncio.run(fine_tuning())
         yield World(cluster, mine, cluster.org_id("org-a"), cluster.org_id("org-b"),
                     their_key_id, their_key, asyncio.run(their_lease()), their_rack, free_rack,
-                    session, csrf, their_file, their_job)
+                    session, csrf, their_file, their_job, their_model)
 
 
 PROBES = [(method, path, index, probe)

@@ -5,17 +5,31 @@ reason past its attempts), a restart losing nothing."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
+
+import nats
 import pytest
 
 from volt.config import FinetuneSettings
-from volt.finetune.jobs import FinetuneError, FineTuning
+from volt.finetune.blobs import Blobs, adapter_blob, checkpoint_blob, file_blob
+from volt.finetune.jobs import FinetuneError, FineTuning, kept_checkpoints, tuned_model
 from volt.finetune.states import JOBS, TERMINAL, JobEvent, JobState
 from volt.lifecycle import InvalidTransition
 from volt.scheduler.node_states import NodeState
 from volt.scheduler.node_table import NodeRecord
 from volt.store import Database
 from volt.store.resources import ResourceStore
-from volt.wire import FileRecord, JobCreate, TrainCancel, TrainProgress, TrainStart, TrainStatus
+from volt.up.nats_server import NatsServer
+from volt.wire import (
+    AdapterDrop,
+    FileRecord,
+    JobCreate,
+    TrainCancel,
+    TrainProgress,
+    TrainStart,
+    TrainStatus,
+)
 
 
 class Clock:
@@ -250,3 +264,93 @@ async def test_a_node_trains_one_job_at_a_time_even_right_after_a_restart(world:
     await world.writer.reconcile()
     assert sorted([await world.state(first), await world.state(second)]) == states
     assert len([m for _, m in world.sent if isinstance(m, TrainStart)]) == 1
+
+
+@pytest.fixture
+async def blobs(nats_server: NatsServer) -> AsyncIterator[Blobs]:
+    nc = await nats.connect(nats_server.url)
+    yield Blobs(nc, os.urandom(32))
+    await nc.close()
+
+
+async def succeeded(world: World, steps: tuple[int, ...]) -> str:
+    """A job that checkpointed at ``steps`` and succeeded on fra-1."""
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])
+    for step in steps:
+        await world.writer.progress(TrainProgress(node_id="fra-1", job_id=job_id,
+                                                  event="checkpoint", step=step,
+                                                  total_steps=steps[-1], epoch=step))
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="succeeded",
+                                                   step=steps[-1])])
+    await world.writer.reconcile()
+    assert await world.state(job_id) == "succeeded"
+    return job_id
+
+
+async def names(blobs: Blobs) -> set[str]:
+    return {blob.name for blob in await blobs.list("fra")}
+
+
+async def test_a_deleted_tuned_model_goes_everywhere_and_for_good(world: World,
+                                                                  blobs: Blobs) -> None:
+    world.writer.buckets = blobs
+    job_id = await succeeded(world, (10, 20, 30, 40))
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None
+    model = tuned_model(record)
+    stored = {file_blob("file-1"), adapter_blob(job_id),
+              *(checkpoint_blob(job_id, step) for step in (20, 30, 40))}
+    for name in stored:
+        await blobs.put("fra", name, b"sealed")
+    assert set(world.writer.cards) == {model.id, *(model.checkpoint(s).id for s in (20, 30, 40))}
+    world.sent.clear()
+
+    # One checkpoint: it alone goes, from the catalog, the blobs and fra's nodes.
+    assert await world.writer.delete_model("org_a", model.checkpoint(30).id) == \
+        [model.checkpoint(30).id]
+    assert model.checkpoint(30).id not in world.writer.cards
+    assert await names(blobs) == stored - {checkpoint_blob(job_id, 30)}
+    assert world.sent == [("fra-1", AdapterDrop(node_id="fra-1",
+                                                models=[model.checkpoint(30).id]))]
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None
+    assert [c["step_number"] for c in kept_checkpoints(record)] == [20, 40]
+    for gone in (model.checkpoint(30).id, model.checkpoint(10).id,  # deleted, not kept
+                 model.checkpoint(41).id, f"ft:volt-tiny:org_a:other:{job_id}"):
+        with pytest.raises(FinetuneError) as refused:
+            await world.writer.delete_model("org_a", gone)
+        assert refused.value.status == 404
+    with pytest.raises(FinetuneError) as refused:  # another org's: as if it did not exist
+        await world.writer.delete_model("org_b", model.id)
+    assert refused.value.status == 404
+
+    # The job's model: its kept checkpoints go with it; the training file stays.
+    world.sent.clear()
+    assert await world.writer.delete_model("org_a", model.id) == \
+        [model.checkpoint(20).id, model.checkpoint(40).id, model.id]
+    assert world.writer.cards == {}
+    assert await names(blobs) == {file_blob("file-1")}
+    assert world.sent == [("fra-1", AdapterDrop(node_id="fra-1", models=[
+        model.checkpoint(20).id, model.checkpoint(40).id, model.id]))]
+    with pytest.raises(FinetuneError):
+        await world.writer.delete_model("org_a", model.id)
+    assert await world.state(job_id) == "succeeded"  # the job and its events stay
+    assert f"Fine-tuned model deleted: {model.id}" in await messages(world, job_id)
+    restarted = world.make()
+    await restarted.load()
+    assert restarted.cards == {}  # never served again
+
+
+async def test_only_a_succeeded_jobs_model_can_be_deleted(world: World) -> None:
+    await world.file()
+    job_id = await world.job()
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None
+    for model_id in (tuned_model(record).id, "volt-tiny", "ft:nonsense"):
+        with pytest.raises(FinetuneError) as refused:
+            await world.writer.delete_model("org_a", model_id)
+        assert refused.value.status == 404

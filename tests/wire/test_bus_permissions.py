@@ -155,6 +155,9 @@ PUBLISH = [
     ("scheduler", subjects.SCHED_VIEW, True),
     ("scheduler", INFER_FRA_1, False),  # the scheduler never touches payloads
     ("scheduler", subjects.reply("fra", "api-a", "r1"), False),
+    # The blob sweeper deletes (a meta message); it never writes a blob's bytes.
+    ("scheduler", f"$O.{subjects.blob_bucket('fra')}.M.eA", True),
+    ("scheduler", f"$O.{subjects.blob_bucket('fra')}.C.eA", False),
 ]
 
 SUBSCRIBE = [

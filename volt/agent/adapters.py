@@ -11,12 +11,18 @@ at most ``max_loaded`` adapters: loading one more unloads the least recently
 used one that no request is using (none idle: it goes over, for a while). An
 engine that restarts forgets its adapters; so does this cache when the engine
 stops being ready.
+
+A deleted model (``AdapterDrop`` from the scheduler) loses its files here at
+once and is unloaded as soon as no request uses it. The folder is a cache:
+an agent starts with it empty, so a node that was away when a model was
+deleted keeps nothing of it either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +36,7 @@ from volt.finetune.blobs import (
     adapter_blob,
     checkpoint_blob,
 )
-from volt.finetune.model_ids import TunedModel
+from volt.finetune.model_ids import TunedModel, parse
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,13 @@ class Adapters:
         self._using: dict[str, int] = {}
         """Tuned model -> requests using it now (never unloaded under them)."""
         self._locks: dict[str, asyncio.Lock] = {}
+        self._dropped: set[str] = set()
+        """Deleted tuned models: never loaded here again."""
+        self._unload_when_idle: dict[str, EngineClient] = {}
+        """Deleted tuned models still serving a request: unloaded when it ends."""
+        self._unloading: set[asyncio.Task[None]] = set()
+        shutil.rmtree(folder, ignore_errors=True)  # the cache of an earlier run
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def names(self) -> list[str]:
         return sorted(name for names in self._loaded.values() for name in names)
@@ -69,8 +82,47 @@ class Adapters:
         left = self._using.get(tuned.id, 1) - 1
         if left > 0:
             self._using[tuned.id] = left
-        else:
-            self._using.pop(tuned.id, None)
+            return
+        self._using.pop(tuned.id, None)
+        client = self._unload_when_idle.pop(tuned.id, None)
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(self._unload(client, tuned.id))
+            self._unloading.add(task)
+            task.add_done_callback(self._unloading.discard)
+
+    async def drop(self, model_ids: list[str],
+                   client_of: Callable[[str], EngineClient | None]) -> None:
+        """Deleted tuned models: their files go now, their weights leave the
+        engine once no request uses them (``client_of``: a base model's engine)."""
+        for model_id in model_ids:
+            tuned = parse(model_id)
+            if tuned is None:
+                continue
+            self._dropped.add(model_id)
+            await asyncio.to_thread(shutil.rmtree, self._folder(tuned), True)
+            loaded = self._loaded.get(tuned.base)
+            if loaded is None or model_id not in loaded:
+                continue
+            del loaded[model_id]
+            client = client_of(tuned.base)
+            if client is None:
+                continue
+            if self._using.get(model_id):
+                self._unload_when_idle[model_id] = client
+            else:
+                await self._unload(client, model_id)
+            log.info("adapter dropped (its model was deleted)", extra={"job_id": tuned.job_id})
+
+    def _folder(self, tuned: TunedModel) -> Path:
+        return self.folder / (tuned.job_id if tuned.step is None
+                              else f"{tuned.job_id}-step-{tuned.step}")
+
+    @staticmethod
+    async def _unload(client: EngineClient, model_id: str) -> None:
+        try:
+            await client.unload_adapter(model_id)
+        except EngineRejected:
+            pass  # already gone (the engine restarted)
 
     async def ensure(self, client: EngineClient, tuned: TunedModel) -> None:
         """Have the engine serve ``tuned`` (loading it if need be) for one request;
@@ -83,13 +135,15 @@ class Adapters:
         loaded = self._loaded.setdefault(tuned.base, OrderedDict())
         if tuned.id in loaded:
             return
+        if tuned.id in self._dropped:
+            raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
+                                     "model_not_found")
         lock = self._locks.setdefault(tuned.id, asyncio.Lock())
         async with lock:
             if tuned.id in loaded:
                 return
             await self._make_room(client, loaded)
-            folder = self.folder / (tuned.job_id if tuned.step is None
-                                    else f"{tuned.job_id}-step-{tuned.step}")
+            folder = self._folder(tuned)
             if not (folder / "adapter_config.json").is_file():
                 blobs = self.blobs()
                 if blobs is None:
@@ -112,6 +166,11 @@ class Adapters:
                 if "already" not in exc.message:  # vLLM: "... has already been loaded"
                     raise AdapterUnavailable(f"The engine cannot serve `{tuned.id}`: "
                                              f"{exc.message}", 400, "unsupported_model") from None
+            if tuned.id in self._dropped:  # deleted while it was loading
+                await self._unload(client, tuned.id)
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+                raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
+                                         "model_not_found")
             loaded[tuned.id] = None
             log.info("adapter loaded", extra={"job_id": tuned.job_id, "loaded": len(loaded)})
 
@@ -121,8 +180,5 @@ class Adapters:
             if idle is None:
                 return  # every one is serving a request: go over for now
             del loaded[idle]
-            try:
-                await client.unload_adapter(idle)
-            except EngineRejected:
-                pass  # already gone (the engine restarted)
+            await self._unload(client, idle)
             log.info("adapter unloaded (least recently used)")

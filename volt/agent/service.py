@@ -39,6 +39,7 @@ from volt.finetune import model_ids
 from volt.wire import (
     INFERENCE,
     SCHEDULER,
+    AdapterDrop,
     AgentTiming,
     Cancel,
     ChoiceDelta,
@@ -258,6 +259,13 @@ class Agent:
         if (isinstance(message, TrainStart | TrainCancel) and message.node_id == self.node_id
                 and self.training is not None):
             self.training.command(message)
+        elif (isinstance(message, AdapterDrop) and message.node_id == self.node_id
+                and self.adapters is not None):
+            await self.adapters.drop(message.models, self._client_of)
+
+    def _client_of(self, model: str) -> EngineClient | None:
+        handle = self.engines.get(model)
+        return handle.client if handle is not None else None
 
     def _engine_for(self, model: str) -> tuple[EngineHandle | None, model_ids.TunedModel | None]:
         """The engine serving ``model``; for a tuned model, its base model's."""

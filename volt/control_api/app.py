@@ -39,10 +39,11 @@ from volt.control_api.errors import (
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     error_json,
     translate,
 )
-from volt.control_api.files import register_file_routes
+from volt.control_api.files import finetune_commands, register_file_routes
 from volt.control_api.fine_tuning import register_fine_tuning_routes
 from volt.control_api.forge import register_forge_routes
 from volt.control_api.hot_path import Endpoint, HotPath
@@ -54,16 +55,17 @@ from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher
 from volt.control_api.usage import usage_report
 from volt.control_api.vault import register_vault_routes
+from volt.finetune import model_ids
 from volt.finetune.blobs import Blobs, BlobUnavailable, data_key
 from volt.identity import Identity, IdentityError, Principal
 from volt.identity.audit import AuditUnavailable, new_request_id
 from volt.identity.bus_credentials import BusCredentials, bus_credentials
 from volt.identity.policy import AuditLevel, Rule, rule_for
 from volt.placement import routing_policy
-from volt.protocol.common import Model, ModelList, ModelVolt
+from volt.protocol.common import Model, ModelDeleted, ModelList, ModelVolt
 from volt.store import Database, UsageLedger
 from volt.store.resources import ResourceStore
-from volt.wire import ModelCard, NodeView, bus, permissions
+from volt.wire import ModelCard, ModelDelete, ModelsDeleted, NodeView, bus, permissions
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -269,6 +271,24 @@ def create_app(config: VoltConfig, *, replica_id: str | None = None) -> Quart:
         if card is None or not visible(card, principal):
             raise ModelNotFound(model_id)
         return _json(_model(card, services.router.nodes))
+
+    @app.delete("/v1/models/<path:model_id>")
+    async def delete_model(model_id: str) -> Response:
+        """A tuned model of the org, for good (OpenAI's ``deleteModel``): the
+        job's model with its checkpoints, or one checkpoint."""
+        principal: Principal = g.principal
+        if model_ids.parse(model_id) is None:
+            card = services.router.catalog.get(model_id)
+            if card is None or not visible(card, principal):
+                raise ModelNotFound(model_id)
+            raise PermissionDenied(f"`{model_id}` is a base model: only your organization's "
+                                   "fine-tuned models can be deleted.", param="model",
+                                   code="model_not_deletable")
+        answer = await finetune_commands(services).ask(ModelDelete(
+            org_id=principal.org_id, model_id=model_id))
+        assert isinstance(answer, ModelsDeleted)
+        services.router.forget_models(answer.model_ids)
+        return _json(ModelDeleted(id=model_id, deleted=True, object="model"))
 
     @app.get("/v1/usage")
     async def usage() -> Response:

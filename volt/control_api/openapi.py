@@ -15,7 +15,7 @@ import msgspec
 import yaml
 
 from volt.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
-from volt.protocol.common import ErrorResponse, Model, ModelList
+from volt.protocol.common import ErrorResponse, Model, ModelDeleted, ModelList
 from volt.protocol.completions import Completion, CompletionRequest
 from volt.protocol.embeddings import EmbeddingList, EmbeddingRequest
 from volt.protocol.finetune import (
@@ -137,6 +137,9 @@ OPERATIONS: tuple[Operation, ...] = (
               response=ModelList, errors=(401,)),
     Operation("get", "/v1/models/{model_id}", "retrieveModel", "Get a model",
               response=Model, errors=(401, 404)),
+    Operation("delete", "/v1/models/{model_id}", "deleteModel",
+              "Delete a fine-tuned model of the org, for good (a job's model takes its "
+              "checkpoints along)", response=ModelDeleted, errors=(401, 403, 404, 503)),
     Operation(
         "get", "/v1/usage", "getUsage", "Token usage for the tenant", response=UsageReport,
         errors=(400, 401),

@@ -88,6 +88,12 @@ class Router:
         if lost and self.on_pods_lost is not None:
             self.on_pods_lost(lost)
 
+    def forget_models(self, model_ids: list[str]) -> None:
+        """Models this replica just deleted: gone here at once, before the
+        scheduler's next view says so (which replaces the whole catalog)."""
+        for model_id in model_ids:
+            self.catalog.pop(model_id, None)
+
     def model(self, model_id: str) -> ModelCard:
         card = self.catalog.get(model_id)
         if card is None:

@@ -1,9 +1,9 @@
 """The scheduler's fine-tuning: the single writer of training files' records
 and of fine-tune jobs.
 
-Commands (record a file, delete one, create a job, cancel one) are applied one
-at a time under one lock, every write a compare-and-set on the row
-(``ResourceStore``). The reconcile loop moves jobs on: it checks a job's files
+Commands (record a file, delete one, create a job, cancel one, delete a tuned
+model) are applied one at a time under one lock, every write a compare-and-set
+on the row (``ResourceStore``). The reconcile loop moves jobs on: it checks a job's files
 (VALIDATING_FILES), places a QUEUED job on a live node of the training file's
 metro that can train the base model (it has its weights) and trains nothing else, sends
 it ``TrainStart`` (no data: the agent reads the file from the metro's blob
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from volt.config import FinetuneSettings
+from volt.finetune import model_ids
+from volt.finetune.blobs import BlobBuckets, BlobUnavailable, adapter_blob, checkpoint_blob
 from volt.finetune.model_ids import TunedModel, org_token
 from volt.finetune.states import JOBS, LIVE, JobEvent, JobState
 from volt.finetune.trainer import KEEP_CHECKPOINTS
@@ -36,6 +38,7 @@ from volt.scheduler.node_states import LIVE as NODE_LIVE
 from volt.scheduler.node_table import NodeRecord
 from volt.store.resources import ResourceRecord, ResourceStore, StaleResource
 from volt.wire import (
+    AdapterDrop,
     FileRecord,
     JobCreate,
     ModelCard,
@@ -57,6 +60,11 @@ class FinetuneError(Refusal):
     """A fine-tuning command refused."""
 
 
+def model_not_found(model_id: str) -> FinetuneError:
+    return FinetuneError(f"The model `{model_id}` does not exist or you do not have access "
+                         "to it.", code="model_not_found", status=404, param="model")
+
+
 def job_not_found(job_id: str) -> FinetuneError:
     return FinetuneError(f"No fine-tuning job {job_id}.", code="job_not_found", status=404,
                          param="job_id")
@@ -73,8 +81,12 @@ def tuned_model(record: ResourceRecord) -> TunedModel:
 
 
 def kept_checkpoints(record: ResourceRecord) -> list[dict[str, Any]]:
-    """The job's checkpoints that its blobs still hold (the last ones), oldest first."""
-    return list(record.status.get("checkpoints", [])[-KEEP_CHECKPOINTS:])
+    """The job's checkpoints that its blobs still hold (the last ones, less
+    those deleted as models; none once the job's model is), oldest first."""
+    if record.status.get("model_deleted"):
+        return []
+    return [c for c in record.status.get("checkpoints", [])[-KEEP_CHECKPOINTS:]
+            if not c.get("deleted")]
 
 
 def _kept_steps(record: ResourceRecord) -> list[int]:
@@ -109,6 +121,8 @@ class FineTuning:
         """The live node table's records (the scheduler's)."""
         self.send = send
         """Publish a training command to one node (node id, message)."""
+        self.buckets: BlobBuckets | None = None
+        """The metros' blob stores (names and deletes only: no key)."""
         self.clock = clock
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -128,7 +142,7 @@ class FineTuning:
     def _add_card(self, record: ResourceRecord) -> None:
         """The job's model, and its kept checkpoints' (OpenAI serves those too)."""
         model = record.status.get("fine_tuned_model")
-        if not model:
+        if not model or record.status.get("model_deleted"):
             return
         tuned = tuned_model(record)
         made = [(model, int(record.status.get("finished_at", record.updated_at)))]
@@ -228,6 +242,59 @@ class FineTuning:
         if node and self.send is not None:
             await self.send(node, TrainCancel(node_id=node, job_id=job_id))
         return record
+
+    async def delete_model(self, org_id: str, model_id: str) -> list[str]:
+        """Delete a tuned model for good: the job's model takes its checkpoints
+        along; a checkpoint goes alone. Recorded first (the catalog drops it,
+        a restarted scheduler never serves it again), then its blobs are
+        purged (a blob store that is away leaves them to the sweeper) and the
+        nodes of its metro drop their copies. The job and its events stay."""
+        tuned = model_ids.parse(model_id)
+        if tuned is None:
+            raise model_not_found(model_id)
+        async with self._lock:
+            record = await self.store.get(JOB_KIND, tuned.job_id, org_id=org_id)
+            if record is None or record.state != JobState.SUCCEEDED:
+                raise model_not_found(model_id)
+            made = tuned_model(record)
+            if (made if tuned.step is None else made.checkpoint(tuned.step)).id != model_id:
+                raise model_not_found(model_id)  # the job's, but not a model it made
+            kept = kept_checkpoints(record)
+            now = self.clock()
+            if tuned.step is None:
+                if record.status.get("model_deleted"):
+                    raise model_not_found(model_id)
+                gone = [tuned.checkpoint(int(c["step_number"])) for c in kept] + [tuned]
+                status = {**record.status, "model_deleted": True}
+            else:
+                if tuned.step not in {int(c["step_number"]) for c in kept}:
+                    raise model_not_found(model_id)
+                gone = [tuned]
+                status = {**record.status, "checkpoints": [
+                    {**c, "deleted": True} if int(c["step_number"]) == tuned.step else c
+                    for c in record.status.get("checkpoints", [])]}
+            ids = [model.id for model in gone]
+            record = await self.store.update_status(record, status, now, log=[
+                event(f"Fine-tuned model deleted: {model_id}", at=now) for model_id in ids])
+            for model_id in ids:
+                self.cards.pop(model_id, None)
+        self.on_change()
+        metro = record.spec["metro"]
+        log.info("tuned model deleted", extra={"job_id": record.id, "models": len(ids)})
+        if self.buckets is not None:
+            try:
+                for model in gone:
+                    await self.buckets.delete(metro, adapter_blob(model.job_id)
+                                              if model.step is None
+                                              else checkpoint_blob(model.job_id, model.step))
+            except BlobUnavailable:
+                log.warning("the blob store was away: the deleted model's blobs go with "
+                            "the next sweep", extra={"job_id": record.id})
+        if self.send is not None:
+            for node in self.nodes():
+                if node.metro == metro:
+                    await self.send(node.node_id, AdapterDrop(node_id=node.node_id, models=ids))
+        return ids
 
     # --- what the nodes say -------------------------------------------------------
 

@@ -64,6 +64,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/embeddings"): _write(),
     ("GET", "/v1/models"): _read(),
     ("GET", "/v1/models/{model_id}"): _read(),
+    # Deleting a tuned model breaks whatever calls it, for good: an admin's.
+    ("DELETE", "/v1/models/{model_id}"): _write(Role.ADMIN),
     **_FINE_TUNING,
     # Training files are customer data: reading one back is a member's, like a write.
     ("POST", "/v1/files"): _write(),

@@ -93,6 +93,14 @@ class ModelList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
 
 
+class ModelDeleted(msgspec.Struct, kw_only=True):
+    """OpenAI's ``DeleteModelResponse``."""
+
+    id: str
+    deleted: bool
+    object: Literal["model"]
+
+
 class ErrorDetail(msgspec.Struct, kw_only=True):
     message: str
     type: str

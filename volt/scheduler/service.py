@@ -20,7 +20,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from volt.finetune.blobs import BlobBuckets
 from volt.finetune.jobs import FinetuneError, FineTuning
+from volt.finetune.sweeper import BlobSweeper
 from volt.forge.leases import Forge, ForgeError
 from volt.lifecycle import Refusal
 from volt.placement import DEFAULT_POLICY, PlacementQuery, Policy
@@ -56,6 +58,8 @@ from volt.wire import (
     LeaseCreate,
     LeaseTerminate,
     ModelCard,
+    ModelDelete,
+    ModelsDeleted,
     NodeAssignment,
     NodeHello,
     PlaceAnswer,
@@ -156,7 +160,9 @@ class Scheduler:
         await nc.subscribe(subjects.SCHED_PLACE, cb=self._on_place_query)
         if self.forge is not None:
             await self.forge.load()  # before any command: leases resume first
+        buckets = BlobBuckets(nc)  # fine-tuning blobs: names and deletes only (no key)
         if self.finetune is not None:
+            self.finetune.buckets = buckets
             await self.finetune.load()
         await nc.subscribe(subjects.SCHED_FORGE, cb=self._on_forge_command)
         await nc.subscribe(subjects.SCHED_VAULT, cb=self._on_vault_command)
@@ -169,6 +175,11 @@ class Scheduler:
                 tasks.create_task(self.vault.run())
             if self.finetune is not None:
                 tasks.create_task(self.finetune.run())
+                settings = self.finetune.settings
+                sweeper = BlobSweeper(self.finetune.store, buckets,
+                                      grace_s=settings.blob_grace_s,
+                                      metros=lambda: {n.metro for n in self.table.records()})
+                tasks.create_task(sweeper.run(settings.blob_sweep_interval_s))
             await self._publish_forever()
 
     async def _publish_forever(self) -> None:
@@ -413,6 +424,9 @@ class Scheduler:
             record = await finetune.delete_file(command.org_id, command.file_id)
             return FileChanged(file_id=record.id, state=record.state,
                                metro=record.spec["metro"])
+        if isinstance(command, ModelDelete):
+            return ModelsDeleted(model_ids=await finetune.delete_model(command.org_id,
+                                                                      command.model_id))
         if isinstance(command, JobCreate):
             record = await finetune.create_job(command)
         elif isinstance(command, JobCancel):

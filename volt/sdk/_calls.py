@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from volt.protocol.common import Model, ModelList
+from volt.protocol.common import Model, ModelDeleted, ModelList
 from volt.protocol.finetune import (
     FileDeleted,
     FileList,
@@ -90,6 +90,10 @@ def models_list() -> Call[ModelList]:
 
 def models_get(model_id: str) -> Call[Model]:
     return Call("GET", f"/v1/models/{model_id}", Model)
+
+
+def models_delete(model_id: str) -> Call[ModelDeleted]:
+    return Call("DELETE", f"/v1/models/{model_id}", ModelDeleted)
 
 
 def usage(start: str | int | None = None, end: str | int | None = None,

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from volt.protocol.common import Model, ModelList
+from volt.protocol.common import Model, ModelDeleted, ModelList
 from volt.protocol.finetune import (
     FileDeleted,
     FileList,
@@ -363,6 +363,11 @@ class Models:
     def get(self, model_id: str) -> Model:
         return self._client.run(calls.models_get(model_id))
 
+    def delete(self, model_id: str) -> ModelDeleted:
+        """A fine-tuned model of your org, for good (a job's model takes its
+        checkpoints along)."""
+        return self._client.run(calls.models_delete(model_id))
+
 
 class AsyncClient(_Base):
     """The same calls as ``Client``, awaited."""
@@ -588,6 +593,9 @@ class AsyncModels:
 
     async def get(self, model_id: str) -> Model:
         return await self._client.run(calls.models_get(model_id))
+
+    async def delete(self, model_id: str) -> ModelDeleted:
+        return await self._client.run(calls.models_delete(model_id))
 
 
 class Files:

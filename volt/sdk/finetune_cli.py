@@ -1,5 +1,6 @@
-"""``volt files`` and ``volt fine-tune``: upload training data, start a LoRA
-fine-tune, follow it (``--wait`` prints its events as they come), cancel it."""
+"""``volt files``, ``volt fine-tune`` and ``volt models``: upload training
+data, start a LoRA fine-tune, follow it (``--wait`` prints its events as they
+come), cancel it; list the models you can call, delete a tuned one."""
 
 from __future__ import annotations
 
@@ -136,6 +137,27 @@ def _events(args: argparse.Namespace) -> None:
                                          for e in reversed(p.data)))
 
 
+def _model_table(models: Any) -> str:
+    rows = [f"{'CREATED':<16} {'OWNED BY':<24} ID"]
+    rows += [f"{when(m.created):<16} {m.owned_by:<24} {m.id}" for m in models]
+    return "\n".join(rows)
+
+
+def _models(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        show(volt.models.list(), args, lambda page: _model_table(page.data))
+
+
+def _model_get(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        show(volt.models.get(args.model_id), args, lambda m: _model_table([m]))
+
+
+def _model_delete(args: argparse.Namespace) -> None:
+    with client_for(args) as volt:
+        show(volt.models.delete(args.model_id), args, lambda d: f"{d.id} deleted")
+
+
 def add_finetune_commands(commands: Any, client: argparse.ArgumentParser) -> None:
     files = commands.add_parser("files", help="training files").add_subparsers(
         dest="files", required=True)
@@ -194,3 +216,14 @@ def add_finetune_commands(commands: Any, client: argparse.ArgumentParser) -> Non
     events.add_argument("job_id")
     events.add_argument("--limit", type=int, default=50)
     events.set_defaults(func=guarded(_events))
+
+    models = commands.add_parser("models", help="the models you can call").add_subparsers(
+        dest="models", required=True)
+    models.add_parser("list", parents=[client], help="list them").set_defaults(
+        func=guarded(_models))
+    for name, text, run in (("get", "show a model", _model_get),
+                            ("delete", "delete a fine-tuned model for good (a job's model "
+                                       "takes its checkpoints along)", _model_delete)):
+        sub = models.add_parser(name, parents=[client], help=text)
+        sub.add_argument("model_id")
+        sub.set_defaults(func=guarded(run))

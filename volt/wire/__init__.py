@@ -21,6 +21,7 @@ from volt.wire.codec import (
 )
 from volt.wire.messages import (
     WIRE_VERSION,
+    AdapterDrop,
     AgentTiming,
     AttestationReportAnswer,
     AttestationReportQuery,
@@ -59,6 +60,8 @@ from volt.wire.messages import (
     LeaseCreate,
     LeaseTerminate,
     ModelCard,
+    ModelDelete,
+    ModelsDeleted,
     NodeAssignment,
     NodeGoodbye,
     NodeHello,
@@ -106,6 +109,7 @@ __all__ = [
     "USAGE",
     "VAULT",
     "WIRE_VERSION",
+    "AdapterDrop",
     "AgentTiming",
     "AttestEnroll",
     "AttestEvidence",
@@ -146,6 +150,8 @@ __all__ = [
     "LeaseTerminate",
     "MalformedMessage",
     "ModelCard",
+    "ModelDelete",
+    "ModelsDeleted",
     "NodeAssignment",
     "NodeGoodbye",
     "NodeHello",

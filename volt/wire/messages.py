@@ -263,8 +263,16 @@ class TrainCancel(WireMessage, frozen=True, kw_only=True, tag="sched.train.cance
     job_id: str
 
 
+class AdapterDrop(WireMessage, frozen=True, kw_only=True, tag="sched.adapter.drop"):
+    """These tuned models were deleted: unload them and delete their adapters'
+    files on this node (sent to every node of the model's metro)."""
+
+    node_id: str
+    models: list[str]
+
+
 SchedulerMessage = (PlacementView | ViewQuery | PlaceQuery | PlaceAnswer | NodeAssignment
-                    | TrainStart | TrainCancel)
+                    | TrainStart | TrainCancel | AdapterDrop)
 
 
 # --- inference family: API <-> agent (metro-local, carries payloads) ------------
@@ -807,6 +815,18 @@ class JobChanged(WireMessage, frozen=True, kw_only=True, tag="finetune.job"):
     state: str
 
 
+class ModelDelete(WireMessage, frozen=True, kw_only=True, tag="finetune.model.delete"):
+    """Delete a tuned model: a job's (and with it its checkpoints'), or one checkpoint's."""
+
+    org_id: str
+    model_id: str
+
+
+class ModelsDeleted(WireMessage, frozen=True, kw_only=True, tag="finetune.model.deleted"):
+    model_ids: list[str]
+    """Every model id that went (the job's model takes its checkpoints along)."""
+
+
 class FinetuneRefused(WireMessage, frozen=True, kw_only=True, tag="finetune.refused"):
     code: str
     message: str
@@ -815,4 +835,4 @@ class FinetuneRefused(WireMessage, frozen=True, kw_only=True, tag="finetune.refu
 
 
 FinetuneMessage = (FileRecord | FileDelete | FileChanged | JobCreate | JobCancel | JobChanged
-                   | FinetuneRefused)
+                   | ModelDelete | ModelsDeleted | FinetuneRefused)

@@ -19,7 +19,8 @@ allow lists and the subjects the code uses cannot drift apart.
   metro's object store bucket (sealed: it holds only ciphertext).
 * The **scheduler** reads node events and answers requests (``allow_responses``:
   only to the reply subject of a request it received), and owns the JetStream
-  streams. It never sees a payload subject.
+  streams. It never sees a payload subject; of the blob buckets it reads names
+  and ages and deletes blobs (the sweeper), never writing a blob's bytes.
 * An **operator** identity may do anything (debugging, tests that watch the bus).
 """
 
@@ -124,6 +125,9 @@ def scheduler() -> Permissions:
         publish=(
             subjects.SCHED_VIEW, subjects.IDENTITY_REVOKED, subjects.AUDIT_EVENTS,
             subjects.ASSIGN_ALL, subjects.TRAIN_ALL, "$JS.API.>", "$JS.ACK.>",
+            # The blob sweeper: it lists the blobs' names and deletes them (a
+            # delete marker is a meta message); it never writes a chunk.
+            "$O.*.M.>", "$JS.FC.>",
         ),
         subscribe=(
             *(subjects.node_events(event) for event in subjects.NODE_EVENTS),
