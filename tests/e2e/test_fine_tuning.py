@@ -8,13 +8,15 @@ model gives it under greedy decoding and the base model still does not. Bad
 files get 400s naming the line; a job is cancelled mid-run; the scheduler is
 SIGKILLed mid-run and the job still ends well; the agent is SIGKILLed mid-run
 and the job goes on from its last checkpoint, ending with a model that learned
-the reply (each token billed once); another org sees none of it. The training
+the reply (each token billed once); another org sees none of it. A deleted
+tuned model leaves the catalog, the agent and the blob store. The training
 data is nowhere in the store, the logs or the bus's stored bytes (the blob is
 sealed), not even after an agent was killed mid-job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -27,8 +29,10 @@ from typing import Any
 import openai
 import psutil
 import pytest
+from support.openai_schema import DOCUMENT, problems
 
 from volt.agent.engine.backends import _Tokenizer
+from volt.finetune.blobs import BlobBuckets
 from volt.finetune.dataset import parse
 from volt.finetune.trainer import sequences
 from volt.sdk import Client
@@ -92,6 +96,24 @@ def assert_no_plaintext(cluster: Cluster) -> None:
     for path in cluster.root.rglob("*"):
         if path.is_file() and path.suffix not in (".sock",):
             assert b"heliotrope" not in path.read_bytes(), path
+
+
+def stored_blobs(cluster: Cluster, job_id: str) -> list[str]:
+    """The job's blobs in fra's blob store (names only)."""
+    async def names() -> list[str]:
+        nc = await cluster.connect_bus()
+        try:
+            return [b.name for b in await BlobBuckets(nc).list("fra") if job_id in b.name]
+        finally:
+            await nc.close()
+
+    return asyncio.run(names())
+
+
+def cached_adapters(cluster: Cluster, job_id: str) -> list[Path]:
+    """The job's adapters unpacked in an agent's cache."""
+    return [path for folder in cluster.root.rglob("adapters") if folder.is_dir()
+            for path in folder.iterdir() if path.name.startswith(job_id)]
 
 
 def first_logprob(sdk: openai.OpenAI, model: str) -> float:
@@ -206,6 +228,45 @@ def test_fine_tune_teaches_the_model_and_serves_it(cluster: Cluster, sdk: openai
     assert billed["trained_tokens"] == done.trained_tokens
     assert billed["n_epochs"] == 30
     assert done.trained_tokens == 30 * tokens_per_epoch(tiny_model)
+
+    # Deleting: another org cannot; a base model cannot be; a checkpoint goes
+    # alone; the job's model takes the rest along — from the catalog, the
+    # agent's disk and engine, and the blob store.
+    with (openai.OpenAI(base_url=cluster.base_url, api_key=other, max_retries=0) as theirs,
+          pytest.raises(openai.NotFoundError)):
+        theirs.models.delete(model)
+    with pytest.raises(openai.PermissionDeniedError) as base:
+        sdk.models.delete("volt-tiny")
+    assert "base model" in base.value.message
+    raw = sdk.models.with_raw_response.delete(earliest)
+    deleted = raw.parse()
+    assert (deleted.id, deleted.deleted, deleted.object) == (earliest, True, "model")
+    if DOCUMENT.exists():  # OpenAI's own schema for it, where the pinned copy is here
+        assert problems("DeleteModelResponse", raw.http_response.json()) == []
+    assert earliest not in [m.id for m in sdk.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        greedy(sdk, earliest)
+    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id).data] == \
+        [120, 116]
+    assert greedy(sdk, model) == SECRET  # the rest still serves
+    assert greedy(sdk, f"{model}:ckpt-step-116") == SECRET
+    sdk.models.delete(model)
+    listed = [m.id for m in sdk.models.list()]
+    assert not [m for m in listed if job.id in m], listed
+    for gone in (model, f"{model}:ckpt-step-116"):
+        with pytest.raises(openai.NotFoundError):
+            greedy(sdk, gone)
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve(gone)
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.delete(gone)
+    assert sdk.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    assert sdk.fine_tuning.jobs.retrieve(job.id).status == "succeeded"  # the job stays
+    assert stored_blobs(cluster, job.id) == []
+    deadline = time.monotonic() + 10
+    while cached_adapters(cluster, job.id):
+        assert time.monotonic() < deadline, cached_adapters(cluster, job.id)
+        time.sleep(0.1)
 
     sdk.files.delete(uploaded.id)
     with pytest.raises(openai.NotFoundError):
@@ -322,4 +383,14 @@ def test_the_cli_and_sdk_upload_train_and_follow(cluster: Cluster, tmp_path: Pat
         with pytest.raises(APIStatusError) as in_use:
             volt.files.delete("file-nope")
         assert in_use.value.status == 404
+        tuned = job["fine_tuned_model"]
+        assert volt.models.delete(f"{tuned}:ckpt-step-2").deleted
     assert cli("files", "delete", job["training_file"]).returncode == 0
+    assert tuned in cli("models", "list").stdout
+    removed = cli("models", "delete", tuned)
+    assert removed.returncode == 0, removed.stderr
+    assert f"{tuned} deleted" in removed.stdout
+    missing = cli("models", "get", tuned)
+    assert missing.returncode != 0
+    assert "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -106,3 +106,7 @@ def test_models_and_errors_match_openais_schema(two_metros: Cluster) -> None:
     missing = post(two_metros, "/v1/chat/completions", {"model": "gpt-9", "messages": MESSAGES})
     assert missing.status_code == 404
     assert problems("ErrorResponse", missing.json()) == []
+    for model, status in (("volt-tiny", 403), (f"ft:volt-tiny:x::ftjob-{'0' * 24}", 404)):
+        refused = httpx.delete(f"{base}/v1/models/{model}", headers=headers)
+        assert refused.status_code == status
+        assert problems("ErrorResponse", refused.json()) == []

@@ -22,7 +22,8 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
                          wire.TrainProgress)),
     "scheduler": (
         wire.SCHEDULER, (wire.PlacementView, wire.ViewQuery, wire.PlaceQuery, wire.PlaceAnswer,
-                         wire.NodeAssignment, wire.TrainStart, wire.TrainCancel)
+                         wire.NodeAssignment, wire.TrainStart, wire.TrainCancel,
+                         wire.AdapterDrop)
     ),
     "inference": (wire.INFERENCE, (wire.InferenceRequest, wire.Cancel)),
     "reply": (wire.REPLY, (wire.StreamChunk, wire.EmbeddingChunk, wire.Final, wire.InferenceError)),
@@ -43,7 +44,7 @@ FAMILIES: dict[str, tuple[codec.FamilyDecoder[Any], tuple[type[Any], ...]]] = {
                            wire.RedfishCredentialRevoke, wire.VaultRefused)),
     "finetune": (wire.FINETUNE, (wire.FileRecord, wire.FileDelete, wire.FileChanged,
                                  wire.JobCreate, wire.JobCancel, wire.JobChanged,
-                                 wire.FinetuneRefused)),
+                                 wire.ModelDelete, wire.ModelsDeleted, wire.FinetuneRefused)),
 }
 
 text = st.text(max_size=20)
