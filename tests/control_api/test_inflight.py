@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from volt.control_api.admission import Admission
 from volt.control_api.errors import PayloadTooLarge, ServiceUnavailable
-from volt.control_api.inference import InferenceClient
+from volt.control_api.inference import InferenceClient, ReplyChannel
 from volt.control_api.routing import Router
 from volt.control_api.serving import Dispatcher, Job, JsonReply, StreamReply
 from volt.identity.principal import AuthMethod, Principal, Role, Scope
@@ -248,13 +248,10 @@ async def test_a_stream_past_its_deadline_ends_with_504_and_gives_everything_bac
     await nc.close()
 
 
-async def test_a_reply_channel_has_one_deadline_timer_which_forget_cancels(
-        api: Api, pod: Pod) -> None:
-    pod.hold = True  # the pod never answers: only the deadline ends a wait
+async def test_a_reply_channel_has_one_deadline_timer() -> None:
+    """No bus here: only the channel's own timer can end a wait."""
     loop = asyncio.get_running_loop()
-    channel = await api.inference.send(NODE, InferenceRequest(
-        request_id="r1", endpoint="chat.completions", model="m", stream=True, body=b"{}",
-        deadline_unix=time.time() + 60, tenant_id="org-1"))
+    channel = ReplyChannel(loop)
     deadline = loop.time() + 0.2
     channel.put(Final(request_id="r1", pod="n1", metro="fra", tier="standard"))
     assert isinstance(await channel.get(deadline), Final)  # there already: no timer needed
@@ -266,6 +263,23 @@ async def test_a_reply_channel_has_one_deadline_timer_which_forget_cancels(
     assert channel._timer is None
     waiting = asyncio.create_task(channel.get(loop.time() + 60))
     await asyncio.sleep(0.01)
+    timer = channel._timer
+    assert timer is not None
+    waiting.cancel()
+    channel.close()
+    assert timer.cancelled()
+    assert channel._timer is None
+
+
+async def test_forget_cancels_a_requests_deadline_timer(api: Api, pod: Pod) -> None:
+    pod.hold = True  # the pod never answers: only the deadline would end the wait
+    loop = asyncio.get_running_loop()
+    channel = await api.inference.send(NODE, InferenceRequest(
+        request_id="r1", endpoint="chat.completions", model="m", stream=True, body=b"{}",
+        deadline_unix=time.time() + 60, tenant_id="org-1"))
+    waiting = asyncio.create_task(channel.get(loop.time() + 60))
+    await asyncio.sleep(0.01)
+    assert not waiting.done(), waiting.result()  # what came, if something did
     timer = channel._timer
     assert timer is not None
     assert not timer.cancelled()
