@@ -208,6 +208,43 @@ async def test_a_job_lost_before_its_first_checkpoint_starts_again(world: World)
     assert "starts again from the beginning" in events[0]
 
 
+async def test_a_node_cut_off_and_back_is_told_to_stop_a_job_that_went_on_elsewhere(
+        world: World) -> None:
+    world.nodes = [node("fra-1", "fra"), node("fra-2", "fra")]
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    [(first, _)] = world.sent
+    world.writer.node_report(first, [TrainStatus(job_id=job_id, state="running")])
+    world.clock.now += 30  # its heartbeats stop: cut off, its trainer still running
+    other = "fra-2" if first == "fra-1" else "fra-1"
+    world.writer.node_report(other, [])
+    await world.writer.reconcile()  # requeued: its last word ("running") is stale
+    assert await world.state(job_id) == "queued"
+    assert f"the node running it ({first}) stopped sending heartbeats" in \
+        (await messages(world, job_id))[0]
+    await world.writer.reconcile()  # placed on the other node
+    assert world.sent[-1][0] == other
+    assert isinstance(world.sent[-1][1], TrainStart)
+    world.sent.clear()
+    world.writer.node_report(other, [TrainStatus(job_id=job_id, state="running")])
+    world.writer.node_report(first, [TrainStatus(job_id=job_id, state="running")])  # back
+    await world.writer.reconcile()
+    assert world.sent == [(first, TrainCancel(node_id=first, job_id=job_id))]
+    await world.writer.reconcile()  # not again at every pass...
+    assert len(world.sent) == 1
+    world.clock.now += 11
+    world.writer.node_report(other, [TrainStatus(job_id=job_id, state="running")])
+    world.writer.node_report(first, [TrainStatus(job_id=job_id, state="running")])
+    await world.writer.reconcile()  # ...but again while it goes on
+    assert world.sent[1:] == [(first, TrainCancel(node_id=first, job_id=job_id))]
+    assert await world.state(job_id) == "running"  # the run that counts goes on
+    record = await ResourceStore(world.db).get("fine_tuning_job", job_id)
+    assert record is not None
+    assert record.status["node_id"] == other
+
+
 async def test_a_restarted_writer_picks_the_job_up_from_the_next_heartbeat(world: World
                                                                           ) -> None:
     await world.file()

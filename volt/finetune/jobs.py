@@ -12,7 +12,8 @@ level-triggered, so a scheduler restarted (SIGKILL included) picks each job up
 from the next heartbeat, and a job its agent no longer names (the agent died
 or restarted) is queued again to go on from its last checkpoint — or, once
 it has been started ``max_attempts`` times, fails with that reason instead of
-staying RUNNING forever.
+staying RUNNING forever. A node that says it runs a job that is not its own
+(cut off, then back after the job went on elsewhere) is told to stop it.
 Progress events (step, loss) arrive on the node's ``training`` subject and
 become the job's events. Time is an injected clock (wall seconds).
 """
@@ -128,6 +129,8 @@ class FineTuning:
         self._wake = asyncio.Event()
         self._reports: dict[str, _Report] = {}
         self._running_on: set[str] = set()
+        self._stopped: dict[tuple[str, str], float] = {}
+        """(node, job) -> when that node was last told to stop a run it should not have."""
         self._started_at = clock()
         self.cards: dict[str, ModelCard] = {}
         """Every tuned model (a succeeded job's), for the placement view's catalog."""
@@ -363,6 +366,33 @@ class FineTuning:
                     await self._reconcile_one(fresh)
                 except StaleResource:
                     continue  # changed meanwhile: the next pass reads it again
+        await self._stop_strays()
+
+    async def _stop_strays(self) -> None:
+        """A node that says it runs a job the job's record does not give it — it
+        was cut off, the job went on elsewhere, and now it is back; or it missed
+        a cancel — is told to stop (again after ``lost_after_s`` if it goes on)."""
+        now = self.clock()
+        stopped, self._stopped = self._stopped, {}
+        for node_id, report in list(self._reports.items()):
+            if now - report.at > self.settings.lost_after_s:
+                continue  # a node gone quiet: nothing it says is current
+            for job_id, status in report.jobs.items():
+                if status.state != "running":
+                    continue
+                record = await self.store.get(JOB_KIND, job_id)
+                if (record is not None and record.state == JobState.RUNNING
+                        and record.status.get("node_id") == node_id):
+                    continue
+                last = stopped.get((node_id, job_id))
+                if last is not None and now - last < self.settings.lost_after_s:
+                    self._stopped[node_id, job_id] = last
+                    continue
+                self._stopped[node_id, job_id] = now
+                log.warning("a node runs a job that is not its own: telling it to stop",
+                            extra={"node_id": node_id, "job_id": job_id})
+                if self.send is not None:
+                    await self.send(node_id, TrainCancel(node_id=node_id, job_id=job_id))
 
     async def _reconcile_one(self, record: ResourceRecord) -> None:
         state = JobState(record.state)
@@ -431,6 +461,9 @@ class FineTuning:
         node_id = record.status.get("node_id", "")
         report = self._reports.get(node_id)
         status = report.jobs.get(record.id) if report is not None else None
+        if (status is not None and status.state == "running" and report is not None
+                and now - report.at > self.settings.lost_after_s):
+            status = None  # the node went quiet: "running" is no longer news of it
         if status is not None and status.state == "succeeded":
             model = tuned_model(record).id
             record = await self._advance(record, JobEvent.SUCCEEDED, "trained", extra={
