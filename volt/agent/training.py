@@ -177,8 +177,8 @@ class Training:
             if outcome is None:
                 self._update(job_id, state="cancelled", error="cancelled")
                 return
-            adapter = Path(outcome["path"])
-            await blobs.put(self.metro, adapter_blob(job_id), pack(adapter))
+            packed = await asyncio.to_thread(pack, Path(outcome["path"]))  # off the event loop
+            await blobs.put(self.metro, adapter_blob(job_id), packed)
             self._update(job_id, state="succeeded", step=int(outcome["step"]),
                          trained_tokens=int(outcome["trained_tokens"]))
             log.info("fine-tuning job trained", extra={"job_id": job_id})
@@ -266,7 +266,8 @@ class Training:
         checkpoint (it is not reported, so nothing resumes from it), not the job."""
         step = int(line["step"])
         try:
-            await blobs.put(self.metro, checkpoint_blob(job_id, step), pack(Path(line["path"])))
+            data = await asyncio.to_thread(pack, Path(line["path"]))
+            await blobs.put(self.metro, checkpoint_blob(job_id, step), data)
         except BlobUnavailable:
             log.warning("a checkpoint could not be stored", extra={"job_id": job_id})
             return False
