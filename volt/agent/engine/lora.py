@@ -3,9 +3,13 @@
 
 transformers' continuous batching runs one set of weights, so tuned models
 do not go through it. One peft ``PeftModel`` wraps a second copy of the base
-model with every loaded adapter; a decoding thread steps each active request
-in turn — one token per request per round, each with its own KV cache and
-the adapter it names — so many streams of many adapters progress together.
+model with every loaded adapter; a decoding thread steps the active requests
+together — one token per request per round, in one forward pass, each row
+through the adapter it names (peft's mixed adapter batches) — so many streams
+of many adapters progress together. The rows share one KV cache
+(``_RowCache``): a request joining is prefilled once and its cache merged in
+(left-padded, masked), one leaving is cut out, and every other round feeds
+each row only its newest token.
 Adapters load and unload at run time (``POST /v1/load_lora_adapter``, as
 vLLM's API); loading one already loaded under the same name is a no-op.
 
@@ -68,6 +72,7 @@ class LoraAdapters:
         self._lock = threading.Lock()
         """Held by the decoding thread for each round, and by load/unload."""
         self._active: list[_Active] = []
+        self._rows = _RowCache()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -170,6 +175,7 @@ class LoraAdapters:
                 except Exception as exc:  # a failing round must not stop the thread
                     log.exception("adapter generation failed")
                     steps = [Step([], True, error=type(exc).__name__) for _ in batch]
+                    self._rows = _RowCache()  # its rows all end: start the cache afresh
             for active, step in zip(batch, steps, strict=True):
                 active.deliver(step)
                 if step.finished:
@@ -181,27 +187,21 @@ class LoraAdapters:
                 self._active.remove(active)
 
     def _step(self, batch: list[_Active]) -> list[Step]:
-        """One token for every request of the round, in one forward pass: the
-        sequences left-padded, each row through its own adapter (peft's mixed
-        adapter batches). No KV cache is kept — every round recomputes the
-        short sequences this engine serves, which costs less here than a
-        forward pass per request would."""
-        import torch
-
-        sequences = [a.prompt + a.generated for a in batch]
-        width = max(len(s) for s in sequences)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, width - len(sequence):] = torch.tensor(sequence)
-            mask[row, width - len(sequence):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             adapter_names=[a.adapter for a in batch], use_cache=False)
+        """One token for every request of the round: the rows already in the
+        cache advance by their newest token; those joining are prefilled."""
+        rows = self._rows
+        in_batch = {id(a) for a in batch}
+        rows.keep([a for a in rows.rows if id(a) in in_batch])
+        cached = {id(a) for a in rows.rows}
+        joining = [a for a in batch if id(a) not in cached]
+        logits: dict[int, Any] = {}
+        if rows.rows:
+            logits.update(zip(map(id, rows.rows), rows.advance(self._model), strict=True))
+        if joining:
+            logits.update(zip(map(id, joining), rows.join(self._model, joining), strict=True))
         steps = []
-        for row, active in enumerate(batch):
-            logits = output.logits[row, -1].float()
-            token = active.sampler.choose(logits, active.generated)
+        for active in batch:
+            token = active.sampler.choose(logits[id(active)].float(), active.generated)
             active.generated.append(token)
             logprobs = []
             if active.sampler.params.top_logprobs is not None and active.sampler.logprobs:
@@ -209,6 +209,98 @@ class LoraAdapters:
             finished = token == self.eos_id or len(active.generated) >= active.max_new_tokens
             steps.append(Step([token], finished, logprobs))
         return steps
+
+
+class _RowCache:
+    """The rows being decoded together and their one KV cache.
+
+    Every row's cache holds its sequence but its newest token; rows are
+    left-padded to the longest, the padding masked out, and each row's
+    positions are its own (``positions``: the next token's). Runs on the
+    decoding thread only.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[_Active] = []
+        self._cache: Any = None
+        self._mask: Any = None
+        self._positions: Any = None
+
+    def keep(self, rows: list[_Active]) -> None:
+        """Only these rows (a subset, in order) go on; the rest leave the cache."""
+        import torch
+
+        if len(rows) == len(self.rows):
+            return
+        if not rows:
+            self.rows, self._cache, self._mask, self._positions = [], None, None, None
+            return
+        index = {id(a): i for i, a in enumerate(self.rows)}
+        kept = torch.tensor([index[id(a)] for a in rows])
+        self._cache.batch_select_indices(kept)
+        self._mask, self._positions = self._mask[kept], self._positions[kept]
+        self.rows = rows
+        # The columns only the leavers used are padding for everyone now.
+        first = int(self._mask.any(0).nonzero()[0])
+        if first:
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self._mask = self._mask[:, first:]
+
+    def advance(self, model: Any) -> list[Any]:
+        """Feed each row its newest token; the next-token logits per row."""
+        import torch
+
+        newest = torch.tensor([[a.generated[-1]] for a in self.rows])
+        mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
+        output = model(input_ids=newest, attention_mask=mask,
+                       position_ids=self._positions[:, None], cache=self._cache,
+                       adapter_names=[a.adapter for a in self.rows], use_cache=True)
+        self._cache, self._mask = output.cache, mask
+        self._positions = self._positions + 1
+        return list(output.logits[:, -1])
+
+    def join(self, model: Any, joining: list[_Active]) -> list[Any]:
+        """Prefill the joining rows (their whole sequence) and merge their cache
+        into the rows'; their next-token logits."""
+        import torch
+
+        sequences = [a.prompt + a.generated for a in joining]
+        width = max(len(s) for s in sequences)
+        ids = torch.zeros((len(joining), width), dtype=torch.long)
+        mask = torch.zeros((len(joining), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            ids[row, width - len(sequence):] = torch.tensor(sequence)
+            mask[row, width - len(sequence):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       adapter_names=[a.adapter for a in joining], use_cache=True,
+                       logits_to_keep=1)  # only the next token's
+        cache, next_positions = output.cache, mask.sum(-1)
+        if not self.rows:
+            self._cache, self._mask, self._positions = cache, mask, next_positions
+        else:
+            total = max(self._mask.shape[1], width)
+            for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([_left_pad(mine.keys, total),
+                                       _left_pad(theirs.keys, total)], 0)
+                mine.values = torch.cat([_left_pad(mine.values, total),
+                                         _left_pad(theirs.values, total)], 0)
+            self._mask = torch.cat([_left_pad(self._mask, total), _left_pad(mask, total)], 0)
+            self._positions = torch.cat([self._positions, next_positions])
+        self.rows = [*self.rows, *joining]
+        return list(output.logits[:, -1])
+
+
+def _left_pad(tensor: Any, width: int) -> Any:
+    """Zeros before the sequence axis (the cache's -2, a mask's -1) up to ``width``."""
+    import torch.nn.functional as F
+
+    axis = -2 if tensor.dim() == 4 else -1
+    missing = width - tensor.shape[axis]
+    if not missing:
+        return tensor
+    return F.pad(tensor, (0, 0, missing, 0) if axis == -2 else (missing, 0))
 
 
 def deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Step]
