@@ -51,8 +51,6 @@ class ReplyOutbox:
         self._pending: dict[str, list[tuple[str, Reply]]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._flushes: set[asyncio.Task[None]] = set()
-        self.messages = 0
-        """Bus messages sent (for the relay benchmark's accounting)."""
 
     async def send(self, route: Route, reply: Reply) -> None:
         key = route.batch
@@ -94,11 +92,9 @@ class ReplyOutbox:
         if len(pending) == 1:
             await self._send_one(*pending[0])
             return
-        self.messages += 1
         await self._publish(key, encode(ReplyBatch(replies=[reply for _, reply in pending])))
 
     async def _send_one(self, subject: str, reply: Reply) -> None:
-        self.messages += 1
         await self._publish(subject, encode(reply))
 
     async def flush_all(self) -> None:
