@@ -327,6 +327,10 @@ class VaultSettings(_Section):
     """The first wait before a step is tried again (doubling each time)."""
     bmc_timeout_s: PositiveFloat = 10.0
     """One Redfish call's timeout."""
+    rotate_bmc_passwords: bool = True
+    """Cleaning gives each BMC account Vault uses a new random password (where
+    the BMC offers Redfish's AccountService), so nothing a tenant might have
+    learnt of one outlives the reservation."""
     require_attestation: bool = True
     """A rack becomes ready only when every node's measured boot passed. Off
     (development, BMCs whose nodes cannot attest): a node without a verdict

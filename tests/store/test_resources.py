@@ -88,3 +88,21 @@ async def test_a_resources_log_is_appended_with_its_change_and_read_newest_first
     with pytest.raises(KeyError):
         await store.log("job-1", limit=3, after="ev-99")
     assert (await store.log("job-2", limit=3)).entries == []
+
+
+async def test_a_writer_may_change_the_spec_with_the_status_compare_and_set(
+        store: ResourceStore) -> None:
+    record = await store.create(kind="rack", id="rack-1", org_id="", state="cleaning",
+                                spec={"nodes": [{"name": "n1", "bmc_password": "old"}]},
+                                status={}, now=1.0)
+    changed = await store.update_status(record, {"n1": "rotated"}, 2.0,
+                                        spec={"nodes": [{"name": "n1", "bmc_password": "new"}]})
+    stored = await store.get("rack", "rack-1")
+    assert stored is not None
+    assert stored.spec == changed.spec == {"nodes": [{"name": "n1", "bmc_password": "new"}]}
+    assert stored.status == {"n1": "rotated"}
+    with pytest.raises(StaleResource):  # the old row's holder cannot write the old spec back
+        await store.update_status(record, {}, 3.0, spec=record.spec)
+    kept = await store.update_status(changed, {"n1": "done"}, 4.0)  # no spec: it stays
+    assert kept.spec == changed.spec
+    assert (await store.get("rack", "rack-1")).spec == changed.spec  # type: ignore[union-attr]

@@ -1,8 +1,9 @@
 """Vault's rack writer on a real store (SQLite, migrated) driving real Redfish
 BMCs (sushy-emulator, one per node; its power changes land 1-11 s after they
 are asked): registration, the whole lifecycle, the race for the last rack,
-cleaning that cannot erase, a BMC that dies, a writer that restarts, and
-measured boot gating readiness.
+cleaning that cannot erase, a BMC that dies, a writer that restarts,
+measured boot gating readiness, and cleaning that rotates each BMC's
+password (a writer killed between telling the BMC and storing it included).
 
 The same writer inside a real scheduler process, killed with SIGKILL, behind
 the API, the SDK and the CLI: ``tests/e2e/test_vault.py``.
@@ -11,6 +12,7 @@ the API, the SDK and the CLI: ``tests/e2e/test_vault.py``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from volt.vault.inventory import (
     register,
 )
 from volt.vault.racks import Vault, VaultError
+from volt.vault.redfish import RedfishBmc
 from volt.vault.report import ReportInvalid, public_jwk, verify_report
 from volt.vault.states import RackEvent, RackState
 from volt.wire import RackReserve
@@ -319,6 +322,61 @@ async def test_a_restarted_writer_carries_on_from_the_stored_step(
     assert events == ["create", "reserve", "provision", "booted", "attested"]
     await second.vault.release("org-a", "r1")
     await wait_for(store, "r1", in_state(RackState.AVAILABLE))
+
+
+async def test_cleaning_rotates_each_bmc_password_even_across_a_writer_killed_mid_change(
+        store: ResourceStore, tmp_path: Path, image_server: str,
+        running: Callable[[Vault], Running]) -> None:
+    box = CredentialBox(KEY)
+    patched, hold = threading.Event(), threading.Event()
+
+    class DiesAfterThePatch(RedfishBmc):
+        """The writer's BMC handle that stops for good once the BMC has the new
+        password, before Vault stored it (as a SIGKILL there would)."""
+
+        def rotate_password(self, username: str, password: str) -> str:
+            outcome = super().rotate_password(username, password)
+            if self.url.endswith(str(ports["a-n2"])):
+                patched.set()
+                hold.wait(60)
+            return outcome
+
+    def dying_connect(url: str, user: str, password: str, verify: bool) -> RedfishBmc:
+        return DiesAfterThePatch(url, user, password, verify=verify, timeout_s=5.0)
+
+    with Bmc(tmp_path / "a1", systems=["a-n1"], accounts=True) as one, \
+            Bmc(tmp_path / "a2", systems=["a-n2"], accounts=True) as two:
+        ports = {"a-n1": one.port, "a-n2": two.port}
+        await register(store, box, entry("a", {"a-n1": one, "a-n2": two}), now=1.0)
+        first = running(Vault(store, settings(image_server), box, connect=dying_connect))
+        await first.vault.reserve(reserve("org-a"))
+        await wait_for(store, "a", in_state(RackState.READY))
+        await first.vault.release("org-a", "a")
+        assert await asyncio.to_thread(patched.wait, WAIT_S)
+        await first.stop()  # a-n2's BMC has its new password; the store does not
+        mid = await store.get(KIND, "a")
+        assert mid is not None
+        assert mid.state == RackState.CLEANING
+        assert mid.status["nodes"]["a-n2"]["pending_password"]
+        assert not two.accepts(two.password)
+        hold.set()
+
+        second = running(Vault(store, settings(image_server), box))
+        available = await wait_for(store, "a", in_state(RackState.AVAILABLE,
+                                                        RackState.MAINTENANCE))
+        assert available.state == RackState.AVAILABLE, available.reason
+        for node, bmc in (("a-n1", one), ("a-n2", two)):
+            stored = next(n for n in available.spec["nodes"] if n["name"] == node)
+            rotated = box.open(stored["bmc_password"], rack_id="a", node=node)
+            assert rotated != bmc.password
+            assert bmc.accepts(rotated)
+            assert not bmc.accepts(bmc.password)  # what anyone knew before is worthless
+            steps = {s["step"]: s["outcome"] for s in available.status["last_cleaning"][node]}
+            assert steps["credentials_rotated"] == "done"
+        # Volt goes on driving the BMCs with what it stored: the next tenant's rack.
+        await second.vault.reserve(reserve("org-b"))
+        ready = await wait_for(store, "a", in_state(RackState.READY, RackState.FAILED))
+        assert ready.state == RackState.READY, ready.reason
 
 
 class Verdicts:

@@ -1,10 +1,13 @@
 """Vault's Redfish driver against real Redfish services: sushy-emulator BMCs
-(fake driver, htpasswd auth), nodes driven in parallel with bounded waits."""
+(fake driver, htpasswd auth), nodes driven in parallel with bounded waits; a
+BMC's password changed through Redfish's AccountService (the emulator with
+one added, ``volt/bench/bmc_accounts.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sushy
@@ -104,3 +107,18 @@ def test_a_power_change_that_never_lands_times_out(bmcs: list[Bmc]) -> None:
     assert late.value.code == "timeout"
 
 
+
+
+def test_a_bmc_with_an_account_service_takes_a_new_password(tmp_path: Path,
+                                                            bmcs: list[Bmc]) -> None:
+    with Bmc(tmp_path / "accounts", systems=["c-1"], accounts=True) as bmc:
+        assert driver(bmc).rotate_password(bmc.username, "the-new-one") == "done"
+        assert not bmc.accepts(bmc.password)  # the old password no longer logs in
+        assert bmc.accepts("the-new-one")
+        assert driver(bmc, "the-new-one").systems() == list(bmc.systems.values())
+        assert driver(bmc, "the-new-one").rotate_password("nobody", "x") == \
+            "not supported: the BMC lists no account nobody"
+    # sushy-emulator itself offers none: said plainly, nothing changed.
+    assert driver(bmcs[1]).rotate_password(bmcs[1].username, "x") == \
+        "not supported: the BMC has no AccountService"
+    assert bmcs[1].accepts(bmcs[1].password)

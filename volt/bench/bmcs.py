@@ -3,9 +3,10 @@ ones from OpenStack's ``sushy-emulator`` (PyPI ``sushy-tools``, in the test and
 bench extras), fake driver, on free loopback ports.
 
 One emulator process is one BMC with its own systems, state folder and
-htpasswd file (a bcrypt hash of its password). Its power changes apply 1-11 s
-after they are asked (the fake driver's "hardware"), so callers run nodes in
-parallel and bound every wait.
+htpasswd file (a bcrypt hash of its password); with ``accounts=True`` it also
+offers a Redfish AccountService, through which its password can be changed.
+Its power changes apply 1-11 s after they are asked (the fake driver's
+"hardware"), so callers run nodes in parallel and bound every wait.
 
     with Bmc(tmp_path / "bmc-1", systems=["node-1"]) as bmc:
         bmc.url, bmc.username, bmc.password
@@ -35,8 +36,11 @@ READY_TIMEOUT_S = 30.0
 
 class Bmc:
     def __init__(self, folder: Path, *, systems: list[str], username: str = "admin",
-                 password: str | None = None) -> None:
+                 password: str | None = None, accounts: bool = False) -> None:
         self.folder = folder
+        self.accounts = accounts
+        """Offer a Redfish AccountService (``volt/bench/bmc_accounts.py``), as
+        real BMCs do: its password can then be changed over Redfish."""
         self.username = username
         self.password = password or secrets.token_urlsafe(12)
         self.systems = {name: str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{folder}/{name}"))
@@ -74,14 +78,28 @@ class Bmc:
             f"SUSHY_EMULATOR_FAKE_SYSTEMS = {fake_systems!r}\n"
             f"SUSHY_EMULATOR_STATE_DIR = {str(self.folder / 'state')!r}\n"
             f"SUSHY_EMULATOR_AUTH_FILE = {str(self.folder / 'htpasswd')!r}\n")
-        executable = shutil.which("sushy-emulator") or str(
-            Path(sys.executable).with_name("sushy-emulator"))
+        command = [sys.executable, "-m", "volt.bench.bmc_accounts"] if self.accounts else [
+            shutil.which("sushy-emulator") or str(Path(sys.executable).with_name(
+                "sushy-emulator"))]
         log = open(self.folder / "emulator.log", "ab")  # noqa: SIM115 - held by the child
         self.process = subprocess.Popen(
-            [executable, "--config", str(config), "--fake"], stdout=log, stderr=log,
+            [*command, "--config", str(config), "--fake"], stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         log.close()
         return self
+
+    def accepts(self, password: str) -> bool:
+        """Whether the BMC takes this password now."""
+        token = base64.b64encode(f"{self.username}:{password}".encode()).decode()
+        request = urllib.request.Request(f"{self.url}/redfish/v1/Systems",
+                                         headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return False
+            raise
 
     def wait_ready(self) -> None:
         token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()

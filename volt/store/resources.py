@@ -133,19 +133,25 @@ class ResourceStore:
             version=record.version + 1)
 
     async def update_status(self, record: ResourceRecord, status: dict[str, Any],
-                            now: float, log: LogEntries | None = None) -> ResourceRecord:
+                            now: float, log: LogEntries | None = None, *,
+                            spec: dict[str, Any] | None = None) -> ResourceRecord:
+        """A new status (and, rarely, a new ``spec``: what the resource is
+        changed by its writer, as a BMC password Vault rotated)."""
+        values: dict[str, Any] = {"status": json.dumps(status), "updated_at": now,
+                                  "version": record.version + 1}
+        if spec is not None:
+            values["spec"] = json.dumps(spec)
         async with self.db.session() as session, session.begin():
             result = await session.execute(
                 update(Resource)
                 .where(Resource.id == record.id, Resource.version == record.version)
-                .values(status=json.dumps(status), updated_at=now,
-                        version=record.version + 1))
+                .values(**values))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise StaleResource(f"{record.kind} {record.id} changed since it was read")
             await _append_log(session, record.id, log, now)
         return ResourceRecord(
             id=record.id, kind=record.kind, org_id=record.org_id, state=record.state,
-            spec=record.spec, status=status, reason=record.reason,
+            spec=record.spec if spec is None else spec, status=status, reason=record.reason,
             created_at=record.created_at, updated_at=now, version=record.version + 1)
 
     async def get(self, kind: str, id: str, *, org_id: str | None = None

@@ -5,7 +5,11 @@ Provisioning, per node: power off → boot once from the Talos image (virtual
 media, or PXE where the BMC has none) → power on. Cleaning, per node: disks
 erased (``erase`` racks; a BMC that cannot is a failure, recorded, never
 skipped), BIOS reset, boot override cleared (``RedfishBmc.clean``) → power
-off.
+off → the BMC account's password rotated (where the BMC offers Redfish's
+AccountService; "not supported" recorded where not). The new password is
+sealed into the node's progress *before* the BMC is told it, so a scheduler
+killed between the two still holds the password the BMC now takes; it then
+replaces the old one in the rack's row.
 
 A node's progress lives in the rack's row (``status.nodes[<name>]``: the last
 step done, the one under way, attempts, last error), so a scheduler that
@@ -22,6 +26,7 @@ for asyncio's few default threads.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +42,7 @@ from volt.vault.redfish import BmcError, Connect, RedfishBmc
 T = TypeVar("T")
 POLL_S = 0.5
 PROVISION_STEPS = ("power_off", "boot_override", "power_on")
-CLEAN_STEPS = ("clean", "power_off")
+CLEAN_STEPS = ("clean", "power_off", "rotate_credentials")
 Work = Callable[[], Awaitable[dict[str, Any] | None]]
 """One step's work; what it returns is stored with the node's progress."""
 
@@ -80,6 +85,26 @@ class Progress:
             try:
                 self.record = await self.store.update_status(
                     self.record, {**self.record.status, "nodes": nodes}, self.clock())
+            except StaleResource as exc:
+                raise RackMoved(self.record.id) from exc
+
+    def spec_of(self, name: str) -> dict[str, Any]:
+        node: dict[str, Any] = next(n for n in self.record.spec["nodes"] if n["name"] == name)
+        return node
+
+    async def replace_password(self, name: str, sealed: str) -> None:
+        """The node's BMC password is now ``sealed`` (one write: the rack's
+        inventory, and the node's pending password cleared)."""
+        async with self._lock:
+            spec = {**self.record.spec, "nodes": [
+                {**n, "bmc_password": sealed} if n["name"] == name else n
+                for n in self.record.spec["nodes"]]}
+            nodes = dict(self.record.status.get("nodes", {}))
+            nodes[name] = {**nodes.get(name, {}), "pending_password": ""}
+            try:
+                self.record = await self.store.update_status(
+                    self.record, {**self.record.status, "nodes": nodes}, self.clock(),
+                    spec=spec)
             except StaleResource as exc:
                 raise RackMoved(self.record.id) from exc
 
@@ -167,6 +192,34 @@ class NodeDriver:
                 raise result
         return progress.record, failed
 
+    async def rotate(self, progress: Progress, name: str) -> str:
+        """A new random password for the node's BMC account; the outcome."""
+        if not self.settings.rotate_bmc_passwords:
+            return "not done: vault.rotate_bmc_passwords is off"
+        rack_id, node = progress.record.id, progress.spec_of(name)
+        url, user, verify = node["bmc_url"], node["bmc_username"], bool(
+            node.get("verify_tls", True))
+        sealed = progress.node(name).get("pending_password")
+        if not sealed:
+            sealed = self.box.seal(secrets.token_urlsafe(24), rack_id=rack_id, node=name)
+            await progress.save(name, pending_password=sealed)  # before the BMC has it
+        new = self.box.open(sealed, rack_id=rack_id, node=name)
+        old = self.box.open(node["bmc_password"], rack_id=rack_id, node=name)
+        try:
+            bmc = await self.call(self.connect, url, user, old, verify)
+            outcome = await self.call(bmc.rotate_password, user, new)
+        except BmcError as exc:
+            if exc.code != "unauthorized":
+                raise
+            outcome = "done"  # an earlier try changed it, then stopped: the check says
+        if outcome != "done":
+            await progress.save(name, pending_password="")
+            return outcome
+        checked = await self.call(self.connect, url, user, new, verify)
+        await self.call(checked.systems)  # the BMC takes the new one (else: retried)
+        await progress.replace_password(name, sealed)
+        return "done"
+
     # --- the two step lists -----------------------------------------------------------
 
     async def provision(self, record: ResourceRecord, image_url: str
@@ -214,10 +267,15 @@ class NodeDriver:
                         report = await self.call((await bmc()).clean, system_id, erase=erase)
                         return {"steps": [{"step": s.step, "outcome": s.outcome}
                                           for s in report.steps]}
-                else:
+                elif step == "power_off":
                     async def work() -> dict[str, Any] | None:
                         await self.power(await bmc(), system_id, on=False)
                         return None
+                else:
+                    async def work() -> dict[str, Any] | None:
+                        outcome = await self.rotate(progress, name)
+                        return {"steps": [*progress.node(name).get("steps", []),
+                                          {"step": "credentials_rotated", "outcome": outcome}]}
                 await self.step(progress, name, step, work)
             if erase:
                 steps = progress.node(name).get("steps", [])

@@ -3,10 +3,10 @@
 The narrow interface Vault drives a bare-metal node with: check a BMC on
 registration (reachable, the credentials work, the system exists), power it,
 boot it once from virtual media (or PXE where a BMC has none), and clean it
-(secure erase, BIOS reset) — saying plainly "not supported" where a BMC
-offers no such action instead of pretending. ``sushy`` is synchronous: callers
-run these methods in a thread. Its exceptions are translated here, at the
-boundary::
+(secure erase, BIOS reset) and change its own password (AccountService) —
+saying plainly "not supported" where a BMC offers no such action instead of
+pretending. ``sushy`` is synchronous: callers run these methods in a thread.
+Its exceptions are translated here, at the boundary::
 
     BmcError(code)
       unreachable     the BMC did not answer (connection refused, timeout)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import sushy
@@ -224,6 +225,37 @@ class RedfishBmc:
         except BmcError as exc:
             return f"not supported: {exc}"
         return "done"
+
+
+    # --- the BMC's own credentials ----------------------------------------------------
+
+    def rotate_password(self, username: str, password: str) -> str:
+        """Set the BMC account ``username``'s password (DMTF's AccountService:
+        ``PATCH`` of the ``ManagerAccount``'s ``Password``). ``done``, or ``not
+        supported: <why>`` where the BMC offers no way. This handle's own
+        login is the old password's: connect again to go on."""
+        # sushy 5 has no AccountService resource: read it on the library's
+        # own connection, as for Drive.SecureErase.
+        connection: Any = self._root._conn
+
+        def get(path: str) -> dict[str, Any]:
+            body: dict[str, Any] = _translated(f"reading {path}",
+                                               lambda: connection.get(path).json())
+            return body
+
+        service = (get("/redfish/v1/").get("AccountService") or {}).get("@odata.id")
+        if not service:
+            return "not supported: the BMC has no AccountService"
+        listing = (get(str(service)).get("Accounts") or {}).get("@odata.id")
+        if not listing:
+            return "not supported: the BMC's AccountService lists no accounts"
+        for member in get(str(listing)).get("Members", []):
+            path = str(member.get("@odata.id", ""))
+            if path and get(path).get("UserName") == username:
+                _translated("setting the BMC password", partial(
+                    connection.patch, path, data={"Password": password}))
+                return "done"
+        return f"not supported: the BMC lists no account {username}"
 
 
 Connect = Callable[[str, str, str, bool], RedfishBmc]
