@@ -6,7 +6,8 @@ Two racks, two orgs: each reserves one, watches it provision node by node,
 reads its signed attestation report, and releases it; the scheduler is
 SIGKILLed in the middle of provisioning and of cleaning and carries on from
 the steps it had stored; another org's rack, or a free one, is 404 on every
-route; the last free rack is a clear capacity error.
+route; the last free rack is a clear capacity error. DMTF's
+redfish-service-validator finds nothing wrong that the Redfish proxy adds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -28,6 +30,7 @@ import msgspec
 import pytest
 import sushy
 import yaml
+from support.requirements import require
 from support.sushy import Bmc
 from support.tls import serving_cert
 
@@ -38,6 +41,8 @@ from volt.store import Database
 from volt.store.resources import ResourceStore
 from volt.testing import Cluster
 from volt.up.nats_server import free_port
+
+SUPPORT = Path(__file__).parents[1] / "support"
 
 pytestmark = pytest.mark.slow
 NODES = ["e1-n1", "e1-n2", "e2-n1", "e2-n2"]
@@ -432,6 +437,74 @@ def test_the_tenant_drives_its_nodes_through_the_redfish_proxy(world: World) -> 
           "a revoked credential still works")
     with pytest.raises(sushy.exceptions.AccessError):
         session_root.get_system_collection()
+
+
+def validate(url: str, user: str, password: str, folder: Path, schemas: Path,
+             ca: Path | None = None) -> dict[str, set[tuple[str, str]]]:
+    """Run DMTF's redfish-service-validator against ``url``: for each resource
+    it validated, the failures it found there as (property, error)."""
+    validator = Path(sys.executable).with_name("rf_service_validator")
+    env = {**os.environ, **({"REQUESTS_CA_BUNDLE": str(ca)} if ca else {})}
+    run = subprocess.run(
+        [str(validator), "--rhost", url, "--user", user, "--password", password,
+         "--authtype", "Basic", "--logdir", str(folder), "--schema_directory", str(schemas),
+         "--skipschema", "--timeout", "30"],
+        capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert "PASS" in run.stdout, run.stdout + run.stderr  # it ran to its summary
+    found: dict[str, set[tuple[str, str]]] = {}
+    resource = ""
+    for line in next(folder.rglob("RedfishServiceValidatorDebug_*.log")).read_text(
+            ).splitlines():
+        if " - INFO - Validating " in line:
+            resource = line.split(" - INFO - Validating ", 1)[1].removesuffix("...")
+            found.setdefault(resource, set())
+        elif " - ERROR - FAIL - " in line:
+            failure = line.split(" - ERROR - FAIL - ", 1)[1]
+            where = failure.split(" (", 1)[0] if failure.startswith("/") else ""
+            found[resource].add((where, failure.rsplit("): ", 1)[-1].split(":", 1)[0]))
+    return found
+
+
+def test_dmtfs_service_validator_finds_nothing_the_proxy_adds(world: World,
+                                                             tmp_path: Path) -> None:
+    """DMTF's redfish-service-validator, pointed at the proxy as a tenant would,
+    and at the BMC behind it: what it fails through the proxy it fails on the
+    BMC itself (sushy-emulator's own faults), and what the proxy makes — the
+    service root, the session service, the systems collection — passes whole."""
+    fetched = subprocess.run([str(SUPPORT / "fetch-redfish-schema")], capture_output=True,
+                             text=True, timeout=600, check=False)
+    if fetched.returncode != 0:
+        require(f"DMTF's Redfish schemas: {fetched.stderr.strip()}")
+    schemas = tmp_path / "schemas"
+    shutil.copytree(fetched.stdout.strip(), schemas)
+    shown = world.cli("vault-a", "vault", "redfish-credentials", "e1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    minted = msgspec.convert(json.loads(shown.stdout), RedfishCredential)
+    until(lambda: httpx.get(world.proxy + "/redfish/v1/Systems", verify=world.tls,
+                            auth=(minted.username, minted.password)).status_code == 200,
+          "the minted credential never worked")  # the proxy reads racks once a second
+    proxied = validate(world.proxy, minted.username, minted.password, tmp_path / "proxy",
+                       schemas, world.proxy_ca)
+    bmc = world.bmcs["e1-n1"]
+    direct = validate(bmc.url, bmc.username, bmc.password, tmp_path / "bmc", schemas)
+    system = f"/redfish/v1/Systems/{bmc.systems['e1-n1']}"
+    as_proxied = {resource.replace(system, "/redfish/v1/Systems/e1-n1"): failures
+                  for resource, failures in direct.items()}
+
+    assert "/redfish/v1/Systems/e1-n1" in proxied  # it walked the tenant's systems
+    assert "/redfish/v1/Systems/e1-n1/VirtualMedia/Cd" in proxied
+    for ours in ("/redfish/v1/", "/redfish/v1/SessionService",
+                 "/redfish/v1/SessionService/Sessions", "/redfish/v1/Systems"):
+        assert proxied[ours] == set(), (ours, proxied[ours])
+    for resource, failures in proxied.items():
+        if not resource.startswith("/redfish/v1/Systems/e1-n1"):
+            continue  # e1-n2's answers come from another BMC (of the same emulator)
+        added = failures - as_proxied.get(resource, set())
+        assert not added, (resource, added)
+        assert not any("Copyright" in error for _, error in failures)  # taken out
+    # The BMC's own faults stay visible (the proxy does not paper over a BMC).
+    assert ("/Status/HealthRollUp", "Unknown Property Error") in \
+        proxied["/redfish/v1/Systems/e1-n1"]
 
 
 def test_release_cleans_every_node_even_across_a_scheduler_kill(world: World) -> None:

@@ -17,8 +17,11 @@ UpdateService (firmware), Managers (the BMC's network and certificates),
 CertificateService and the rest of the tree (403), another rack's systems,
 or anything not there (404); a missing, wrong, expired or revoked credential
 is 401. Links in a BMC's answer that lead outside the tenant's systems are
-taken out, so what the proxy shows is all it serves. Every call, allowed or
-not, is audited (metadata and a digest of the body, never the body).
+taken out, so what the proxy shows is all it serves (and so is DMTF's
+mockup-only ``@Redfish.Copyright``). DMTF's redfish-service-validator finds
+nothing wrong the proxy adds to a BMC's answers (``tests/e2e/test_vault.py``).
+Every call, allowed or not, is audited (metadata and a digest of the body,
+never the body).
 """
 
 from __future__ import annotations
@@ -297,6 +300,8 @@ def _scoped(value: Any, system_id: str, name: str) -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
+            if key == "@Redfish.Copyright":
+                continue  # DMTF: for mockups only (emulated BMCs send it), never a service
             scoped = _scoped(item, system_id, name)
             if _is_link(scoped) and key != "@odata.id" and not _inside(scoped["@odata.id"],
                                                                      name):
