@@ -44,6 +44,13 @@ def socket(tiny_model: Path, tmp_path: Path) -> Iterator[Path]:
         process.wait()
 
 
+async def listed(engine: EngineClient) -> set[str]:
+    """The tuned models the engine says it has loaded."""
+    status, body = await engine._get("/v1/models", 5)
+    assert status == 200
+    return {m["id"] for m in json.loads(body)["data"]} - {"volt-tiny"}
+
+
 def tuned(number: int) -> TunedModel:
     return TunedModel("volt-tiny", "org_a", "s", f"ftjob-{number:024x}")
 
@@ -56,20 +63,15 @@ async def test_the_least_recently_used_idle_adapter_makes_room(adapter: Path, so
         shutil.copytree(adapter, folder / tuned(number).job_id)
     engine = EngineClient(socket)
     try:
-        async def listed() -> set[str]:
-            status, body = await engine._get("/v1/models", 5)
-            assert status == 200
-            return {m["id"] for m in json.loads(body)["data"]} - {"volt-tiny"}
-
         await adapters.ensure(engine, tuned(0))
         adapters.release(tuned(0))
         await adapters.ensure(engine, tuned(1))  # in use from here on
         await adapters.ensure(engine, tuned(2))  # full: 0 (idle, oldest) goes
         adapters.release(tuned(2))
-        assert await listed() == {tuned(1).id, tuned(2).id}
+        assert await listed(engine) == {tuned(1).id, tuned(2).id}
         assert adapters.names() == sorted([tuned(1).id, tuned(2).id])
         await adapters.ensure(engine, tuned(3))  # 1 is in use: 2 goes instead
-        assert await listed() == {tuned(1).id, tuned(3).id}
+        assert await listed(engine) == {tuned(1).id, tuned(3).id}
         # Not on disk and no blob store to fetch it from: the node cannot serve
         # it now (503: the API may try another node), not the client's fault.
         with pytest.raises(AdapterUnavailable) as missing:
@@ -90,24 +92,19 @@ async def test_a_deleted_model_is_dropped_and_never_loaded_again(adapter: Path, 
         shutil.copytree(adapter, adapters._folder(model))
     engine = EngineClient(socket)
     try:
-        async def listed() -> set[str]:
-            status, body = await engine._get("/v1/models", 5)
-            assert status == 200
-            return {m["id"] for m in json.loads(body)["data"]} - {"volt-tiny"}
-
         await adapters.ensure(engine, idle)
         adapters.release(idle)
         await adapters.ensure(engine, busy)  # a request still runs on it
         await adapters.drop([idle.id, busy.id], lambda base: engine)
         assert list(folder.iterdir()) == []  # the files go at once
         assert adapters.names() == []
-        assert await listed() == {busy.id}  # the weights once nobody uses them
+        assert await listed(engine) == {busy.id}  # the weights once nobody uses them
         adapters.release(busy)
         for _ in range(100):
-            if not await listed():
+            if not await listed(engine):
                 break
             await asyncio.sleep(0.05)
-        assert await listed() == set()
+        assert await listed(engine) == set()
         # A late request (the API's view not updated yet) is told it is gone.
         with pytest.raises(AdapterUnavailable) as gone:
             await adapters.ensure(engine, idle)
