@@ -245,6 +245,40 @@ async def test_a_node_cut_off_and_back_is_told_to_stop_a_job_that_went_on_elsewh
     assert record.status["node_id"] == other
 
 
+async def test_a_partitioned_only_node_stops_its_stray_run_and_trains_the_job_again(
+        world: World) -> None:
+    """One node in the metro: cut off, the job queued again; back, its old run
+    is stopped, and the job goes to it again — the old run's "cancelled" is
+    not taken for the new run's fate."""
+    world.nodes = [node("fra-1", "fra")]
+    await world.file()
+    job_id = await world.job()
+    await world.writer.reconcile()
+    await world.writer.reconcile()
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])
+    world.clock.now += 30  # silent: the job is queued again
+    await world.writer.reconcile()
+    assert await world.state(job_id) == "queued"
+    world.clock.now += 1
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="running")])  # back
+    world.sent.clear()
+    await world.writer.reconcile()  # told to stop; busy with it, so not placed yet
+    assert world.sent == [("fra-1", TrainCancel(node_id="fra-1", job_id=job_id))]
+    assert await world.state(job_id) == "queued"
+    world.clock.now += 1
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="cancelled")])
+    world.clock.now += 1
+    await world.writer.reconcile()  # free again: placed there
+    assert isinstance(world.sent[-1][1], TrainStart)
+    await world.writer.reconcile()  # the stale "cancelled" (of the old run) says nothing
+    assert await world.state(job_id) == "running"
+    world.clock.now += 1
+    world.writer.node_report("fra-1", [TrainStatus(job_id=job_id, state="succeeded",
+                                                   trained_tokens=5, step=4)])
+    await world.writer.reconcile()
+    assert await world.state(job_id) == "succeeded"
+
+
 async def test_a_restarted_writer_picks_the_job_up_from_the_next_heartbeat(world: World
                                                                           ) -> None:
     await world.file()

@@ -124,8 +124,11 @@ class Training:
             if process is not None and process.returncode is None:
                 process.terminate()  # the trainer stops at its next step
             return
-        if message.job_id in self._jobs:
+        known = self._jobs.get(message.job_id)
+        if known is not None and known.state == "running":
             return  # repeated until our heartbeat names it: already under way
+        # Not known, or an earlier run here ended (stopped as a stray after a
+        # partition, say): this is a new run of the job.
         self._remember(TrainStatus(job_id=message.job_id, state="running",
                                    checkpoints=list(message.checkpoints)))
         task = asyncio.create_task(self._train(message))

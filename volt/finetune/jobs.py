@@ -461,6 +461,8 @@ class FineTuning:
         node_id = record.status.get("node_id", "")
         report = self._reports.get(node_id)
         status = report.jobs.get(record.id) if report is not None else None
+        if report is not None and report.at < float(record.status.get("dispatched_at", 0)):
+            status = None  # said before this run was sent there (of an earlier run, if any)
         if (status is not None and status.state == "running" and report is not None
                 and now - report.at > self.settings.lost_after_s):
             status = None  # the node went quiet: "running" is no longer news of it
