@@ -61,6 +61,90 @@ class _Active:
     cancelled: bool = False
 
 
+class _GatheredLora:
+    """Every LoRA projection of the model, for a batch of rows each through its
+    own adapter, in two batched matmuls (what punica's gather kernels do on
+    GPUs) instead of peft's loop over the distinct adapters in the batch —
+    which costs a pair of small matmuls per adapter per projection, most of
+    a round once a batch holds many adapters.
+
+    Per projection, the loaded adapters' ``A`` and scaled ``B`` are stacked
+    (ranks padded with zeros to the largest); a round gathers each row's pair
+    by index. Built lazily, rebuilt after a load or unload.
+    """
+
+    def __init__(self) -> None:
+        self._modules: list[Any] = []
+        self._stacks: dict[int, tuple[Any, Any]] = {}
+        self._index: dict[str, int] = {}
+        self._rows: tuple[tuple[str, ...], Any] | None = None
+
+    def install(self, model: Any) -> None:
+        """Take over the mixed-batch forward of every plain LoRA linear layer."""
+        from peft.tuners.lora.layer import Linear
+
+        for module in model.modules():
+            if type(module) is Linear and not module.lora_variant:
+                module._mixed_batch_forward = self._forward_of(module)  # type: ignore[method-assign]
+                self._modules.append(module)
+
+    def invalidate(self) -> None:
+        """The adapters changed: stacks and indexes are built again on next use."""
+        self._stacks.clear()
+        self._index.clear()
+        self._rows = None
+
+    def _forward_of(self, module: Any) -> Callable[..., Any]:
+        def forward(x: Any, *args: Any, adapter_names: list[str], **kwargs: Any) -> Any:
+            import torch
+
+            kwargs.pop("alora_offsets", None)  # a variant's (none here)
+            result = module.base_layer(x, *args, **kwargs)
+            a, b = self._stack(module)
+            rows = self._row_index(adapter_names)
+            hidden = torch.bmm(x.to(a.dtype), a[rows].transpose(1, 2))
+            return result + torch.bmm(hidden, b[rows].transpose(1, 2)).to(result.dtype)
+
+        return forward
+
+    def _stack(self, module: Any) -> tuple[Any, Any]:
+        """The module's adapters' ``A`` [adapters, rank, in] and scaled ``B``
+        [adapters, out, rank]; zeros for an adapter that leaves it alone."""
+        import torch
+
+        stack = self._stacks.get(id(module))
+        if stack is None:
+            index = self._adapters()
+            names = list(module.lora_A)
+            rank = max((module.lora_A[n].weight.shape[0] for n in names), default=1)
+            a = torch.zeros((len(index), rank, module.in_features))
+            b = torch.zeros((len(index), module.out_features, rank))
+            for name in names:
+                i, r = index[name], module.lora_A[name].weight.shape[0]
+                a[i, :r] = module.lora_A[name].weight.detach()
+                b[i, :, :r] = module.lora_B[name].weight.detach() * module.scaling[name]
+            stack = self._stacks[id(module)] = (a, b)
+        return stack
+
+    def _adapters(self) -> dict[str, int]:
+        """Every loaded adapter, numbered (the rows of every module's stack)."""
+        if not self._index:
+            names = sorted({n for module in self._modules for n in module.lora_A})
+            self._index = {name: i for i, name in enumerate(names)}
+        return self._index
+
+    def _row_index(self, adapter_names: list[str]) -> Any:
+        """Each row's adapter as an index into the stacks (the same for every
+        projection of a round: worked out once)."""
+        import torch
+
+        names = tuple(adapter_names)
+        if self._rows is None or self._rows[0] != names:
+            index = self._adapters()
+            self._rows = (names, torch.tensor([index[n] for n in names]))
+        return self._rows[1]
+
+
 class LoraAdapters:
     def __init__(self, model_dir: Path, eos_id: int) -> None:
         self.model_dir = model_dir
@@ -73,6 +157,7 @@ class LoraAdapters:
         """Held by the decoding thread for each round, and by load/unload."""
         self._active: list[_Active] = []
         self._rows = _RowCache()
+        self._gathered = _GatheredLora()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -101,8 +186,10 @@ class LoraAdapters:
                                                                 dtype=torch.float32)
                     self._model = PeftModel.from_pretrained(base, str(path),
                                                             adapter_name=key).eval()
+                    self._gathered.install(self._model)
                 else:
                     self._model.load_adapter(str(path), adapter_name=key)
+                self._gathered.invalidate()
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise AdapterError(f"the adapter does not load: {type(exc).__name__}") \
                     from exc
@@ -119,6 +206,7 @@ class LoraAdapters:
                 if active.adapter == key:
                     active.cancelled = True
             self._model.delete_adapter(key)
+            self._gathered.invalidate()
         return True
 
     # -- generating -----------------------------------------------------------------
