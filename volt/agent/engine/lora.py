@@ -9,7 +9,8 @@ through the adapter it names (peft's mixed adapter batches) — so many streams
 of many adapters progress together. The rows share one KV cache
 (``_RowCache``): a request joining is prefilled once and its cache merged in
 (left-padded, masked), one leaving is cut out, and every other round feeds
-each row only its newest token.
+each row only its newest token. Each LoRA projection runs the whole batch in
+two gathered matmuls, however many adapters it holds (``_GatheredLora``).
 Adapters load and unload at run time (``POST /v1/load_lora_adapter``, as
 vLLM's API); loading one already loaded under the same name is a no-op.
 
