@@ -29,6 +29,7 @@ from volt.store.resources import ResourceRecord, ResourceStore
 
 log = logging.getLogger(__name__)
 
+
 def wanted(name: str, owner: ResourceRecord | None) -> bool | None:
     """True: keep the blob; False: delete it; None: decide by its age (its
     owner has no record yet, or it is a live job's checkpoint not reported yet)."""
