@@ -29,13 +29,7 @@ from pathlib import Path
 
 from volt.agent.engine.client import EngineClient, EngineRejected
 from volt.agent.training import unpack
-from volt.finetune.blobs import (
-    BlobError,
-    Blobs,
-    BlobUnavailable,
-    adapter_blob,
-    checkpoint_blob,
-)
+from volt.finetune.blobs import BlobError, Blobs, BlobUnavailable, model_blob
 from volt.finetune.model_ids import TunedModel, parse
 
 log = logging.getLogger(__name__)
@@ -48,6 +42,11 @@ class AdapterUnavailable(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+def _gone(tuned: TunedModel) -> AdapterUnavailable:
+    """The model is not there (deleted, or never made): the client's 404."""
+    return AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404, "model_not_found")
 
 
 class Adapters:
@@ -136,8 +135,7 @@ class Adapters:
         if tuned.id in loaded:
             return
         if tuned.id in self._dropped:
-            raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
-                                     "model_not_found")
+            raise _gone(tuned)
         lock = self._locks.setdefault(tuned.id, asyncio.Lock())
         async with lock:
             if tuned.id in loaded:
@@ -150,12 +148,9 @@ class Adapters:
                     raise AdapterUnavailable("the node cannot reach its blob store", 503,
                                              "engine_unavailable")
                 try:
-                    data = await blobs.get(self.metro, adapter_blob(tuned.job_id)
-                                           if tuned.step is None
-                                           else checkpoint_blob(tuned.job_id, tuned.step))
+                    data = await blobs.get(self.metro, model_blob(tuned))
                 except BlobError:
-                    raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
-                                             "model_not_found") from None
+                    raise _gone(tuned) from None
                 except BlobUnavailable:
                     raise AdapterUnavailable("the node's blob store did not answer", 503,
                                              "engine_unavailable") from None
@@ -169,8 +164,7 @@ class Adapters:
             if tuned.id in self._dropped:  # deleted while it was loading
                 await self._unload(client, tuned.id)
                 await asyncio.to_thread(shutil.rmtree, folder, True)
-                raise AdapterUnavailable(f"The model `{tuned.id}` does not exist.", 404,
-                                         "model_not_found")
+                raise _gone(tuned)
             loaded[tuned.id] = None
             log.info("adapter loaded", extra={"job_id": tuned.job_id, "loaded": len(loaded)})
 

@@ -31,6 +31,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundErr
 from nats.js.object_store import ObjectStore
 
 from volt.config import ConfigError, VoltConfig
+from volt.finetune.model_ids import TunedModel
 from volt.identity.keyring import Keyring
 from volt.wire import subjects
 
@@ -57,6 +58,12 @@ def checkpoint_blob(job_id: str, step: int) -> str:
     """A checkpoint of a running job: its adapter and trainer state, so that
     any node of the metro can go on from it."""
     return f"checkpoint/{job_id}/step-{step}"
+
+
+def model_blob(tuned: TunedModel) -> str:
+    """Where a tuned model's adapter is: the job's, or one of its checkpoints'."""
+    return adapter_blob(tuned.job_id) if tuned.step is None else checkpoint_blob(
+        tuned.job_id, tuned.step)
 
 
 # The three names above, read back.

@@ -30,7 +30,7 @@ from typing import Any
 
 from volt.config import FinetuneSettings
 from volt.finetune import model_ids
-from volt.finetune.blobs import BlobBuckets, BlobUnavailable, adapter_blob, checkpoint_blob
+from volt.finetune.blobs import BlobBuckets, BlobUnavailable, model_blob
 from volt.finetune.model_ids import TunedModel, org_token
 from volt.finetune.states import JOBS, LIVE, JobEvent, JobState
 from volt.finetune.trainer import KEEP_CHECKPOINTS
@@ -287,9 +287,7 @@ class FineTuning:
         if self.buckets is not None:
             try:
                 for model in gone:
-                    await self.buckets.delete(metro, adapter_blob(model.job_id)
-                                              if model.step is None
-                                              else checkpoint_blob(model.job_id, model.step))
+                    await self.buckets.delete(metro, model_blob(model))
             except BlobUnavailable:
                 log.warning("the blob store was away: the deleted model's blobs go with "
                             "the next sweep", extra={"job_id": record.id})
@@ -366,19 +364,23 @@ class FineTuning:
                     await self._reconcile_one(fresh)
                 except StaleResource:
                     continue  # changed meanwhile: the next pass reads it again
-        await self._stop_strays()
+        await self._stop_strays({r.id: r.status.get("node_id") for r in live
+                                 if r.state == JobState.RUNNING})
 
-    async def _stop_strays(self) -> None:
+    async def _stop_strays(self, running_on: dict[str, str | None]) -> None:
         """A node that says it runs a job the job's record does not give it — it
         was cut off, the job went on elsewhere, and now it is back; or it missed
-        a cancel — is told to stop (again after ``lost_after_s`` if it goes on)."""
+        a cancel — is told to stop (again after ``lost_after_s`` if it goes on).
+        ``running_on``: the pass's reading of each running job's node; only a
+        node it disagrees with has the job read again (it may have just been
+        placed there)."""
         now = self.clock()
         stopped, self._stopped = self._stopped, {}
         for node_id, report in list(self._reports.items()):
             if now - report.at > self.settings.lost_after_s:
                 continue  # a node gone quiet: nothing it says is current
             for job_id, status in report.jobs.items():
-                if status.state != "running":
+                if status.state != "running" or running_on.get(job_id) == node_id:
                     continue
                 record = await self.store.get(JOB_KIND, job_id)
                 if (record is not None and record.state == JobState.RUNNING

@@ -30,10 +30,11 @@ from volt.store.resources import ResourceRecord, ResourceStore
 log = logging.getLogger(__name__)
 
 
-def wanted(name: str, owner: ResourceRecord | None) -> bool | None:
-    """True: keep the blob; False: delete it; None: decide by its age (its
-    owner has no record yet, or it is a live job's checkpoint not reported yet)."""
-    parsed = owner_of(name)
+def wanted(parsed: tuple[str, str, int | None] | None,
+           owner: ResourceRecord | None) -> bool | None:
+    """Of a blob whose name ``owner_of`` read as ``parsed``: True, keep it;
+    False, delete it; None, decide by its age (its owner has no record yet, or
+    it is a live job's checkpoint not reported yet)."""
     if parsed is None:
         return True
     kind, _, step = parsed
@@ -76,7 +77,7 @@ class BlobSweeper:
             for blob in await self.buckets.list(metro):
                 parsed = owner_of(blob.name)
                 owner = owners.get(parsed[:2]) if parsed is not None else None
-                keep = wanted(blob.name, owner)
+                keep = wanted(parsed, owner)
                 if keep is None:
                     keep = now - blob.written_at < self.grace_s
                 if not keep and await self.buckets.delete(metro, blob.name):

@@ -78,35 +78,27 @@ class Progress:
         nodes: dict[str, dict[str, Any]] = self.record.status.get("nodes", {})
         return dict(nodes.get(name, {}))
 
-    async def save(self, name: str, **fields: Any) -> None:
+    async def save(self, name: str, *, inventory: dict[str, Any] | None = None,
+                   **fields: Any) -> None:
+        """The node's progress ``fields``, and with ``inventory`` a change to
+        the node's entry in the rack's spec (its BMC password, rotated) in the
+        same write."""
         async with self._lock:
             nodes = dict(self.record.status.get("nodes", {}))
             nodes[name] = {**nodes.get(name, {}), **fields}
-            try:
-                self.record = await self.store.update_status(
-                    self.record, {**self.record.status, "nodes": nodes}, self.clock())
-            except StaleResource as exc:
-                raise RackMoved(self.record.id) from exc
-
-    def spec_of(self, name: str) -> dict[str, Any]:
-        node: dict[str, Any] = next(n for n in self.record.spec["nodes"] if n["name"] == name)
-        return node
-
-    async def replace_password(self, name: str, sealed: str) -> None:
-        """The node's BMC password is now ``sealed`` (one write: the rack's
-        inventory, and the node's pending password cleared)."""
-        async with self._lock:
-            spec = {**self.record.spec, "nodes": [
-                {**n, "bmc_password": sealed} if n["name"] == name else n
+            spec = None if inventory is None else {**self.record.spec, "nodes": [
+                {**n, **inventory} if n["name"] == name else n
                 for n in self.record.spec["nodes"]]}
-            nodes = dict(self.record.status.get("nodes", {}))
-            nodes[name] = {**nodes.get(name, {}), "pending_password": ""}
             try:
                 self.record = await self.store.update_status(
                     self.record, {**self.record.status, "nodes": nodes}, self.clock(),
                     spec=spec)
             except StaleResource as exc:
                 raise RackMoved(self.record.id) from exc
+
+    def spec_of(self, name: str) -> dict[str, Any]:
+        node: dict[str, Any] = next(n for n in self.record.spec["nodes"] if n["name"] == name)
+        return node
 
 
 class NodeDriver:
@@ -217,7 +209,7 @@ class NodeDriver:
             return outcome
         checked = await self.call(self.connect, url, user, new, verify)
         await self.call(checked.systems)  # the BMC takes the new one (else: retried)
-        await progress.replace_password(name, sealed)
+        await progress.save(name, pending_password="", inventory={"bmc_password": sealed})
         return "done"
 
     # --- the two step lists -----------------------------------------------------------
